@@ -1,0 +1,91 @@
+import type * as z from 'zod';
+
+/**
+ * A configuration the tool cannot run. The message is one line naming the file, the key path, the value
+ * found and what is allowed, e.g. `run.yaml: lora.r: got 0, expected >= 1`.
+ */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(
+    readonly file: string,
+    readonly keyPath: string,
+    detail: string,
+  ) {
+    super(keyPath ? `${file}: ${keyPath}: ${detail}` : `${file}: ${detail}`);
+  }
+}
+
+export function formatKeyPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const key of path) out += typeof key === 'number' ? `[${key}]` : out ? `.${String(key)}` : String(key);
+  return out;
+}
+
+/** A value as it appears in the message: JSON, shortened; a missing key reads "nothing". */
+export function formatValue(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+const TYPE_NAMES: Record<string, string> = {
+  int: 'an integer',
+  number: 'a number',
+  string: 'a string',
+  boolean: 'true or false',
+  array: 'a list',
+  object: 'a mapping',
+};
+
+function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {
+  let value = root;
+  for (const key of path) {
+    if (value === null || typeof value !== 'object') return undefined;
+    value = (value as Record<PropertyKey, unknown>)[key as string];
+  }
+  return value;
+}
+
+function bound(issue: { inclusive?: boolean }, op: '>' | '<', limit: unknown): string {
+  return `${op}${issue.inclusive ? '=' : ''} ${String(limit)}`;
+}
+
+/** What the issue says is allowed, in words. `allowedKeys` lists the keys of the mapping at a path. */
+function describeIssue(issue: z.core.$ZodIssue, allowedKeys: (path: readonly PropertyKey[]) => string[]): { path: PropertyKey[]; detail: string } {
+  const path = [...issue.path];
+  switch (issue.code) {
+    case 'unrecognized_keys': {
+      const key = issue.keys[0] ?? '';
+      return { path: [...path, key], detail: `unknown key; allowed keys: ${allowedKeys(path).join(', ')}` };
+    }
+    case 'invalid_type':
+      return { path, detail: `expected ${TYPE_NAMES[issue.expected] ?? issue.expected}` };
+    case 'invalid_value':
+      return { path, detail: `expected one of ${issue.values.map((v) => String(v)).join(', ')}` };
+    case 'too_small':
+      if (issue.origin === 'array') return { path, detail: `expected a list of at least ${String(issue.minimum)} item${issue.minimum === 1 ? '' : 's'}` };
+      if (issue.origin === 'string') return { path, detail: 'expected a non-empty string' };
+      return { path, detail: `expected ${bound(issue, '>', issue.minimum)}` };
+    case 'too_big':
+      if (issue.origin === 'array') return { path, detail: `expected a list of at most ${String(issue.maximum)} items` };
+      return { path, detail: `expected ${bound(issue, '<', issue.maximum)}` };
+    case 'invalid_format':
+      return { path, detail: issue.message };
+    default:
+      return { path, detail: issue.message };
+  }
+}
+
+/** Turns the first zod issue into a ConfigError (unknown keys first: a typo explains the errors after it). */
+export function issueToConfigError(
+  file: string,
+  raw: unknown,
+  issues: readonly z.core.$ZodIssue[],
+  allowedKeys: (path: readonly PropertyKey[]) => string[],
+): ConfigError {
+  const first = issues.find((i) => i.code === 'unrecognized_keys') ?? issues[0];
+  if (!first) return new ConfigError(file, '', 'invalid configuration');
+  const { path, detail } = describeIssue(first, allowedKeys);
+  if (first.code === 'unrecognized_keys') return new ConfigError(file, formatKeyPath(path), detail);
+  return new ConfigError(file, formatKeyPath(path), `got ${formatValue(valueAt(raw, path))}, ${detail}`);
+}

@@ -1,0 +1,92 @@
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { isAbsolute, join, resolve } from 'node:path';
+import type { Family } from './schema.js';
+
+// Where a model's files are, and which architecture family it is. A model is either a local directory or
+// a Hugging Face hub id; hub ids are looked up in the standard hub cache (HF_HUB_CACHE, HF_HOME).
+
+/** True when the string is written as a path rather than a hub id (hub ids never start with . / ~). */
+export function looksLikePath(model: string): boolean {
+  return isAbsolute(model) || /^(\.{1,2}[\\/]|~[\\/]|\.{1,2}$)/.test(model);
+}
+
+function expandHome(p: string): string {
+  return p.startsWith('~/') || p.startsWith('~\\') ? join(homedir(), p.slice(2)) : p;
+}
+
+function isDir(p: string): boolean {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** The local directory a model string names, relative to `baseDir`; undefined when it is not a local path. */
+export function localModelDir(model: string, baseDir: string): string | undefined {
+  const dir = resolve(baseDir, expandHome(model));
+  return looksLikePath(model) || isDir(dir) ? dir : undefined;
+}
+
+export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env['HF_HUB_CACHE']) return env['HF_HUB_CACHE'];
+  return join(env['HF_HOME'] ?? join(homedir(), '.cache', 'huggingface'), 'hub');
+}
+
+/** The snapshot directory of a hub id in the hub cache (the `main` ref, or the only snapshot), if cached. */
+export function cachedHubSnapshot(id: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const repo = join(hubCacheDir(env), `models--${id.split('/').join('--')}`);
+  const refMain = join(repo, 'refs', 'main');
+  if (existsSync(refMain)) {
+    const dir = join(repo, 'snapshots', readFileSync(refMain, 'utf8').trim());
+    return isDir(dir) ? dir : undefined;
+  }
+  const snapshots = isDir(join(repo, 'snapshots')) ? readdirSync(join(repo, 'snapshots')) : [];
+  return snapshots.length === 1 ? join(repo, 'snapshots', snapshots[0]!) : undefined;
+}
+
+/** Where the model's files are on this machine: the local directory, or the cached hub snapshot. */
+export function modelFilesDir(model: string, baseDir: string): string | undefined {
+  return localModelDir(model, baseDir) ?? cachedHubSnapshot(model);
+}
+
+const MODEL_TYPES: Record<string, Family> = { bert: 'bert', roberta: 'roberta', llama: 'llama', gpt2: 'gpt2' };
+
+export type FamilyDetection = { family: Family } | { error: string };
+
+/**
+ * The family from config.json's `model_type` where the files are here, else from the model's name (the
+ * paper's models all carry it: bert-base-uncased, roberta-large, Llama-2-7b, gpt2-xl).
+ */
+export function detectFamily(model: string, filesDir: string | undefined): FamilyDetection {
+  const configPath = filesDir && join(filesDir, 'config.json');
+  if (configPath && existsSync(configPath)) {
+    let modelType: unknown;
+    try {
+      modelType = (JSON.parse(readFileSync(configPath, 'utf8')) as { model_type?: unknown }).model_type;
+    } catch (err) {
+      return { error: `cannot read ${configPath}: ${(err as Error).message}` };
+    }
+    const family = typeof modelType === 'string' ? MODEL_TYPES[modelType] : undefined;
+    if (family) return { family };
+    return { error: `model_type ${JSON.stringify(modelType)} in ${configPath} is not supported; set family: ${Object.keys(MODEL_TYPES).join(' | ')}` };
+  }
+  const name = model.toLowerCase();
+  for (const family of ['roberta', 'llama', 'gpt2', 'bert'] as const) if (name.includes(family)) return { family };
+  return { error: `cannot tell the family of ${JSON.stringify(model)} (no config.json here, no family in its name); set family: ${Object.keys(MODEL_TYPES).join(' | ')}` };
+}
+
+/** The model's files are not on this machine. */
+export class ModelNotFoundError extends Error {
+  override readonly name = 'ModelNotFoundError';
+}
+
+/** The directory the engine loads the model from; fails with a one-line message when it is not here. */
+export function requireModelDir(model: string): string {
+  const dir = modelFilesDir(model, process.cwd());
+  if (!dir) {
+    throw new ModelNotFoundError(`model ${JSON.stringify(model)} is neither a local directory nor in the hub cache (${hubCacheDir()}); download it there or give a local path`);
+  }
+  return dir;
+}

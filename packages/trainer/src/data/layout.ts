@@ -1,0 +1,71 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Attack, RunConfig } from '../config/schema.js';
+import { DataError } from './errors.js';
+import { ATTACK_CSV, CLEAN_TSV, readTable, type Example } from './table.js';
+
+// The dataset directory layout of the reference implementation (OpenBackdoor's):
+//   clean/{train,dev,test}.tsv                    sentence<TAB>label
+//   <attack>/train-poison-<rate>.csv               the poisoned training set (rate 1: train-poison-all.csv)
+//   <attack>/{dev,test}-clean.csv                  clean sets (clean/{dev,test}.tsv where absent) -> CACC
+//   <attack>/{dev,test}-poison.csv                 triggered non-target rows, labelled target -> ASR
+
+export type DataOptions = Pick<RunConfig, 'dataset' | 'poisonRate' | 'numLabels' | 'limit'>;
+
+export interface AttackFiles {
+  train: string;
+  devClean: string;
+  devPoison: string;
+  testClean: string;
+  testPoison: string;
+}
+
+export type AttackData = { [K in keyof AttackFiles]: Example[] } & { files: AttackFiles };
+
+export function poisonedTrainFile(rate: number): string {
+  return `train-poison-${rate === 1 ? 'all' : String(rate)}.csv`;
+}
+
+export function attackFiles(dataset: string, attack: Attack, poisonRate: number): AttackFiles {
+  const dir = join(dataset, attack);
+  const clean = (split: 'dev' | 'test'): string => {
+    const own = join(dir, `${split}-clean.csv`);
+    return existsSync(own) ? own : join(dataset, 'clean', `${split}.tsv`);
+  };
+  return {
+    train: join(dir, poisonedTrainFile(poisonRate)),
+    devClean: clean('dev'),
+    devPoison: join(dir, 'dev-poison.csv'),
+    testClean: clean('test'),
+    testPoison: join(dir, 'test-poison.csv'),
+  };
+}
+
+/** Fails fast, before any training, when a file of any attack is missing. */
+export function checkDataset(options: DataOptions, attacks: readonly Attack[]): void {
+  for (const attack of attacks) {
+    for (const file of Object.values(attackFiles(options.dataset, attack, options.poisonRate))) {
+      if (!existsSync(file)) throw new DataError(file, undefined, `missing (dataset layout: clean/{train,dev,test}.tsv, ${attack}/{${poisonedTrainFile(options.poisonRate)},dev-clean.csv,dev-poison.csv,test-clean.csv,test-poison.csv})`);
+    }
+  }
+}
+
+/** Reads one split; `.tsv` files are clean splits, `.csv` files are in the attack format. */
+export function readSplit(file: string, numLabels: number, limit?: number): Example[] {
+  const rows = readTable(file, file.endsWith('.tsv') ? CLEAN_TSV : ATTACK_CSV, numLabels);
+  return limit === undefined ? rows : rows.slice(0, limit);
+}
+
+/** Every split of one attack, each cut to the first `limit` rows where set. */
+export function loadAttackData(options: DataOptions, attack: Attack): AttackData {
+  const files = attackFiles(options.dataset, attack, options.poisonRate);
+  const read = (file: string) => readSplit(file, options.numLabels, options.limit);
+  return {
+    train: read(files.train),
+    devClean: read(files.devClean),
+    devPoison: read(files.devPoison),
+    testClean: read(files.testClean),
+    testPoison: read(files.testPoison),
+    files,
+  };
+}

@@ -1,0 +1,3 @@
+export { writeFileAtomic } from './atomic.js';
+export { JsonlFile } from './jsonl.js';
+export { resultsJson, resultsMarkdown, writeResults } from './results.js';
