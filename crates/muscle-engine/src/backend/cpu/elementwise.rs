@@ -1,0 +1,152 @@
+//! Element-wise kernels, split across threads when the array is large enough to pay for it.
+
+use crate::rng::Rng;
+use rayon::prelude::*;
+
+/// Elements per parallel chunk: large enough that rayon's per-task cost is negligible.
+const CHUNK: usize = 1 << 14;
+
+pub fn par_fill(x: &mut [f32], value: f32) {
+    x.par_chunks_mut(CHUNK).for_each(|c| c.fill(value));
+}
+
+pub fn add_bias(out: &mut [f32], bias: &[f32]) {
+    let n = bias.len();
+    let rows_per = (CHUNK / n).max(1);
+    out.par_chunks_mut(rows_per * n).for_each(|c| {
+        for row in c.chunks_mut(n) {
+            for (o, &b) in row.iter_mut().zip(bias) {
+                *o += b;
+            }
+        }
+    });
+}
+
+/// `dst (+)= sum over rows of m`, rows of width `dst.len()`.
+pub fn column_sums(dst: &mut [f32], m: &[f32], accumulate: bool) {
+    let n = dst.len();
+    let rows = m.len() / n;
+    let rows_per = (CHUNK / n).max(16);
+    let total = m[..rows * n]
+        .par_chunks(rows_per * n)
+        .map(|c| {
+            let mut acc = vec![0.0f32; n];
+            for row in c.chunks(n) {
+                for (a, &x) in acc.iter_mut().zip(row) {
+                    *a += x;
+                }
+            }
+            acc
+        })
+        .reduce(|| vec![0.0f32; n], |mut a, b| {
+            for (x, y) in a.iter_mut().zip(&b) {
+                *x += y;
+            }
+            a
+        });
+    for (d, s) in dst.iter_mut().zip(total) {
+        *d = if accumulate { *d + s } else { s };
+    }
+}
+
+pub fn axpby(y: &mut [f32], a: f32, x: &[f32], b: f32) {
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+        for (yi, &xi) in y.iter_mut().zip(x) {
+            *yi = a * xi + b * *yi;
+        }
+    });
+}
+
+pub fn scale(x: &mut [f32], a: f32) {
+    x.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v *= a));
+}
+
+pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = a + b;
+        }
+    });
+}
+
+pub fn mul(x: &mut [f32], m: &[f32]) {
+    x.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK)).for_each(|(x, m)| {
+        for (x, &m) in x.iter_mut().zip(m) {
+            *x *= m;
+        }
+    });
+}
+
+/// Dot product accumulated in f64 per chunk: gradient alignment compares tiny norms (5e-7 gates).
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.par_chunks(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .map(|(a, b)| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>())
+        .sum()
+}
+
+const SQRT_1_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// GELU in its exact erf form, as BERT's `hidden_act = "gelu"`.
+pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = 0.5 * x * (1.0 + libm::erff(x * SQRT_1_2));
+        }
+    });
+}
+
+pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    dinp.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK))).for_each(|(d, (x, g))| {
+        for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+            let cdf = 0.5 * (1.0 + libm::erff(x * SQRT_1_2));
+            let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+            *d = g * (cdf + x * pdf);
+        }
+    });
+}
+
+/// Inverted dropout mask. Each chunk draws from its own stream derived from (seed, stream, chunk),
+/// so the mask is the same whatever the thread count.
+pub fn dropout_mask(mask: &mut [f32], p: f32, seed: u64, stream: &[u64]) {
+    if p <= 0.0 {
+        par_fill(mask, 1.0);
+        return;
+    }
+    let keep = 1.0 / (1.0 - p);
+    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, c)| {
+        let mut ids = [0u64; 8];
+        let len = stream.len().min(7);
+        ids[..len].copy_from_slice(&stream[..len]);
+        ids[len] = ci as u64;
+        let mut rng = Rng::derive(seed, &ids[..=len]);
+        for m in c.iter_mut() {
+            *m = if rng.uniform() < p { 0.0 } else { keep };
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], lr: f32, beta1: f32, beta2: f32,
+             eps: f32, weight_decay: f32, step: u64) {
+    let bc1 = 1.0 - (beta1 as f64).powi(step as i32);
+    let bc2 = 1.0 - (beta2 as f64).powi(step as i32);
+    let step_size = (lr as f64 / bc1) as f32;
+    let bc2_sqrt = bc2.sqrt() as f32;
+    let decay = 1.0 - lr * weight_decay;
+    param
+        .par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+        .for_each(|((p, g), (m, v))| {
+            for i in 0..p.len() {
+                let gi = g[i];
+                p[i] *= decay;
+                m[i] = beta1 * m[i] + (1.0 - beta1) * gi;
+                v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi;
+                let denom = v[i].sqrt() / bc2_sqrt + eps;
+                p[i] -= step_size * m[i] / denom;
+            }
+        });
+}

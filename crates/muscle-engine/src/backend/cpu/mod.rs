@@ -1,0 +1,261 @@
+//! The CPU backend: f32 on every core. GEMMs go to the `gemm` crate (packed, FMA micro-kernels,
+//! rayon-parallel); everything else is fused loops here, parallel over rows or (batch, head).
+
+mod attention;
+mod elementwise;
+mod norm;
+
+use super::{Backend, Mat};
+use gemm::Parallelism;
+
+/// Below this many multiply-adds a GEMM runs on the calling thread: splitting tiny products
+/// (LoRA's rank-8 updates, per-head attention blocks) costs more in synchronisation than it saves.
+const PARALLEL_GEMM_MIN_FLOPS: usize = 48 * 48 * 48;
+
+#[derive(Clone, Debug)]
+pub struct Cpu {
+    threads: usize,
+}
+
+impl Cpu {
+    /// A backend using the global rayon pool (`threads` = its size).
+    pub fn new() -> Self {
+        Cpu { threads: rayon::current_num_threads().max(1) }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Cpu::new()
+    }
+}
+
+/// Raw `gemm` call on row-major operands. `pub(crate)` so attention can run per-head products
+/// on its own thread without the trait's buffer plumbing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm(
+    m: usize, n: usize, k: usize,
+    c: &mut [f32], ldc: usize,
+    a: &[f32], lda: usize, ta: bool,
+    b: &[f32], ldb: usize, tb: bool,
+    alpha: f32, accumulate: bool, parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Bounds: the last element each operand touches must be inside its slice.
+    let a_last = if ta { (k.max(1) - 1) * lda + m - 1 } else { (m - 1) * lda + k.max(1) - 1 };
+    let b_last = if tb { (n - 1) * ldb + k.max(1) - 1 } else { (k.max(1) - 1) * ldb + n - 1 };
+    assert!(k == 0 || (a_last < a.len() && b_last < b.len()), "sgemm operand out of bounds");
+    assert!((m - 1) * ldc + n - 1 < c.len(), "sgemm destination out of bounds");
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let (a_rs, a_cs) = if ta { (1, lda as isize) } else { (lda as isize, 1) };
+    let (b_rs, b_cs) = if tb { (1, ldb as isize) } else { (ldb as isize, 1) };
+    let par = if parallel && m * n * k >= PARALLEL_GEMM_MIN_FLOPS {
+        Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the asserts above keep every access inside the slices; `c` does not alias `a`/`b`
+    // because it is borrowed mutably.
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            c.as_mut_ptr(), 1, ldc as isize, accumulate,
+            a.as_ptr(), a_cs, a_rs,
+            b.as_ptr(), b_cs, b_rs,
+            1.0, alpha, false, false, false, par,
+        );
+    }
+}
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn zeros(&self, n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+    fn from_host(&self, data: &[f32]) -> Vec<f32> {
+        data.to_vec()
+    }
+    fn to_host(&self, buf: &Vec<f32>, n: usize) -> Vec<f32> {
+        buf[..n].to_vec()
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn ensure(&self, buf: &mut Vec<f32>, n: usize) {
+        if buf.len() < n {
+            buf.resize(n, 0.0);
+        }
+    }
+    fn fill(&self, buf: &mut Vec<f32>, n: usize, value: f32) {
+        elementwise::par_fill(&mut buf[..n], value);
+    }
+    fn copy(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize) {
+        dst[..n].copy_from_slice(&src[..n]);
+    }
+
+    fn matmul(&self, c: &mut Vec<f32>, c_off: usize, ldc: usize, a: Mat<'_, Self>, b: Mat<'_, Self>,
+              m: usize, n: usize, k: usize, alpha: f32, accumulate: bool) {
+        sgemm(m, n, k, &mut c[c_off..], ldc, &a.buf[a.offset..], a.ld, a.trans,
+              &b.buf[b.offset..], b.ld, b.trans, alpha, accumulate, true);
+    }
+    fn add_bias(&self, out: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, n: usize) {
+        elementwise::add_bias(&mut out[..rows * n], &bias[..n]);
+    }
+    fn bias_grad(&self, dbias: &mut Vec<f32>, dout: &Vec<f32>, rows: usize, n: usize, accumulate: bool) {
+        elementwise::column_sums(&mut dbias[..n], &dout[..rows * n], accumulate);
+    }
+    fn axpby(&self, y: &mut Vec<f32>, a: f32, x: &Vec<f32>, b: f32, n: usize) {
+        elementwise::axpby(&mut y[..n], a, &x[..n], b);
+    }
+    fn scale(&self, x: &mut Vec<f32>, a: f32, n: usize) {
+        elementwise::scale(&mut x[..n], a);
+    }
+    fn add(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, n: usize) {
+        elementwise::add(&mut out[..n], &a[..n], &b[..n]);
+    }
+    fn scale_cols(&self, x: &mut Vec<f32>, s: &[f32], rows: usize, n: usize) {
+        for row in x[..rows * n].chunks_mut(n) {
+            for (v, &f) in row.iter_mut().zip(s) {
+                *v *= f;
+            }
+        }
+    }
+    fn dot(&self, a: &Vec<f32>, b: &Vec<f32>, n: usize) -> f64 {
+        elementwise::dot(&a[..n], &b[..n])
+    }
+
+    fn gelu_forward(&self, out: &mut Vec<f32>, inp: &Vec<f32>, n: usize) {
+        elementwise::gelu_forward(&mut out[..n], &inp[..n]);
+    }
+    fn gelu_backward(&self, dinp: &mut Vec<f32>, inp: &Vec<f32>, dout: &Vec<f32>, n: usize) {
+        elementwise::gelu_backward(&mut dinp[..n], &inp[..n], &dout[..n]);
+    }
+    fn tanh_forward(&self, out: &mut Vec<f32>, inp: &Vec<f32>, n: usize) {
+        for (o, &x) in out[..n].iter_mut().zip(&inp[..n]) {
+            *o = x.tanh();
+        }
+    }
+    fn tanh_backward(&self, dinp: &mut Vec<f32>, out: &Vec<f32>, dout: &Vec<f32>, n: usize) {
+        for ((d, &y), &g) in dinp[..n].iter_mut().zip(&out[..n]).zip(&dout[..n]) {
+            *d = g * (1.0 - y * y);
+        }
+    }
+    fn dropout_mask(&self, mask: &mut Vec<f32>, n: usize, p: f32, seed: u64, stream: &[u64]) {
+        elementwise::dropout_mask(&mut mask[..n], p, seed, stream);
+    }
+    fn mul(&self, x: &mut Vec<f32>, mask: &Vec<f32>, n: usize) {
+        elementwise::mul(&mut x[..n], &mask[..n]);
+    }
+
+    fn embedding_forward(&self, out: &mut Vec<f32>, word: &Vec<f32>, pos: &Vec<f32>, typ: &Vec<f32>,
+                         ids: &[i32], pos_ids: &[i32], type_ids: &[i32], h: usize) {
+        for (r, row) in out[..ids.len() * h].chunks_mut(h).enumerate() {
+            let w = &word[ids[r] as usize * h..][..h];
+            let p = &pos[pos_ids[r] as usize * h..][..h];
+            let t = &typ[type_ids[r] as usize * h..][..h];
+            for j in 0..h {
+                row[j] = w[j] + p[j] + t[j];
+            }
+        }
+    }
+    fn embedding_backward(&self, dword: Option<&mut Vec<f32>>, dpos: Option<&mut Vec<f32>>,
+                          dtyp: Option<&mut Vec<f32>>, dout: &Vec<f32>,
+                          ids: &[i32], pos_ids: &[i32], type_ids: &[i32], h: usize) {
+        for (table, idx) in [(dword, ids), (dpos, pos_ids), (dtyp, type_ids)] {
+            if let Some(table) = table {
+                for (r, g) in dout[..idx.len() * h].chunks(h).enumerate() {
+                    let row = &mut table[idx[r] as usize * h..][..h];
+                    for j in 0..h {
+                        row[j] += g[j];
+                    }
+                }
+            }
+        }
+    }
+    fn layer_norm_forward(&self, out: &mut Vec<f32>, mean: &mut Vec<f32>, rstd: &mut Vec<f32>,
+                          inp: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, rows: usize, h: usize, eps: f32) {
+        norm::layer_norm_forward(&mut out[..rows * h], &mut mean[..rows], &mut rstd[..rows],
+                                 &inp[..rows * h], &w[..h], &b[..h], eps);
+    }
+    fn layer_norm_backward(&self, dinp: &mut Vec<f32>, dw: Option<&mut Vec<f32>>, db: Option<&mut Vec<f32>>,
+                           dout: &Vec<f32>, inp: &Vec<f32>, w: &Vec<f32>, mean: &Vec<f32>,
+                           rstd: &Vec<f32>, rows: usize, h: usize) {
+        norm::layer_norm_backward(&mut dinp[..rows * h], dw.map(|x| &mut x[..h]), db.map(|x| &mut x[..h]),
+                                  &dout[..rows * h], &inp[..rows * h], &w[..h], &mean[..rows], &rstd[..rows]);
+    }
+    fn attention_forward(&self, out: &mut Vec<f32>, probs: &mut Vec<f32>, q: &Vec<f32>, k: &Vec<f32>,
+                         v: &Vec<f32>, key_mask: &[i32], drop: Option<&Vec<f32>>, b: usize, t: usize,
+                         heads: usize, d: usize) {
+        attention::forward(out, probs, q, k, v, key_mask, drop.map(|x| x.as_slice()), b, t, heads, d);
+    }
+    fn attention_backward(&self, dq: &mut Vec<f32>, dk: &mut Vec<f32>, dv: &mut Vec<f32>, dout: &Vec<f32>,
+                          probs: &Vec<f32>, q: &Vec<f32>, k: &Vec<f32>, v: &Vec<f32>,
+                          drop: Option<&Vec<f32>>, b: usize, t: usize, heads: usize, d: usize) {
+        attention::backward(dq, dk, dv, dout, probs, q, k, v, drop.map(|x| x.as_slice()), b, t, heads, d);
+    }
+    fn softmax_xent_forward(&self, probs: &mut Vec<f32>, logits: &Vec<f32>, labels: &[i32], rows: usize, n: usize) -> f32 {
+        let mut loss = 0.0f64;
+        for r in 0..rows {
+            let z = &logits[r * n..][..n];
+            let p = &mut probs[r * n..][..n];
+            let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f64;
+            for j in 0..n {
+                let e = ((z[j] - max) as f64).exp();
+                p[j] = e as f32;
+                sum += e;
+            }
+            for x in p.iter_mut() {
+                *x = (*x as f64 / sum) as f32;
+            }
+            let y = labels[r] as usize;
+            loss += sum.ln() - (z[y] - max) as f64;
+        }
+        (loss / rows as f64) as f32
+    }
+    fn softmax_xent_backward(&self, dlogits: &mut Vec<f32>, probs: &Vec<f32>, labels: &[i32], rows: usize, n: usize) {
+        let inv = 1.0 / rows as f32;
+        for r in 0..rows {
+            for j in 0..n {
+                let y = if labels[r] as usize == j { 1.0 } else { 0.0 };
+                dlogits[r * n + j] = (probs[r * n + j] - y) * inv;
+            }
+        }
+    }
+    fn gather_rows(&self, out: &mut Vec<f32>, inp: &Vec<f32>, rows: &[usize], n: usize) {
+        for (i, &r) in rows.iter().enumerate() {
+            out[i * n..][..n].copy_from_slice(&inp[r * n..][..n]);
+        }
+    }
+    fn scatter_add_rows(&self, dinp: &mut Vec<f32>, dout: &Vec<f32>, rows: &[usize], n: usize) {
+        for (i, &r) in rows.iter().enumerate() {
+            for j in 0..n {
+                dinp[r * n + j] += dout[i * n + j];
+            }
+        }
+    }
+
+    fn adamw(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, n: usize,
+             lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, step: u64) {
+        elementwise::adamw(&mut param[..n], &grad[..n], &mut m[..n], &mut v[..n], lr, beta1, beta2, eps,
+                           weight_decay, step);
+    }
+}

@@ -1,0 +1,106 @@
+//! The device abstraction: a buffer type and the fused operations the layers need.
+//!
+//! Buffers are flat `f32` arrays; every operation works on the first `n` elements (or rows) of the
+//! buffers it is given, so activation buffers sized for the largest batch are reused for smaller
+//! ones without reallocation. The set of operations is deliberately small and fused (attention,
+//! layer norm, softmax + cross-entropy, AdamW): LoRA, MSLR and gradient alignment need explicit
+//! control of memory, not a general autograd.
+
+pub mod cpu;
+
+/// Row-major matrix operand: `rows x cols` with leading dimension `ld`, optionally transposed.
+pub struct Mat<'a, B: Backend + ?Sized> {
+    pub buf: &'a B::Buf,
+    pub offset: usize,
+    pub ld: usize,
+    pub trans: bool,
+}
+
+pub trait Backend: Send + Sync + 'static {
+    type Buf: Send + Sync;
+
+    fn name(&self) -> &'static str;
+
+    // ---- memory -------------------------------------------------------------------------------
+    fn zeros(&self, n: usize) -> Self::Buf;
+    fn from_host(&self, data: &[f32]) -> Self::Buf;
+    fn to_host(&self, buf: &Self::Buf, n: usize) -> Vec<f32>;
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// Grow `buf` to hold at least `n` elements (contents unspecified when it grows).
+    fn ensure(&self, buf: &mut Self::Buf, n: usize);
+    fn fill(&self, buf: &mut Self::Buf, n: usize, value: f32);
+    fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf, n: usize);
+
+    // ---- dense algebra ------------------------------------------------------------------------
+    /// `C[m, n] = alpha * op(A)[m, k] op(B)[k, n] (+ C if accumulate)`, row-major, C contiguous
+    /// at `c_off` with leading dimension `ldc`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(&self, c: &mut Self::Buf, c_off: usize, ldc: usize, a: Mat<'_, Self>, b: Mat<'_, Self>,
+              m: usize, n: usize, k: usize, alpha: f32, accumulate: bool);
+    /// `out[r, :] += bias` for `rows` rows of width `n`.
+    fn add_bias(&self, out: &mut Self::Buf, bias: &Self::Buf, rows: usize, n: usize);
+    /// `dbias (+)= sum over rows of dout[r, :]`.
+    fn bias_grad(&self, dbias: &mut Self::Buf, dout: &Self::Buf, rows: usize, n: usize, accumulate: bool);
+    /// `y[i] = a * x[i] + b * y[i]`.
+    fn axpby(&self, y: &mut Self::Buf, a: f32, x: &Self::Buf, b: f32, n: usize);
+    /// `x[i] *= a`.
+    fn scale(&self, x: &mut Self::Buf, a: f32, n: usize);
+    /// `out[i] = a[i] + b[i]`.
+    fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, n: usize);
+    /// `x[r, j] *= s[j]` (MSLR's radial scaling of the low-rank components).
+    fn scale_cols(&self, x: &mut Self::Buf, s: &[f32], rows: usize, n: usize);
+    fn dot(&self, a: &Self::Buf, b: &Self::Buf, n: usize) -> f64;
+
+    // ---- element-wise ---------------------------------------------------------------------------
+    fn gelu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, n: usize);
+    fn gelu_backward(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf, n: usize);
+    fn tanh_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, n: usize);
+    fn tanh_backward(&self, dinp: &mut Self::Buf, out: &Self::Buf, dout: &Self::Buf, n: usize);
+    /// Draw an inverted-dropout mask (`0` or `1/(1-p)`) into `mask` from (seed, stream ids).
+    fn dropout_mask(&self, mask: &mut Self::Buf, n: usize, p: f32, seed: u64, stream: &[u64]);
+    /// `x[i] *= mask[i]` (forward and backward of dropout alike).
+    fn mul(&self, x: &mut Self::Buf, mask: &Self::Buf, n: usize);
+
+    // ---- fused layers ---------------------------------------------------------------------------
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_forward(&self, out: &mut Self::Buf, word: &Self::Buf, pos: &Self::Buf, typ: &Self::Buf,
+                         ids: &[i32], pos_ids: &[i32], type_ids: &[i32], h: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_backward(&self, dword: Option<&mut Self::Buf>, dpos: Option<&mut Self::Buf>,
+                          dtyp: Option<&mut Self::Buf>, dout: &Self::Buf,
+                          ids: &[i32], pos_ids: &[i32], type_ids: &[i32], h: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_forward(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf,
+                          inp: &Self::Buf, w: &Self::Buf, b: &Self::Buf, rows: usize, h: usize, eps: f32);
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_backward(&self, dinp: &mut Self::Buf, dw: Option<&mut Self::Buf>, db: Option<&mut Self::Buf>,
+                           dout: &Self::Buf, inp: &Self::Buf, w: &Self::Buf, mean: &Self::Buf,
+                           rstd: &Self::Buf, rows: usize, h: usize);
+    /// Multi-head scaled dot-product attention over `q, k, v: [b*t, heads*d]` with a key padding
+    /// mask `[b*t]` (1 = token, 0 = padding). Saves the softmax probabilities `[b, heads, t, t]`;
+    /// `drop` is an optional inverted-dropout mask of the same shape applied to them.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(&self, out: &mut Self::Buf, probs: &mut Self::Buf, q: &Self::Buf, k: &Self::Buf,
+                         v: &Self::Buf, key_mask: &[i32], drop: Option<&Self::Buf>, b: usize, t: usize,
+                         heads: usize, d: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(&self, dq: &mut Self::Buf, dk: &mut Self::Buf, dv: &mut Self::Buf, dout: &Self::Buf,
+                          probs: &Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf,
+                          drop: Option<&Self::Buf>, b: usize, t: usize, heads: usize, d: usize);
+    /// Softmax + mean cross-entropy over `rows` rows of `n` classes; saves probabilities, returns
+    /// the mean loss.
+    fn softmax_xent_forward(&self, probs: &mut Self::Buf, logits: &Self::Buf, labels: &[i32], rows: usize, n: usize) -> f32;
+    /// `dlogits = (probs - onehot(labels)) / rows`.
+    fn softmax_xent_backward(&self, dlogits: &mut Self::Buf, probs: &Self::Buf, labels: &[i32], rows: usize, n: usize);
+    /// `out[i, :] = inp[rows[i], :]`.
+    fn gather_rows(&self, out: &mut Self::Buf, inp: &Self::Buf, rows: &[usize], n: usize);
+    /// `dinp[rows[i], :] += dout[i, :]`.
+    fn scatter_add_rows(&self, dinp: &mut Self::Buf, dout: &Self::Buf, rows: &[usize], n: usize);
+
+    // ---- optimiser ------------------------------------------------------------------------------
+    /// One AdamW update as `torch.optim.AdamW` does it (decoupled decay first, then the step with
+    /// bias corrections); `step` counts from 1.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, n: usize,
+             lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, step: u64);
+}

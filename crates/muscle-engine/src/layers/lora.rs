@@ -1,0 +1,69 @@
+//! LoRA: `y += (alpha / r) * B (A x)` with `A: [r, in]`, `B: [out, r]` (peft's layout).
+//! The branch is two small GEMMs beside the frozen weight, never merged during training.
+//! Input dropout, where configured, is applied by the caller to `x` before it reaches here.
+
+use crate::backend::{Backend, Mat};
+
+/// Adds the LoRA update to `out` (which already holds `W x + b`) and saves `xa = x A^T: [rows, r]`.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_forward<B: Backend>(be: &B, out: &mut B::Buf, xa: &mut B::Buf, inp: &B::Buf, a: &B::Buf, b: &B::Buf,
+                                rows: usize, in_f: usize, out_f: usize, r: usize, scale: f32) {
+    be.matmul(xa, 0, r, Mat { buf: inp, offset: 0, ld: in_f, trans: false },
+              Mat { buf: a, offset: 0, ld: in_f, trans: true }, rows, r, in_f, 1.0, false);
+    be.matmul(out, 0, out_f, Mat { buf: xa, offset: 0, ld: r, trans: false },
+              Mat { buf: b, offset: 0, ld: r, trans: true }, rows, out_f, r, scale, true);
+}
+
+/// `dB = s dout^T xa`, `dxa = s dout B`, `dA = dxa^T x`, `dinp += dxa A`.
+/// `dxa` is scratch of `rows * r`.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_backward<B: Backend>(be: &B, dinp: Option<&mut B::Buf>, da: Option<&mut B::Buf>, db: Option<&mut B::Buf>,
+                                 dxa: &mut B::Buf, dout: &B::Buf, xa: &B::Buf, inp: &B::Buf, a: &B::Buf,
+                                 b: &B::Buf, rows: usize, in_f: usize, out_f: usize, r: usize, scale: f32) {
+    if let Some(db) = db {
+        be.matmul(db, 0, r, Mat { buf: dout, offset: 0, ld: out_f, trans: true },
+                  Mat { buf: xa, offset: 0, ld: r, trans: false }, out_f, r, rows, scale, false);
+    }
+    be.matmul(dxa, 0, r, Mat { buf: dout, offset: 0, ld: out_f, trans: false },
+              Mat { buf: b, offset: 0, ld: r, trans: false }, rows, r, out_f, scale, false);
+    if let Some(da) = da {
+        be.matmul(da, 0, in_f, Mat { buf: dxa, offset: 0, ld: r, trans: true },
+                  Mat { buf: inp, offset: 0, ld: in_f, trans: false }, r, in_f, rows, 1.0, false);
+    }
+    if let Some(dinp) = dinp {
+        be.matmul(dinp, 0, in_f, Mat { buf: dxa, offset: 0, ld: r, trans: false },
+                  Mat { buf: a, offset: 0, ld: in_f, trans: false }, rows, in_f, r, 1.0, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::layers::gradcheck::{check, rand_vec};
+
+    #[test]
+    fn gradcheck_lora() {
+        let be = Cpu::new();
+        let (rows, i, o, r, s) = (6, 8, 5, 3, 16.0 / 3.0);
+        let x = rand_vec(rows * i, 1);
+        let a = rand_vec(r * i, 2);
+        let b = rand_vec(o * r, 3);
+        let base = rand_vec(rows * o, 4);
+        let gy = rand_vec(rows * o, 5);
+        let f = |x: &[f32], a: &[f32], b: &[f32]| {
+            let mut y = base.clone();
+            let mut xa = vec![0.0; rows * r];
+            lora_forward(&be, &mut y, &mut xa, &x.to_vec(), &a.to_vec(), &b.to_vec(), rows, i, o, r, s);
+            y
+        };
+        let mut xa = vec![0.0; rows * r];
+        let mut y = base.clone();
+        lora_forward(&be, &mut y, &mut xa, &x, &a, &b, rows, i, o, r, s);
+        let (mut dx, mut da, mut db, mut dxa) = (vec![0.0; rows * i], vec![0.0; r * i], vec![0.0; o * r], vec![0.0; rows * r]);
+        lora_backward(&be, Some(&mut dx), Some(&mut da), Some(&mut db), &mut dxa, &gy, &xa, &x, &a, &b, rows, i, o, r, s);
+        check("lora dx", &x, &dx, &gy, |v| f(v, &a, &b));
+        check("lora dA", &a, &da, &gy, |v| f(&x, v, &b));
+        check("lora dB", &b, &db, &gy, |v| f(&x, &a, v));
+    }
+}

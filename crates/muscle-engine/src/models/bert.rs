@@ -1,0 +1,818 @@
+//! BERT and RoBERTa sequence classifiers (post-LN encoders), forward and backward.
+//!
+//! Mirrors transformers' `BertForSequenceClassification` (embeddings -> encoder -> pooler dense +
+//! tanh on `[CLS]` -> dropout -> classifier) and `RobertaForSequenceClassification` (`<s>` state ->
+//! dropout -> `classifier.dense` -> tanh -> dropout -> `classifier.out_proj`). Both heads share one
+//! shape here: `dense (+ MSLR) -> tanh -> out`, with RoBERTa's extra dropout before `dense`.
+//!
+//! Activations live in per-layer buffers that are grown once and reused every step; the backward
+//! walks them in reverse and stops at the lowest layer that has anything to train.
+
+use super::config::{EncoderConfig, Family};
+use crate::backend::Backend;
+use crate::error::{EngineError, Result};
+use crate::io::safetensors::Weights;
+use crate::layers::{activation, attention, dropout, embedding, layer_norm, linear, lora, mslr, softmax_xent};
+use crate::params::ParamStore;
+use crate::rng::{self, Rng};
+use crate::spec::{TrainMode, TrainSpec, LORA_TARGETS};
+use std::path::Path;
+
+/// A batch of token ids, row-major `[b, t]`, with its padding mask and (for training) labels.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchRef<'a> {
+    pub ids: &'a [i32],
+    pub mask: &'a [i32],
+    pub labels: Option<&'a [i32]>,
+    pub b: usize,
+    pub t: usize,
+}
+
+struct EmbParams {
+    word: usize,
+    pos: usize,
+    typ: usize,
+    ln_w: usize,
+    ln_b: usize,
+}
+
+struct LayerParams {
+    /// query, key, value projections: (weight, bias)
+    qkv: [(usize, usize); 3],
+    /// LoRA (A, B) on query, key, value where targeted
+    lora: [Option<(usize, usize)>; 3],
+    attn_out: (usize, usize),
+    ln1: (usize, usize),
+    inter: (usize, usize),
+    out: (usize, usize),
+    ln2: (usize, usize),
+}
+
+struct HeadParams {
+    dense: (usize, usize),
+    out: (usize, usize),
+    /// MSLR (L, R) on `dense`
+    mslr: Option<(usize, usize)>,
+}
+
+#[derive(Default)]
+struct LoraActs<Buf> {
+    /// `x A^T`
+    xa: Buf,
+    /// dropped-out input and its mask (only with LoRA dropout)
+    xd: Buf,
+    mask: Buf,
+}
+
+struct LayerActs<Buf> {
+    qkv: [Buf; 3],
+    lora: [LoraActs<Buf>; 3],
+    ctx: Buf,
+    probs: Buf,
+    probs_drop: Buf,
+    attn_drop: Buf,
+    res1: Buf,
+    ln1_mean: Buf,
+    ln1_rstd: Buf,
+    h1: Buf,
+    inter_pre: Buf,
+    inter: Buf,
+    ffn_drop: Buf,
+    res2: Buf,
+    ln2_mean: Buf,
+    ln2_rstd: Buf,
+    out: Buf,
+}
+
+/// Buffers saved by the forward for the backward (one set per layer) plus the head's.
+struct Acts<Buf> {
+    emb_sum: Buf,
+    emb_mean: Buf,
+    emb_rstd: Buf,
+    emb_drop: Buf,
+    /// input to layer 0
+    emb_out: Buf,
+    layers: Vec<LayerActs<Buf>>,
+    cls: Buf,
+    head_in: Buf,
+    head_drop_a: Buf,
+    mslr_in: Buf,
+    mslr_drop: Buf,
+    mslr_us: Buf,
+    pre: Buf,
+    act: Buf,
+    head_out: Buf,
+    head_drop_b: Buf,
+    logits: Buf,
+    probs: Buf,
+}
+
+/// Backward scratch shared by all layers (they are processed one at a time).
+struct Scratch<Buf> {
+    d_out: Buf,
+    d_x: Buf,
+    d_res: Buf,
+    d_h1: Buf,
+    d_tmp: Buf,
+    d_lx: Buf,
+    d_ctx: Buf,
+    d_qkv: [Buf; 3],
+    d_inter: Buf,
+    d_inter_pre: Buf,
+    d_small: Buf,
+    d_logits: Buf,
+    d_head_out: Buf,
+    d_pre: Buf,
+    d_head_in: Buf,
+}
+
+struct AdapterShape {
+    lora_r: usize,
+    lora_scale: f32,
+    lora_dropout: f32,
+    mslr_scales: Vec<f32>,
+    mslr_scale: f32,
+    mslr_dropout: f32,
+}
+
+/// Dropout sites, used as RNG stream ids so each site draws its own mask.
+mod site {
+    pub const EMB: u64 = 1;
+    pub const PROBS: u64 = 2;
+    pub const ATTN: u64 = 3;
+    pub const FFN: u64 = 4;
+    pub const HEAD_A: u64 = 5;
+    pub const HEAD_B: u64 = 6;
+    pub const LORA: u64 = 7;
+    pub const MSLR: u64 = 8;
+}
+
+pub struct BertClassifier<B: Backend> {
+    pub cfg: EncoderConfig,
+    pub family: Family,
+    pub num_labels: usize,
+    pub params: ParamStore<B>,
+    /// Tensors absent from the checkpoint and initialised here (e.g. a new classification head).
+    pub initialized: Vec<String>,
+    emb: EmbParams,
+    layers: Vec<LayerParams>,
+    head: HeadParams,
+    adapters: AdapterShape,
+    acts: Acts<B::Buf>,
+    scratch: Scratch<B::Buf>,
+    /// host copies of the last forward's inputs
+    pos_ids: Vec<i32>,
+    type_ids: Vec<i32>,
+    cls_rows: Vec<usize>,
+    last: Option<(usize, usize, bool)>,
+    seed: u64,
+    /// counts training forwards, so every pass draws fresh dropout masks
+    passes: u64,
+    /// lowest encoder layer with a trainable tensor (num_layers if none)
+    lowest_trainable: usize,
+    embeddings_train: bool,
+}
+
+fn zeros<B: Backend>(be: &B) -> B::Buf {
+    be.zeros(0)
+}
+
+impl<B: Backend> BertClassifier<B> {
+    /// Loads `dir/config.json` and the safetensors weights by Hugging Face names (with or without
+    /// the `bert.`/`roberta.` prefix), initialises what the checkpoint lacks (head, adapters) as
+    /// transformers/peft do, and marks what trains according to `spec`.
+    pub fn load(be: &B, dir: &Path, num_labels: usize, spec: &TrainSpec, seed: u64) -> Result<Self> {
+        spec.validate()?;
+        if num_labels < 2 {
+            return Err(EngineError::Setup(format!("num_labels must be at least 2, got {num_labels}")));
+        }
+        let (cfg, family) = EncoderConfig::load(dir)?;
+        let weights = Weights::open(dir)?;
+        Self::from_weights(be, cfg, family, &weights, num_labels, spec, seed)
+    }
+
+    pub fn from_weights(be: &B, cfg: EncoderConfig, family: Family, weights: &Weights, num_labels: usize,
+                        spec: &TrainSpec, seed: u64) -> Result<Self> {
+        let root = match family {
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+        };
+        // One explicit key map: canonical names carry the prefix; the file may not.
+        let probe = "embeddings.word_embeddings.weight";
+        let file_prefix = if weights.contains(&format!("{root}.{probe}")) {
+            format!("{root}.")
+        } else if weights.contains(probe) {
+            String::new()
+        } else {
+            return Err(EngineError::MissingTensor {
+                path: weights.path().to_path_buf(),
+                name: format!("{root}.{probe}"),
+                expected: vec![cfg.vocab_size, cfg.hidden_size],
+            });
+        };
+        let mut rng = Rng::derive(seed, &[0x1417]);
+        let mut params = ParamStore::new();
+        let mut initialized = Vec::new();
+        let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
+
+        // Backbone tensors must exist; head tensors are initialised when absent.
+        let mut load = |params: &mut ParamStore<B>, name: &str, shape: Vec<usize>, in_backbone: bool,
+                        init_std: Option<f32>| -> Result<usize> {
+            let canonical = if in_backbone { format!("{root}.{name}") } else { name.to_string() };
+            let file_name = if in_backbone { format!("{file_prefix}{name}") } else { name.to_string() };
+            let data = if weights.contains(&file_name) {
+                weights.get(&file_name, &shape)?
+            } else if let Some(std) = init_std {
+                initialized.push(canonical.clone());
+                let n = shape.iter().product();
+                if name.ends_with(".bias") { vec![0.0; n] } else { rng::normal(&mut rng, std, n) }
+            } else {
+                return Err(EngineError::MissingTensor { path: weights.path().to_path_buf(), name: file_name, expected: shape });
+            };
+            Ok(params.push(be, canonical, shape, &data))
+        };
+        let ir = Some(cfg.initializer_range);
+        let emb = EmbParams {
+            word: load(&mut params, "embeddings.word_embeddings.weight", vec![cfg.vocab_size, h], true, None)?,
+            pos: load(&mut params, "embeddings.position_embeddings.weight", vec![cfg.max_position_embeddings, h], true, None)?,
+            typ: load(&mut params, "embeddings.token_type_embeddings.weight", vec![cfg.type_vocab_size, h], true, None)?,
+            ln_w: load(&mut params, "embeddings.LayerNorm.weight", vec![h], true, None)?,
+            ln_b: load(&mut params, "embeddings.LayerNorm.bias", vec![h], true, None)?,
+        };
+        let mut layers = Vec::new();
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{l}.");
+            let mut lin = |params: &mut ParamStore<B>, name: &str, o: usize, i: usize| -> Result<(usize, usize)> {
+                Ok((load(params, &format!("{p}{name}.weight"), vec![o, i], true, None)?,
+                    load(params, &format!("{p}{name}.bias"), vec![o], true, None)?))
+            };
+            let qkv = [
+                lin(&mut params, "attention.self.query", h, h)?,
+                lin(&mut params, "attention.self.key", h, h)?,
+                lin(&mut params, "attention.self.value", h, h)?,
+            ];
+            let attn_out = lin(&mut params, "attention.output.dense", h, h)?;
+            let mut ln = |params: &mut ParamStore<B>, name: &str| -> Result<(usize, usize)> {
+                Ok((load(params, &format!("{p}{name}.weight"), vec![h], true, None)?,
+                    load(params, &format!("{p}{name}.bias"), vec![h], true, None)?))
+            };
+            let ln1 = ln(&mut params, "attention.output.LayerNorm")?;
+            let mut lin2 = |params: &mut ParamStore<B>, name: &str, o: usize, i: usize| -> Result<(usize, usize)> {
+                Ok((load(params, &format!("{p}{name}.weight"), vec![o, i], true, None)?,
+                    load(params, &format!("{p}{name}.bias"), vec![o], true, None)?))
+            };
+            let inter_p = lin2(&mut params, "intermediate.dense", inter, h)?;
+            let out_p = lin2(&mut params, "output.dense", h, inter)?;
+            let ln2 = (load(&mut params, &format!("{p}output.LayerNorm.weight"), vec![h], true, None)?,
+                       load(&mut params, &format!("{p}output.LayerNorm.bias"), vec![h], true, None)?);
+            layers.push(LayerParams { qkv, lora: [None, None, None], attn_out, ln1, inter: inter_p, out: out_p, ln2 });
+        }
+        let head = match family {
+            Family::Bert => HeadParams {
+                // The pooler is part of BertModel but may be absent from a bare encoder save.
+                dense: (load(&mut params, "pooler.dense.weight", vec![h, h], true, ir)?,
+                        load(&mut params, "pooler.dense.bias", vec![h], true, ir)?),
+                out: (load(&mut params, "classifier.weight", vec![num_labels, h], false, ir)?,
+                      load(&mut params, "classifier.bias", vec![num_labels], false, ir)?),
+                mslr: None,
+            },
+            Family::Roberta => HeadParams {
+                dense: (load(&mut params, "classifier.dense.weight", vec![h, h], false, ir)?,
+                        load(&mut params, "classifier.dense.bias", vec![h], false, ir)?),
+                out: (load(&mut params, "classifier.out_proj.weight", vec![num_labels, h], false, ir)?,
+                      load(&mut params, "classifier.out_proj.bias", vec![num_labels], false, ir)?),
+                mslr: None,
+            },
+        };
+        let mut model = BertClassifier {
+            num_labels,
+            params,
+            initialized,
+            emb,
+            layers,
+            head,
+            adapters: AdapterShape { lora_r: 0, lora_scale: 0.0, lora_dropout: 0.0, mslr_scales: vec![], mslr_scale: 0.0, mslr_dropout: 0.0 },
+            acts: Acts {
+                emb_sum: zeros(be), emb_mean: zeros(be), emb_rstd: zeros(be), emb_drop: zeros(be), emb_out: zeros(be),
+                layers: Vec::new(),
+                cls: zeros(be), head_in: zeros(be), head_drop_a: zeros(be), mslr_in: zeros(be), mslr_drop: zeros(be),
+                mslr_us: zeros(be), pre: zeros(be), act: zeros(be), head_out: zeros(be), head_drop_b: zeros(be),
+                logits: zeros(be), probs: zeros(be),
+            },
+            scratch: Scratch {
+                d_out: zeros(be), d_x: zeros(be), d_res: zeros(be), d_h1: zeros(be), d_tmp: zeros(be), d_lx: zeros(be),
+                d_ctx: zeros(be), d_qkv: [zeros(be), zeros(be), zeros(be)], d_inter: zeros(be), d_inter_pre: zeros(be),
+                d_small: zeros(be), d_logits: zeros(be), d_head_out: zeros(be), d_pre: zeros(be), d_head_in: zeros(be),
+            },
+            pos_ids: Vec::new(),
+            type_ids: Vec::new(),
+            cls_rows: Vec::new(),
+            last: None,
+            seed,
+            passes: 0,
+            lowest_trainable: 0,
+            embeddings_train: false,
+            cfg,
+            family,
+        };
+        for _ in 0..model.cfg.num_hidden_layers {
+            model.acts.layers.push(LayerActs {
+                qkv: [zeros(be), zeros(be), zeros(be)],
+                lora: [LoraActs { xa: zeros(be), xd: zeros(be), mask: zeros(be) },
+                       LoraActs { xa: zeros(be), xd: zeros(be), mask: zeros(be) },
+                       LoraActs { xa: zeros(be), xd: zeros(be), mask: zeros(be) }],
+                ctx: zeros(be), probs: zeros(be), probs_drop: zeros(be), attn_drop: zeros(be), res1: zeros(be),
+                ln1_mean: zeros(be), ln1_rstd: zeros(be), h1: zeros(be), inter_pre: zeros(be), inter: zeros(be),
+                ffn_drop: zeros(be), res2: zeros(be), ln2_mean: zeros(be), ln2_rstd: zeros(be), out: zeros(be),
+            });
+        }
+        model.add_adapters(be, spec, &mut rng);
+        model.apply_spec(be, spec);
+        Ok(model)
+    }
+
+    fn head_dense_name(&self) -> &'static str {
+        match self.family {
+            Family::Bert => "bert.pooler.dense",
+            Family::Roberta => "classifier.dense",
+        }
+    }
+
+    /// Creates LoRA and MSLR tensors with peft's initialisation (A, L, R Kaiming-uniform with
+    /// a = sqrt(5); B zero).
+    fn add_adapters(&mut self, be: &B, spec: &TrainSpec, rng: &mut Rng) {
+        let h = self.cfg.hidden_size;
+        let root = match self.family {
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+        };
+        if let Some(l) = &spec.lora {
+            self.adapters.lora_r = l.r;
+            self.adapters.lora_scale = l.alpha / l.r as f32;
+            self.adapters.lora_dropout = l.dropout;
+            for (li, layer) in self.layers.iter_mut().enumerate() {
+                for (ti, target) in LORA_TARGETS.iter().enumerate() {
+                    if !l.targets.iter().any(|t| t == target) {
+                        continue;
+                    }
+                    let base = format!("{root}.encoder.layer.{li}.attention.self.{target}");
+                    let a = self.params.push(be, format!("{base}.lora_A.weight"), vec![l.r, h], &rng::kaiming_uniform(rng, h, l.r * h));
+                    let b = self.params.push(be, format!("{base}.lora_B.weight"), vec![h, l.r], &vec![0.0; h * l.r]);
+                    layer.lora[ti] = Some((a, b));
+                }
+            }
+        }
+        if let Some(m) = &spec.mslr {
+            let nk = m.band.len() * m.rank;
+            self.adapters.mslr_scales = mslr::scales(&m.band, m.rank);
+            self.adapters.mslr_scale = m.alpha / m.rank as f32;
+            self.adapters.mslr_dropout = m.dropout;
+            let base = self.head_dense_name();
+            let l = self.params.push(be, format!("{base}.mslr_L.weight"), vec![nk, h], &rng::kaiming_uniform(rng, h, nk * h));
+            let r = self.params.push(be, format!("{base}.mslr_R.weight"), vec![h, nk], &rng::kaiming_uniform(rng, nk, h * nk));
+            self.head.mslr = Some((l, r));
+        }
+    }
+
+    fn apply_spec(&mut self, be: &B, spec: &TrainSpec) {
+        let head_names: Vec<usize> = match self.family {
+            // peft's modules_to_save for sequence classification is the `classifier` module
+            Family::Bert => vec![self.head.out.0, self.head.out.1],
+            Family::Roberta => vec![self.head.dense.0, self.head.dense.1, self.head.out.0, self.head.out.1],
+        };
+        for i in 0..self.params.meta.len() {
+            let name = &self.params.meta[i].name;
+            let is_adapter = name.contains(".lora_") || name.contains(".mslr_");
+            let trainable = match spec.mode {
+                TrainMode::Full => true,
+                TrainMode::Peft => is_adapter || (spec.train_head && head_names.contains(&i)),
+            };
+            self.params.set_trainable(be, i, trainable);
+        }
+        let p = &self.params.meta;
+        self.embeddings_train = [self.emb.word, self.emb.pos, self.emb.typ, self.emb.ln_w, self.emb.ln_b]
+            .iter()
+            .any(|&i| p[i].trainable);
+        self.lowest_trainable = self
+            .layers
+            .iter()
+            .position(|l| {
+                let mut ids = vec![l.attn_out.0, l.attn_out.1, l.ln1.0, l.ln1.1, l.inter.0, l.inter.1, l.out.0, l.out.1, l.ln2.0, l.ln2.1];
+                ids.extend(l.qkv.iter().flat_map(|&(w, b)| [w, b]));
+                ids.extend(l.lora.iter().flatten().flat_map(|&(a, b)| [a, b]));
+                ids.iter().any(|&i| p[i].trainable)
+            })
+            .unwrap_or(self.layers.len());
+        if self.embeddings_train {
+            self.lowest_trainable = 0;
+        }
+    }
+
+    fn validate(&self, batch: &BatchRef) -> Result<()> {
+        let (b, t) = (batch.b, batch.t);
+        let bad = |m: String| Err(EngineError::Batch(m));
+        if b == 0 || t == 0 {
+            return bad(format!("batch of size {b} x {t}; batches need at least one sequence of at least one token"));
+        }
+        if batch.ids.len() != b * t || batch.mask.len() != b * t {
+            return bad(format!("ids ({}) and mask ({}) must both hold batch x seq = {} values", batch.ids.len(), batch.mask.len(), b * t));
+        }
+        let max_t = match self.family {
+            Family::Bert => self.cfg.max_position_embeddings,
+            Family::Roberta => self.cfg.max_position_embeddings - self.cfg.pad_token_id.unwrap_or(1) as usize - 1,
+        };
+        if t > max_t {
+            return bad(format!("sequence length {t} exceeds the model's {max_t} positions; lower max length"));
+        }
+        if let Some(&id) = batch.ids.iter().find(|&&i| i < 0 || i as usize >= self.cfg.vocab_size) {
+            return bad(format!("token id {id} is outside the vocabulary of {} (tokenizer and model do not match?)", self.cfg.vocab_size));
+        }
+        for r in 0..b {
+            if batch.mask[r * t] == 0 {
+                return bad(format!("row {r} starts with padding; sequences must start with the classification token"));
+            }
+        }
+        if let Some(labels) = batch.labels {
+            if labels.len() != b {
+                return bad(format!("{} labels for {b} rows", labels.len()));
+            }
+            if let Some(&y) = labels.iter().find(|&&y| y < 0 || y as usize >= self.num_labels) {
+                return bad(format!("label {y} is outside [0, {})", self.num_labels));
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_buffers(&mut self, be: &B, b: usize, t: usize) {
+        let (h, i, heads) = (self.cfg.hidden_size, self.cfg.intermediate_size, self.cfg.num_attention_heads);
+        let n = b * t;
+        let (r, nk) = (self.adapters.lora_r, self.adapters.mslr_scales.len());
+        let c = self.num_labels;
+        let a = &mut self.acts;
+        for (buf, len) in [(&mut a.emb_sum, n * h), (&mut a.emb_mean, n), (&mut a.emb_rstd, n), (&mut a.emb_drop, n * h),
+                           (&mut a.emb_out, n * h), (&mut a.cls, b * h), (&mut a.head_in, b * h), (&mut a.head_drop_a, b * h),
+                           (&mut a.mslr_in, b * h), (&mut a.mslr_drop, b * h), (&mut a.mslr_us, b * nk), (&mut a.pre, b * h),
+                           (&mut a.act, b * h), (&mut a.head_out, b * h), (&mut a.head_drop_b, b * h), (&mut a.logits, b * c),
+                           (&mut a.probs, b * c)] {
+            be.ensure(buf, len);
+        }
+        let lora_dropout = self.adapters.lora_dropout > 0.0;
+        for (la, lp) in a.layers.iter_mut().zip(&self.layers) {
+            for buf in la.qkv.iter_mut() {
+                be.ensure(buf, n * h);
+            }
+            for (ti, lo) in la.lora.iter_mut().enumerate() {
+                if lp.lora[ti].is_some() {
+                    be.ensure(&mut lo.xa, n * r);
+                    if lora_dropout {
+                        be.ensure(&mut lo.xd, n * h);
+                        be.ensure(&mut lo.mask, n * h);
+                    }
+                }
+            }
+            for (buf, len) in [(&mut la.ctx, n * h), (&mut la.probs, b * heads * t * t), (&mut la.probs_drop, b * heads * t * t),
+                               (&mut la.attn_drop, n * h), (&mut la.res1, n * h), (&mut la.ln1_mean, n), (&mut la.ln1_rstd, n),
+                               (&mut la.h1, n * h), (&mut la.inter_pre, n * i), (&mut la.inter, n * i), (&mut la.ffn_drop, n * h),
+                               (&mut la.res2, n * h), (&mut la.ln2_mean, n), (&mut la.ln2_rstd, n), (&mut la.out, n * h)] {
+                be.ensure(buf, len);
+            }
+        }
+        let s = &mut self.scratch;
+        for (buf, len) in [(&mut s.d_out, n * h), (&mut s.d_x, n * h), (&mut s.d_res, n * h), (&mut s.d_h1, n * h),
+                           (&mut s.d_tmp, n * h), (&mut s.d_lx, n * h), (&mut s.d_ctx, n * h), (&mut s.d_inter, n * i),
+                           (&mut s.d_inter_pre, n * i), (&mut s.d_small, n * r.max(nk).max(1)), (&mut s.d_logits, b * c),
+                           (&mut s.d_head_out, b * h), (&mut s.d_pre, b * h), (&mut s.d_head_in, b * h)] {
+            be.ensure(buf, len);
+        }
+        for buf in s.d_qkv.iter_mut() {
+            be.ensure(buf, n * h);
+        }
+    }
+
+    /// Runs the model on a batch and returns the logits `[b, num_labels]` (host). With `train`,
+    /// dropout is on (fresh masks every call) and the activations are kept for [`Self::backward`].
+    pub fn forward(&mut self, be: &B, batch: &BatchRef, train: bool) -> Result<Vec<f32>> {
+        self.validate(batch)?;
+        let (b, t) = (batch.b, batch.t);
+        self.ensure_buffers(be, b, t);
+        let pad = match self.family {
+            Family::Bert => None,
+            Family::Roberta => self.cfg.pad_token_id,
+        };
+        self.pos_ids = embedding::position_ids(batch.ids, b, t, pad);
+        self.type_ids.clear();
+        self.type_ids.resize(b * t, 0);
+        self.cls_rows = (0..b).map(|r| r * t).collect();
+        if train {
+            self.passes += 1;
+        }
+        let pass = self.passes;
+        let seed = self.seed;
+        let cfg = &self.cfg;
+        let (h, inter, heads, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.head_dim());
+        let n = b * t;
+        let pv = &self.params.values;
+        let a = &mut self.acts;
+        let s = &mut self.scratch;
+        let ad = &self.adapters;
+        // A dropout site is live only in training with p > 0.
+        let live = |p: f32| train && p > 0.0;
+        let hp = cfg.hidden_dropout_prob;
+
+        // embeddings -> layer norm -> dropout
+        let e = &self.emb;
+        embedding::embedding_forward(be, &mut a.emb_sum, &pv[e.word], &pv[e.pos], &pv[e.typ], batch.ids, &self.pos_ids,
+                                     &self.type_ids, h);
+        layer_norm::layer_norm_forward(be, &mut a.emb_out, &mut a.emb_mean, &mut a.emb_rstd, &a.emb_sum, &pv[e.ln_w],
+                                       &pv[e.ln_b], n, h, cfg.layer_norm_eps);
+        if live(hp) {
+            dropout::dropout_forward(be, &mut a.emb_out, &mut a.emb_drop, n * h, hp, seed, &[pass, site::EMB]);
+        }
+
+        for (l, lp) in self.layers.iter().enumerate() {
+            let (prev, rest) = a.layers.split_at_mut(l);
+            let la = &mut rest[0];
+            let x = if l == 0 { &a.emb_out } else { &prev[l - 1].out };
+            let lid = l as u64;
+            for ti in 0..3 {
+                let (w, bias) = lp.qkv[ti];
+                linear::linear_forward(be, &mut la.qkv[ti], x, &pv[w], Some(&pv[bias]), n, h, h);
+                if let Some((la_a, la_b)) = lp.lora[ti] {
+                    let lo = &mut la.lora[ti];
+                    let inp = if live(ad.lora_dropout) {
+                        be.copy(&mut lo.xd, x, n * h);
+                        dropout::dropout_forward(be, &mut lo.xd, &mut lo.mask, n * h, ad.lora_dropout, seed,
+                                                 &[pass, site::LORA, lid, ti as u64]);
+                        &lo.xd
+                    } else {
+                        x
+                    };
+                    lora::lora_forward(be, &mut la.qkv[ti], &mut lo.xa, inp, &pv[la_a], &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
+                }
+            }
+            let pdrop = if live(cfg.attention_probs_dropout_prob) {
+                be.dropout_mask(&mut la.probs_drop, b * heads * t * t, cfg.attention_probs_dropout_prob, seed, &[pass, site::PROBS, lid]);
+                Some(&la.probs_drop)
+            } else {
+                None
+            };
+            attention::attention_forward(be, &mut la.ctx, &mut la.probs, &la.qkv[0], &la.qkv[1], &la.qkv[2], batch.mask,
+                                         pdrop, b, t, heads, d);
+            // attention output: dense -> dropout -> + x -> layer norm
+            linear::linear_forward(be, &mut s.d_tmp, &la.ctx, &pv[lp.attn_out.0], Some(&pv[lp.attn_out.1]), n, h, h);
+            if live(hp) {
+                dropout::dropout_forward(be, &mut s.d_tmp, &mut la.attn_drop, n * h, hp, seed, &[pass, site::ATTN, lid]);
+            }
+            be.add(&mut la.res1, &s.d_tmp, x, n * h);
+            layer_norm::layer_norm_forward(be, &mut la.h1, &mut la.ln1_mean, &mut la.ln1_rstd, &la.res1, &pv[lp.ln1.0],
+                                           &pv[lp.ln1.1], n, h, cfg.layer_norm_eps);
+            // feed-forward: dense -> gelu -> dense -> dropout -> + h1 -> layer norm
+            linear::linear_forward(be, &mut la.inter_pre, &la.h1, &pv[lp.inter.0], Some(&pv[lp.inter.1]), n, h, inter);
+            activation::gelu_forward(be, &mut la.inter, &la.inter_pre, n * inter);
+            linear::linear_forward(be, &mut s.d_tmp, &la.inter, &pv[lp.out.0], Some(&pv[lp.out.1]), n, inter, h);
+            if live(hp) {
+                dropout::dropout_forward(be, &mut s.d_tmp, &mut la.ffn_drop, n * h, hp, seed, &[pass, site::FFN, lid]);
+            }
+            be.add(&mut la.res2, &s.d_tmp, &la.h1, n * h);
+            layer_norm::layer_norm_forward(be, &mut la.out, &mut la.ln2_mean, &mut la.ln2_rstd, &la.res2, &pv[lp.ln2.0],
+                                           &pv[lp.ln2.1], n, h, cfg.layer_norm_eps);
+        }
+
+        // head: [CLS] state -> (RoBERTa: dropout) -> dense (+ MSLR) -> tanh -> dropout -> out
+        let last = a.layers.last().map(|la| &la.out).unwrap_or(&a.emb_out);
+        be.gather_rows(&mut a.cls, last, &self.cls_rows, h);
+        let cp = cfg.head_dropout();
+        be.copy(&mut a.head_in, &a.cls, b * h);
+        if self.family == Family::Roberta && live(cp) {
+            dropout::dropout_forward(be, &mut a.head_in, &mut a.head_drop_a, b * h, cp, seed, &[pass, site::HEAD_A]);
+        }
+        let hd = &self.head;
+        linear::linear_forward(be, &mut a.pre, &a.head_in, &pv[hd.dense.0], Some(&pv[hd.dense.1]), b, h, h);
+        if let Some((ml, mr)) = hd.mslr {
+            let inp = if live(ad.mslr_dropout) {
+                be.copy(&mut a.mslr_in, &a.head_in, b * h);
+                dropout::dropout_forward(be, &mut a.mslr_in, &mut a.mslr_drop, b * h, ad.mslr_dropout, seed, &[pass, site::MSLR]);
+                &a.mslr_in
+            } else {
+                &a.head_in
+            };
+            mslr::mslr_forward(be, &mut a.pre, &mut a.mslr_us, inp, &pv[ml], &pv[mr], &ad.mslr_scales, b, h, h, ad.mslr_scale);
+        }
+        activation::tanh_forward(be, &mut a.act, &a.pre, b * h);
+        be.copy(&mut a.head_out, &a.act, b * h);
+        if live(cp) {
+            dropout::dropout_forward(be, &mut a.head_out, &mut a.head_drop_b, b * h, cp, seed, &[pass, site::HEAD_B]);
+        }
+        linear::linear_forward(be, &mut a.logits, &a.head_out, &pv[hd.out.0], Some(&pv[hd.out.1]), b, h, self.num_labels);
+        self.last = Some((b, t, train));
+        Ok(be.to_host(&a.logits, b * self.num_labels))
+    }
+
+    /// Mean cross-entropy of the last forward against `labels`; keeps the probabilities for the backward.
+    pub fn loss(&mut self, be: &B, labels: &[i32]) -> Result<f32> {
+        let (b, _, _) = self.last.ok_or_else(|| EngineError::Other("loss before forward".into()))?;
+        if labels.len() != b {
+            return Err(EngineError::Batch(format!("{} labels for {b} rows", labels.len())));
+        }
+        Ok(softmax_xent::softmax_xent_forward(be, &mut self.acts.probs, &self.acts.logits, labels, b, self.num_labels))
+    }
+
+    /// Backpropagates the loss of the last (training-mode or eval-mode) forward into the
+    /// gradients of the trainable tensors. Gradients are overwritten, not accumulated.
+    pub fn backward(&mut self, be: &B, batch: &BatchRef) -> Result<()> {
+        let (b, t, train) = self.last.ok_or_else(|| EngineError::Other("backward before forward".into()))?;
+        let labels = batch.labels.ok_or_else(|| EngineError::Batch("backward needs labels".into()))?;
+        if (b, t) != (batch.b, batch.t) {
+            return Err(EngineError::Batch("backward batch differs from the forward's".into()));
+        }
+        let cfg = &self.cfg;
+        let (h, inter, heads, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.head_dim());
+        let n = b * t;
+        let c = self.num_labels;
+        let pv = &self.params.values;
+        let pg = &mut self.params.grads;
+        let a = &self.acts;
+        let s = &mut self.scratch;
+        let ad = &self.adapters;
+        let live = |p: f32| train && p > 0.0;
+        let hp = cfg.hidden_dropout_prob;
+        let cp = cfg.head_dropout();
+
+        // Borrow two distinct gradient buffers mutably at once.
+        fn two<T>(v: &mut [Option<T>], i: usize, j: usize) -> (Option<&mut T>, Option<&mut T>) {
+            assert_ne!(i, j);
+            if i < j {
+                let (x, y) = v.split_at_mut(j);
+                (x[i].as_mut(), y[0].as_mut())
+            } else {
+                let (x, y) = v.split_at_mut(i);
+                (y[0].as_mut(), x[j].as_mut())
+            }
+        }
+
+        // ---- head -------------------------------------------------------------------------------
+        softmax_xent::softmax_xent_backward(be, &mut s.d_logits, &a.probs, labels, b, c);
+        let hd = &self.head;
+        let (dw, db) = two(pg, hd.out.0, hd.out.1);
+        linear::linear_backward(be, Some((&mut s.d_head_out, false)), dw, db, &s.d_logits, &a.head_out, &pv[hd.out.0], b, h, c);
+        if live(cp) {
+            dropout::dropout_backward(be, &mut s.d_head_out, &a.head_drop_b, b * h);
+        }
+        activation::tanh_backward(be, &mut s.d_pre, &a.act, &s.d_head_out, b * h);
+        let need_below = self.lowest_trainable < self.layers.len();
+        let (dw, db) = two(pg, hd.dense.0, hd.dense.1);
+        linear::linear_backward(be, if need_below { Some((&mut s.d_head_in, false)) } else { None }, dw, db, &s.d_pre,
+                                &a.head_in, &pv[hd.dense.0], b, h, h);
+        if let Some((ml, mr)) = hd.mslr {
+            let mslr_dropout = live(ad.mslr_dropout);
+            let inp = if mslr_dropout { &a.mslr_in } else { &a.head_in };
+            let (dl, dr) = two(pg, ml, mr);
+            if need_below && mslr_dropout {
+                be.fill(&mut s.d_lx, b * h, 0.0);
+                mslr::mslr_backward(be, Some(&mut s.d_lx), dl, dr, &mut s.d_small, &s.d_pre, &a.mslr_us, inp, &pv[ml], &pv[mr],
+                                    &ad.mslr_scales, b, h, h, ad.mslr_scale);
+                dropout::dropout_backward(be, &mut s.d_lx, &a.mslr_drop, b * h);
+                be.axpby(&mut s.d_head_in, 1.0, &s.d_lx, 1.0, b * h);
+            } else {
+                mslr::mslr_backward(be, if need_below { Some(&mut s.d_head_in) } else { None }, dl, dr, &mut s.d_small,
+                                    &s.d_pre, &a.mslr_us, inp, &pv[ml], &pv[mr], &ad.mslr_scales, b, h, h, ad.mslr_scale);
+            }
+        }
+        if !need_below {
+            return Ok(());
+        }
+        if self.family == Family::Roberta && live(cp) {
+            dropout::dropout_backward(be, &mut s.d_head_in, &a.head_drop_a, b * h);
+        }
+        be.fill(&mut s.d_out, n * h, 0.0);
+        be.scatter_add_rows(&mut s.d_out, &s.d_head_in, &self.cls_rows, h);
+
+        // ---- encoder, top to bottom ----------------------------------------------------------------
+        for l in (self.lowest_trainable..self.layers.len()).rev() {
+            let lp = &self.layers[l];
+            let la = &a.layers[l];
+            let x = if l == 0 { &a.emb_out } else { &a.layers[l - 1].out };
+            let need_dx = l > self.lowest_trainable || self.embeddings_train;
+            // second layer norm, residual around the feed-forward block
+            let (dw, db) = two(pg, lp.ln2.0, lp.ln2.1);
+            layer_norm::layer_norm_backward(be, &mut s.d_res, dw, db, &s.d_out, &la.res2, &pv[lp.ln2.0], &la.ln2_mean,
+                                            &la.ln2_rstd, n, h);
+            be.copy(&mut s.d_h1, &s.d_res, n * h);
+            be.copy(&mut s.d_tmp, &s.d_res, n * h);
+            if live(hp) {
+                dropout::dropout_backward(be, &mut s.d_tmp, &la.ffn_drop, n * h);
+            }
+            let (dw, db) = two(pg, lp.out.0, lp.out.1);
+            linear::linear_backward(be, Some((&mut s.d_inter, false)), dw, db, &s.d_tmp, &la.inter, &pv[lp.out.0], n, inter, h);
+            activation::gelu_backward(be, &mut s.d_inter_pre, &la.inter_pre, &s.d_inter, n * inter);
+            let (dw, db) = two(pg, lp.inter.0, lp.inter.1);
+            linear::linear_backward(be, Some((&mut s.d_h1, true)), dw, db, &s.d_inter_pre, &la.h1, &pv[lp.inter.0], n, h, inter);
+            // first layer norm, residual around attention
+            let (dw, db) = two(pg, lp.ln1.0, lp.ln1.1);
+            layer_norm::layer_norm_backward(be, &mut s.d_res, dw, db, &s.d_h1, &la.res1, &pv[lp.ln1.0], &la.ln1_mean,
+                                            &la.ln1_rstd, n, h);
+            if need_dx {
+                be.copy(&mut s.d_x, &s.d_res, n * h);
+            }
+            be.copy(&mut s.d_tmp, &s.d_res, n * h);
+            if live(hp) {
+                dropout::dropout_backward(be, &mut s.d_tmp, &la.attn_drop, n * h);
+            }
+            let (dw, db) = two(pg, lp.attn_out.0, lp.attn_out.1);
+            linear::linear_backward(be, Some((&mut s.d_ctx, false)), dw, db, &s.d_tmp, &la.ctx, &pv[lp.attn_out.0], n, h, h);
+            let pdrop = if live(cfg.attention_probs_dropout_prob) { Some(&la.probs_drop) } else { None };
+            {
+                let [dq, dk, dv] = &mut s.d_qkv;
+                attention::attention_backward(be, dq, dk, dv, &s.d_ctx, &la.probs, &la.qkv[0], &la.qkv[1], &la.qkv[2],
+                                              pdrop, b, t, heads, d);
+            }
+            for ti in 0..3 {
+                let (w, bias) = lp.qkv[ti];
+                let (dw, db) = two(pg, w, bias);
+                linear::linear_backward(be, if need_dx { Some((&mut s.d_x, true)) } else { None }, dw, db, &s.d_qkv[ti], x,
+                                        &pv[w], n, h, h);
+                if let Some((la_a, la_b)) = lp.lora[ti] {
+                    let lo = &la.lora[ti];
+                    let dropped = live(ad.lora_dropout);
+                    let inp = if dropped { &lo.xd } else { x };
+                    let (da, dbb) = two(pg, la_a, la_b);
+                    if need_dx && dropped {
+                        be.fill(&mut s.d_lx, n * h, 0.0);
+                        lora::lora_backward(be, Some(&mut s.d_lx), da, dbb, &mut s.d_small, &s.d_qkv[ti], &lo.xa, inp,
+                                            &pv[la_a], &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
+                        dropout::dropout_backward(be, &mut s.d_lx, &lo.mask, n * h);
+                        be.axpby(&mut s.d_x, 1.0, &s.d_lx, 1.0, n * h);
+                    } else {
+                        lora::lora_backward(be, if need_dx { Some(&mut s.d_x) } else { None }, da, dbb, &mut s.d_small,
+                                            &s.d_qkv[ti], &lo.xa, inp, &pv[la_a], &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
+                    }
+                }
+            }
+            if need_dx {
+                std::mem::swap(&mut s.d_out, &mut s.d_x);
+            }
+        }
+
+        // ---- embeddings ------------------------------------------------------------------------------
+        if self.embeddings_train {
+            let e = &self.emb;
+            if live(hp) {
+                dropout::dropout_backward(be, &mut s.d_out, &a.emb_drop, n * h);
+            }
+            let (dw, db) = two(pg, e.ln_w, e.ln_b);
+            layer_norm::layer_norm_backward(be, &mut s.d_res, dw, db, &s.d_out, &a.emb_sum, &pv[e.ln_w], &a.emb_mean,
+                                            &a.emb_rstd, n, h);
+            for idx in [e.word, e.pos, e.typ] {
+                if let Some(g) = pg[idx].as_mut() {
+                    let len = be.len(g);
+                    be.fill(g, len, 0.0);
+                }
+            }
+            let (dword, rest) = pg.split_at_mut(e.word + 1);
+            let dword = dword[e.word].as_mut();
+            // word < pos < typ by construction order
+            let (dpos, dtyp) = {
+                let (p, t) = rest.split_at_mut(e.typ - e.word - 1);
+                (p[e.pos - e.word - 1].as_mut(), t[0].as_mut())
+            };
+            embedding::embedding_backward(be, dword, dpos, dtyp, &s.d_res, batch.ids, &self.pos_ids, &self.type_ids, h);
+        }
+        Ok(())
+    }
+
+    /// The encoder's last hidden state `[b*t, hidden]` of the last forward (host).
+    pub fn last_hidden_state(&self, be: &B) -> Vec<f32> {
+        let (b, t, _) = self.last.unwrap_or((0, 0, false));
+        let last = self.acts.layers.last().map(|l| &l.out).unwrap_or(&self.acts.emb_out);
+        be.to_host(last, b * t * self.cfg.hidden_size)
+    }
+
+    /// The head's activation `tanh(dense(x))` of the last forward: BERT's pooled output.
+    pub fn pooled_output(&self, be: &B) -> Vec<f32> {
+        let (b, _, _) = self.last.unwrap_or((0, 0, false));
+        be.to_host(&self.acts.act, b * self.cfg.hidden_size)
+    }
+
+    /// Overwrites a tensor by canonical name (tests, resume, loading adapters).
+    pub fn set_param(&mut self, be: &B, name: &str, data: &[f32]) -> Result<()> {
+        let i = self.params.index_of(name).ok_or_else(|| EngineError::Other(format!("no tensor named `{name}`")))?;
+        let meta = &self.params.meta[i];
+        if meta.numel() != data.len() {
+            return Err(EngineError::ShapeMismatch {
+                path: "(set_param)".into(), name: name.into(), found: vec![data.len()], expected: meta.shape.clone(),
+            });
+        }
+        self.params.values[i] = be.from_host(data);
+        Ok(())
+    }
+
+    pub fn get_param(&self, be: &B, name: &str) -> Option<Vec<f32>> {
+        let i = self.params.index_of(name)?;
+        Some(be.to_host(&self.params.values[i], self.params.meta[i].numel()))
+    }
+
+    pub fn get_grad(&self, be: &B, name: &str) -> Option<Vec<f32>> {
+        let i = self.params.index_of(name)?;
+        self.params.grads[i].as_ref().map(|g| be.to_host(g, self.params.meta[i].numel()))
+    }
+}
