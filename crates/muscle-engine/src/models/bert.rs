@@ -780,6 +780,16 @@ impl<B: Backend> BertClassifier<B> {
         Ok(())
     }
 
+    /// Sets the dropout pass counter; the next training forward uses `pass + 1`. Two forwards
+    /// from the same counter draw identical masks (finite-difference checks, exact resume).
+    pub fn set_pass(&mut self, pass: u64) {
+        self.passes = pass;
+    }
+
+    pub fn pass(&self) -> u64 {
+        self.passes
+    }
+
     /// The encoder's last hidden state `[b*t, hidden]` of the last forward (host).
     pub fn last_hidden_state(&self, be: &B) -> Vec<f32> {
         let (b, t, _) = self.last.unwrap_or((0, 0, false));
