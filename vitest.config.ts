@@ -9,7 +9,7 @@ export default defineConfig({
     },
   },
   test: {
-    include: ['packages/*/test/**/*.test.ts'],
+    include: ['packages/*/test/**/*.test.ts', 'tests/**/*.test.ts'],
     // The machine is shared and small; two workers are plenty for these tests.
     maxWorkers: 2,
   },

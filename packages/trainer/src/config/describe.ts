@@ -15,14 +15,27 @@ function shapeOf(schema: z.ZodType): Shape | undefined {
   return (unwrap(schema) as unknown as { shape?: Shape }).shape;
 }
 
+/** The schema of the value at `path` (list indices step into the list's element). */
+function schemaAt(path: readonly PropertyKey[]): z.ZodType | undefined {
+  let schema: z.ZodType | undefined = rawConfigSchema;
+  for (const key of path) {
+    if (!schema) return undefined;
+    const inner: z.ZodType = unwrap(schema);
+    schema = typeof key === 'number' ? (inner as unknown as { element?: z.ZodType }).element : shapeOf(inner)?.[key as string];
+  }
+  return schema;
+}
+
 /** The keys allowed in the mapping at `path` (for "unknown key" messages). */
 export function allowedKeysAt(path: readonly PropertyKey[]): string[] {
-  let shape = shapeOf(rawConfigSchema);
-  for (const key of path) {
-    const field = shape?.[key as string];
-    shape = field && shapeOf(field);
-  }
-  return Object.keys(shape ?? {});
+  const schema = schemaAt(path);
+  return Object.keys((schema && shapeOf(schema)) ?? {});
+}
+
+/** Whether the value at `path` must be an integer (zod reports a wrong type there as "expected number"). */
+export function isIntegerAt(path: readonly PropertyKey[]): boolean {
+  const schema = schemaAt(path);
+  return schema !== undefined && (unwrap(schema) as unknown as { isInt?: boolean }).isInt === true;
 }
 
 /** Every config key with its description (for `muscle run --help`). */

@@ -50,27 +50,32 @@ function bound(issue: { inclusive?: boolean }, op: '>' | '<', limit: unknown): s
   return `${op}${issue.inclusive ? '=' : ''} ${String(limit)}`;
 }
 
-/** What the issue says is allowed, in words. `allowedKeys` lists the keys of the mapping at a path. */
-function describeIssue(issue: z.core.$ZodIssue, allowedKeys: (path: readonly PropertyKey[]) => string[]): { path: PropertyKey[]; detail: string } {
+/** What the schema allows at a path, for the messages. */
+export interface SchemaFacts {
+  allowedKeys(path: readonly PropertyKey[]): string[];
+  isInteger(path: readonly PropertyKey[]): boolean;
+}
+
+/** What the issue says is allowed, in words. */
+function describeIssue(issue: z.core.$ZodIssue, schema: SchemaFacts): { path: PropertyKey[]; detail: string } {
   const path = [...issue.path];
+  const kind = schema.isInteger(path) ? 'an integer ' : '';
   switch (issue.code) {
     case 'unrecognized_keys': {
       const key = issue.keys[0] ?? '';
-      return { path: [...path, key], detail: `unknown key; allowed keys: ${allowedKeys(path).join(', ')}` };
+      return { path: [...path, key], detail: `unknown key; allowed keys: ${schema.allowedKeys(path).join(', ')}` };
     }
     case 'invalid_type':
-      return { path, detail: `expected ${TYPE_NAMES[issue.expected] ?? issue.expected}` };
+      return { path, detail: `expected ${kind ? 'an integer' : (TYPE_NAMES[issue.expected] ?? issue.expected)}` };
     case 'invalid_value':
       return { path, detail: `expected one of ${issue.values.map((v) => String(v)).join(', ')}` };
     case 'too_small':
       if (issue.origin === 'array') return { path, detail: `expected a list of at least ${String(issue.minimum)} item${issue.minimum === 1 ? '' : 's'}` };
       if (issue.origin === 'string') return { path, detail: 'expected a non-empty string' };
-      return { path, detail: `expected ${bound(issue, '>', issue.minimum)}` };
+      return { path, detail: `expected ${kind}${bound(issue, '>', issue.minimum)}` };
     case 'too_big':
       if (issue.origin === 'array') return { path, detail: `expected a list of at most ${String(issue.maximum)} items` };
-      return { path, detail: `expected ${bound(issue, '<', issue.maximum)}` };
-    case 'invalid_format':
-      return { path, detail: issue.message };
+      return { path, detail: `expected ${kind}${bound(issue, '<', issue.maximum)}` };
     default:
       return { path, detail: issue.message };
   }
@@ -81,11 +86,11 @@ export function issueToConfigError(
   file: string,
   raw: unknown,
   issues: readonly z.core.$ZodIssue[],
-  allowedKeys: (path: readonly PropertyKey[]) => string[],
+  schema: SchemaFacts,
 ): ConfigError {
   const first = issues.find((i) => i.code === 'unrecognized_keys') ?? issues[0];
   if (!first) return new ConfigError(file, '', 'invalid configuration');
-  const { path, detail } = describeIssue(first, allowedKeys);
+  const { path, detail } = describeIssue(first, schema);
   if (first.code === 'unrecognized_keys') return new ConfigError(file, formatKeyPath(path), detail);
   return new ConfigError(file, formatKeyPath(path), `got ${formatValue(valueAt(raw, path))}, ${detail}`);
 }

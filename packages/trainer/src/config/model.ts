@@ -23,10 +23,15 @@ function isDir(p: string): boolean {
   }
 }
 
-/** The local directory a model string names, relative to `baseDir`; undefined when it is not a local path. */
+/** The path a model string names when read as a local path, relative to `baseDir`. */
+export function modelPath(model: string, baseDir: string): string {
+  return resolve(baseDir, expandHome(model));
+}
+
+/** The existing local directory a model string names, if any. */
 export function localModelDir(model: string, baseDir: string): string | undefined {
-  const dir = resolve(baseDir, expandHome(model));
-  return looksLikePath(model) || isDir(dir) ? dir : undefined;
+  const dir = modelPath(model, baseDir);
+  return isDir(dir) ? dir : undefined;
 }
 
 export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {

@@ -2,9 +2,9 @@ import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import * as YAML from 'yaml';
 import { defaultsFor } from './defaults.js';
-import { allowedKeysAt } from './describe.js';
+import { allowedKeysAt, isIntegerAt } from './describe.js';
 import { ConfigError, formatValue, issueToConfigError } from './errors.js';
-import { detectFamily, localModelDir, looksLikePath, modelFilesDir } from './model.js';
+import { detectFamily, localModelDir, looksLikePath, modelFilesDir, modelPath } from './model.js';
 import { rawConfigSchema, type RunConfig } from './schema.js';
 
 export interface ResolveOptions {
@@ -31,13 +31,13 @@ export function resolveConfig(raw: unknown, options: ResolveOptions): RunConfig 
   if (!isMapping(raw)) throw new ConfigError(file, '', `got ${formatValue(raw)}, expected a mapping of config keys (name, model, dataset, attacks, ...)`);
   const input = { ...raw, ...options.overrides };
   const parsed = rawConfigSchema.safeParse(input);
-  if (!parsed.success) throw issueToConfigError(file, input, parsed.error.issues, allowedKeysAt);
+  if (!parsed.success) throw issueToConfigError(file, input, parsed.error.issues, { allowedKeys: allowedKeysAt, isInteger: isIntegerAt });
   const cfg = parsed.data;
   const baseDir = dirname(resolve(file));
 
   const localDir = localModelDir(cfg.model, baseDir);
-  if (looksLikePath(cfg.model) && !modelFilesDir(cfg.model, baseDir)) {
-    throw new ConfigError(file, 'model', `got ${formatValue(cfg.model)}, expected an existing model directory or a hub id (${localDir} is not a directory)`);
+  if (looksLikePath(cfg.model) && !localDir) {
+    throw new ConfigError(file, 'model', `got ${formatValue(cfg.model)}, expected an existing model directory or a hub id (${modelPath(cfg.model, baseDir)} is not a directory)`);
   }
   let family = cfg.family;
   if (!family) {
@@ -95,8 +95,10 @@ export function loadConfigFile(file: string, overrides?: Record<string, unknown>
   const doc = YAML.parseDocument(text, { uniqueKeys: true });
   const error = doc.errors[0];
   if (error) {
-    const line = error.linePos?.[0]?.line;
-    throw new ConfigError(line ? `${file}:${line}` : file, '', `YAML syntax error: ${error.message.split('\n')[0]}`);
+    const pos = error.linePos?.[0];
+    // The parser's message repeats the position and quotes the source below it; the position goes up front.
+    const message = error.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+    throw new ConfigError(pos ? `${file}:${pos.line}:${pos.col}` : file, '', `YAML syntax error: ${message}`);
   }
   return resolveConfig(doc.toJS(), overrides ? { file, overrides } : { file });
 }

@@ -1,3 +1,5 @@
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
 import type { OpenSession, SessionOptions, Session } from './session.js';
 
 /** Raised when the Rust engine has not been built (or exports something unexpected). */
@@ -5,21 +7,25 @@ export class NativeEngineError extends Error {
   override readonly name = 'NativeEngineError';
 }
 
-// The specifier lives in a variable so that TypeScript does not try to resolve the module at build time:
-// the package's index.js / index.d.ts only exist after the Rust build, and everything that does not train
-// (config, data, --help, --print-config) must work without it.
 const NATIVE_MODULE = '@musclelora/core-native';
 
 let cached: Promise<OpenSession> | undefined;
 
 async function loadNative(): Promise<OpenSession> {
+  // Locating the entry first tells "not built" (the Rust build writes index.js) from "built but broken",
+  // the same way under Node and under the test runner. Importing by path also keeps TypeScript from
+  // resolving the module at build time, when its index.d.ts may not exist yet.
+  let entry: string;
+  try {
+    entry = createRequire(import.meta.url).resolve(NATIVE_MODULE);
+  } catch {
+    throw new NativeEngineError(`the native engine ${NATIVE_MODULE} cannot be loaded (it is not built); run \`pnpm build\` (needs a Rust toolchain)`);
+  }
   let mod: Record<string, unknown>;
   try {
-    mod = (await import(NATIVE_MODULE)) as Record<string, unknown>;
+    mod = (await import(pathToFileURL(entry).href)) as Record<string, unknown>;
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const detail = code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND' ? 'it is not built' : String((err as Error).message).split('\n')[0];
-    throw new NativeEngineError(`the native engine ${NATIVE_MODULE} cannot be loaded (${detail}); run \`pnpm build\` (needs a Rust toolchain)`);
+    throw new NativeEngineError(`the native engine ${NATIVE_MODULE} cannot be loaded (${String((err as Error).message).split('\n')[0]}); rebuild it with \`pnpm build\``);
   }
   // napi-rs generates CommonJS; Node exposes its exports as named exports and as `default`.
   const open = mod['openSession'] ?? (mod['default'] as Record<string, unknown> | undefined)?.['openSession'];

@@ -23,6 +23,8 @@ export interface TrainOptions {
   /** Aborting stops the run after the current step; the results so far are returned. */
   signal?: AbortSignal;
   metrics?: MetricsWriter;
+  /** Called, and awaited, with the results so far after each method ends (to save partial results). */
+  onResults?: (run: RunResults) => Promise<void> | void;
 }
 
 /** One attack's data, ready to train on: the reference set drawn out of clean dev, ASR rows filtered. */
@@ -229,6 +231,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
       options.metrics?.write({ type: 'result', ...result });
       await options.metrics?.flush?.();
       options.onProgress?.({ type: 'result', result });
+      await options.onResults?.(run(result.status === 'aborted'));
       if (result.status === 'aborted') return run(true);
     }
   }

@@ -1,0 +1,1 @@
+export { main, EXIT, type CliEnv } from './program.js';
