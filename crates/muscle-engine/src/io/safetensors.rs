@@ -8,9 +8,25 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+/// A shard's bytes: memory-mapped from disk, or owned (checkpoints built in memory).
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 struct Shard {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
     header_len: usize,
     meta: Metadata,
 }
@@ -72,25 +88,39 @@ impl Weights {
             let f = File::open(path).map_err(|e| EngineError::io(path, e))?;
             // SAFETY: the map is read-only; a checkpoint modified while training is a user error
             // that at worst yields wrong numbers, as with any reader.
-            let map = unsafe { Mmap::map(&f) }.map_err(|e| EngineError::io(path, e))?;
-            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| EngineError::CorruptSafetensors {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            // Validate every tensor's extent now, so later reads cannot fail half-way through loading.
-            let data_len = map.len() - 8 - header_len;
-            for (name, info) in meta.tensors() {
-                if info.data_offsets.1 > data_len {
-                    return Err(EngineError::CorruptSafetensors {
-                        path: path.clone(),
-                        reason: format!("tensor `{name}` extends past the end of the file (truncated download?)"),
-                    });
-                }
-                index.insert(name, shards.len());
-            }
-            shards.push(Shard { path: path.clone(), map, header_len, meta });
+            let map = Bytes::Mapped(unsafe { Mmap::map(&f) }.map_err(|e| EngineError::io(path, e))?);
+            Self::add_shard(&mut shards, &mut index, path.clone(), map)?;
         }
         Ok(Weights { shards, index })
+    }
+
+    /// A checkpoint held in memory (benchmarks and tests build random models this way, through
+    /// the same loading path as files).
+    pub fn from_tensors(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<Self> {
+        let bytes = serialize(tensors, None)?;
+        let (mut shards, mut index) = (Vec::new(), HashMap::new());
+        Self::add_shard(&mut shards, &mut index, PathBuf::from("(in memory)"), Bytes::Owned(bytes))?;
+        Ok(Weights { shards, index })
+    }
+
+    fn add_shard(shards: &mut Vec<Shard>, index: &mut HashMap<String, usize>, path: PathBuf, map: Bytes) -> Result<()> {
+        let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| EngineError::CorruptSafetensors {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        // Validate every tensor's extent now, so later reads cannot fail half-way through loading.
+        let data_len = map.len() - 8 - header_len;
+        for (name, info) in meta.tensors() {
+            if info.data_offsets.1 > data_len {
+                return Err(EngineError::CorruptSafetensors {
+                    path: path.clone(),
+                    reason: format!("tensor `{name}` extends past the end of the file (truncated download?)"),
+                });
+            }
+            index.insert(name, shards.len());
+        }
+        shards.push(Shard { path, map, header_len, meta });
+        Ok(())
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -150,10 +180,7 @@ fn decode(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
     })
 }
 
-/// Writes f32 tensors (name -> (shape, data)) to `path` atomically: a temporary file in the same
-/// directory, then a rename, so a crash never leaves a half-written checkpoint.
-pub fn save(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-            metadata: Option<HashMap<String, String>>) -> Result<()> {
+fn serialize(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(k, (shape, data))| (k.clone(), data.iter().flat_map(|x| x.to_le_bytes()).collect(), shape.clone()))
@@ -162,8 +189,16 @@ pub fn save(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
         .iter()
         .map(|(k, b, s)| (k.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view")))
         .collect();
+    ::safetensors::serialize(views, &metadata).map_err(|e| EngineError::Other(format!("serialising tensors: {e}")))
+}
+
+/// Writes f32 tensors (name -> (shape, data)) to `path` atomically: a temporary file in the same
+/// directory, then a rename, so a crash never leaves a half-written checkpoint.
+pub fn save(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+            metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let bytes = serialize(tensors, metadata)?;
     let tmp = path.with_extension("safetensors.tmp");
-    ::safetensors::serialize_to_file(views, &metadata, &tmp).map_err(|e| EngineError::Other(format!("{}: {e}", tmp.display())))?;
+    std::fs::write(&tmp, bytes).map_err(|e| EngineError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| EngineError::io(path, e))
 }
 

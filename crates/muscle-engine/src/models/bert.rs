@@ -826,3 +826,54 @@ impl<B: Backend> BertClassifier<B> {
         self.params.grads[i].as_ref().map(|g| be.to_host(g, self.params.meta[i].numel()))
     }
 }
+
+/// A random checkpoint with Hugging Face names (weights Normal(0, `std`), layer-norm weights
+/// near 1): for benchmarks and tests that need a model of a given shape but no trained weights.
+pub fn random_tensors(cfg: &EncoderConfig, family: Family, num_labels: usize, std: f32, seed: u64, with_head: bool)
+                      -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let root = match family {
+        Family::Bert => "bert",
+        Family::Roberta => "roberta",
+    };
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let mut rng = Rng::new(seed);
+    let mut t = std::collections::BTreeMap::new();
+    let mut put = |name: String, shape: Vec<usize>, mean: f32, sd: f32| {
+        let n = shape.iter().product();
+        let data = (0..n).map(|_| mean + rng.normal() * sd).collect();
+        t.insert(name, (shape, data));
+    };
+    put(format!("{root}.embeddings.word_embeddings.weight"), vec![cfg.vocab_size, h], 0.0, std);
+    put(format!("{root}.embeddings.position_embeddings.weight"), vec![cfg.max_position_embeddings, h], 0.0, std);
+    put(format!("{root}.embeddings.token_type_embeddings.weight"), vec![cfg.type_vocab_size, h], 0.0, std);
+    put(format!("{root}.embeddings.LayerNorm.weight"), vec![h], 1.0, std);
+    put(format!("{root}.embeddings.LayerNorm.bias"), vec![h], 0.0, std);
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("{root}.encoder.layer.{l}.");
+        for (name, o, inp) in [("attention.self.query", h, h), ("attention.self.key", h, h), ("attention.self.value", h, h),
+                               ("attention.output.dense", h, h), ("intermediate.dense", i, h), ("output.dense", h, i)] {
+            put(format!("{p}{name}.weight"), vec![o, inp], 0.0, std);
+            put(format!("{p}{name}.bias"), vec![o], 0.0, std);
+        }
+        for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            put(format!("{p}{name}.weight"), vec![h], 1.0, std);
+            put(format!("{p}{name}.bias"), vec![h], 0.0, std);
+        }
+    }
+    if with_head {
+        let heads: Vec<(String, Vec<usize>)> = match family {
+            Family::Bert => vec![
+                (format!("{root}.pooler.dense.weight"), vec![h, h]), (format!("{root}.pooler.dense.bias"), vec![h]),
+                ("classifier.weight".into(), vec![num_labels, h]), ("classifier.bias".into(), vec![num_labels]),
+            ],
+            Family::Roberta => vec![
+                ("classifier.dense.weight".into(), vec![h, h]), ("classifier.dense.bias".into(), vec![h]),
+                ("classifier.out_proj.weight".into(), vec![num_labels, h]), ("classifier.out_proj.bias".into(), vec![num_labels]),
+            ],
+        };
+        for (name, shape) in heads {
+            put(name, shape, 0.0, std);
+        }
+    }
+    t
+}

@@ -1,0 +1,192 @@
+//! `muscle-bench`: the native benchmark suite.
+//!
+//! Measures, in one run, the machine's SGEMM peak (our GEMM at 2048^3, and numpy/OpenBLAS in a
+//! subprocess where present) and the training steps of a BERT-base-shaped random model: LoRA,
+//! MuScleLoRA (LoRA + MSLR + gradient alignment), full fine-tuning and evaluation, as ms, as
+//! GFLOP/s from the analytic counts in `flops.rs`, and as a ratio to the same-run peak.
+
+mod flops;
+
+use muscle_engine::backend::{cpu::Cpu, Backend, Mat};
+use muscle_engine::models::bert::{random_tensors, BatchRef, BertClassifier};
+use muscle_engine::models::config::{EncoderConfig, Family};
+use muscle_engine::io::safetensors::Weights;
+use muscle_engine::*;
+use std::time::Instant;
+
+struct Args {
+    layers: usize,
+    hidden: usize,
+    batch: usize,
+    seq: usize,
+    iters: usize,
+    modes: Vec<String>,
+    json: Option<String>,
+}
+
+fn parse_args() -> std::result::Result<Args, String> {
+    let mut a = Args { layers: 12, hidden: 768, batch: 32, seq: 64, iters: 3,
+                       modes: vec!["lora".into(), "musclelora".into(), "full".into(), "eval".into()], json: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--layers" => a.layers = val()?.parse().map_err(|e| format!("--layers: {e}"))?,
+            "--hidden" => a.hidden = val()?.parse().map_err(|e| format!("--hidden: {e}"))?,
+            "--batch" => a.batch = val()?.parse().map_err(|e| format!("--batch: {e}"))?,
+            "--seq" => a.seq = val()?.parse().map_err(|e| format!("--seq: {e}"))?,
+            "--iters" => a.iters = val()?.parse().map_err(|e| format!("--iters: {e}"))?,
+            "--modes" => a.modes = val()?.split(',').map(|s| s.trim().to_string()).collect(),
+            "--json" => a.json = Some(val()?),
+            "-h" | "--help" => {
+                println!("muscle-bench [--layers 12] [--hidden 768] [--batch 32] [--seq 64] [--iters 3] \
+                          [--modes lora,musclelora,full,eval] [--json out.json]\n\n\
+                          Times training steps of a random BERT-shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
+                          dropout 0.1) against the same run's SGEMM peak at 2048^3.");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag {other}; see --help")),
+        }
+    }
+    for m in &a.modes {
+        if !["lora", "musclelora", "full", "eval"].contains(&m.as_str()) {
+            return Err(format!("--modes: unknown mode `{m}`; choose from lora, musclelora, full, eval"));
+        }
+    }
+    Ok(a)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Best-of-5 GFLOP/s of our GEMM on 2048^3, both operands row-major, as the layers call it.
+fn sgemm_peak(be: &Cpu) -> f64 {
+    let n = 2048;
+    let a: Vec<f32> = (0..n * n).map(|i| ((i % 97) as f32 - 48.0) * 0.01).collect();
+    let b = a.clone();
+    let mut c = vec![0.0f32; n * n];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        be.matmul(&mut c, 0, n, Mat { buf: &a, offset: 0, ld: n, trans: false },
+                  Mat { buf: &b, offset: 0, ld: n, trans: true }, n, n, n, 1.0, false);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+/// numpy's float32 matmul at 2048^3 (OpenBLAS in the wheels), best of 5, if numpy is importable.
+fn numpy_peak() -> Option<f64> {
+    let script = "import numpy as np, time\n\
+                  a=np.random.rand(2048,2048).astype(np.float32); b=np.random.rand(2048,2048).astype(np.float32)\n\
+                  best=1e9\n\
+                  for _ in range(5):\n    t=time.perf_counter(); a@b; best=min(best,time.perf_counter()-t)\n\
+                  print(2*2048**3/best/1e9)";
+    let out = std::process::Command::new("python3").arg("-c").arg(script).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("muscle-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let be = Cpu::new();
+    let threads = be.threads();
+    eprintln!("measuring SGEMM peak ({threads} threads)...");
+    let peak = sgemm_peak(&be);
+    let np_peak = numpy_peak();
+    let peak_ref = np_peak.map_or(peak, |p| p.max(peak));
+
+    let heads = (args.hidden / 64).max(1);
+    let cfg: EncoderConfig = serde_json::from_value(serde_json::json!({
+        "model_type": "bert", "vocab_size": 30522, "hidden_size": args.hidden, "num_hidden_layers": args.layers,
+        "num_attention_heads": heads, "intermediate_size": 4 * args.hidden, "max_position_embeddings": 512,
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+    })).expect("valid config");
+    eprintln!("building a random {}-layer, hidden-{} model...", args.layers, args.hidden);
+    let weights = Weights::from_tensors(&random_tensors(&cfg, Family::Bert, 2, 0.02, 1, true)).expect("in-memory weights");
+    let shape = flops::Shape { layers: args.layers, hidden: args.hidden, inter: 4 * args.hidden, batch: args.batch,
+                               seq: args.seq, labels: 2 };
+    let (b, t) = (args.batch, args.seq);
+    let ids: Vec<i32> = (0..b * t).map(|i| if i % t == 0 { 101 } else { 1000 + (i * 7919 % 20000) as i32 }).collect();
+    let mask = vec![1i32; b * t];
+    let labels: Vec<i32> = (0..b as i32).map(|i| i % 2).collect();
+    let ref_ids: Vec<i32> = ids.iter().map(|&x| if x == 101 { x } else { x + 3 }).collect();
+    let batch = BatchRef { ids: &ids, mask: &mask, labels: Some(&labels), b, t };
+    let reference = BatchRef { ids: &ref_ids, mask: &mask, labels: Some(&labels), b, t };
+    let band: Vec<f32> = vec![1.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0];
+
+    let mut rows = Vec::new();
+    for mode in &args.modes {
+        let lora = LoraSpec { r: 8, alpha: 32.0, dropout: 0.0, targets: vec!["query".into(), "value".into()] };
+        let (spec, kind, ga) = match mode.as_str() {
+            "lora" => (TrainSpec { mode: TrainMode::Peft, lora: Some(lora), mslr: None, train_head: false },
+                       flops::Kind::Peft { r: 8, nk: 0 }, false),
+            "musclelora" => (TrainSpec { mode: TrainMode::Peft, lora: Some(lora),
+                                         mslr: Some(MslrSpec { band: band.clone(), rank: 1, alpha: 6.0, dropout: 0.0 }),
+                                         train_head: false },
+                             flops::Kind::Peft { r: 8, nk: band.len() }, true),
+            "full" => (TrainSpec::full(), flops::Kind::Full, false),
+            _ => (TrainSpec::full(), flops::Kind::Eval, false),
+        };
+        let model = BertClassifier::from_weights(&be, cfg.clone(), Family::Bert, &weights, 2, &spec, 1).expect("model");
+        let mut clf = Classifier::new(be.clone(), model, AdamWConfig::default());
+        let settings = StepSettings {
+            lr: 2e-5, max_grad_norm: 1.0,
+            ga: ga.then_some(GaRule::Gated { min_ref_loss: 0.4, min_ref_grad_norm: 5e-7, rho: 0.0 }),
+        };
+        let run = |clf: &mut Classifier<Cpu>| {
+            if mode == "eval" {
+                clf.predict(&batch).expect("predict");
+            } else {
+                clf.train_step(&batch, ga.then_some(&reference), &settings).expect("step");
+            }
+        };
+        eprintln!("{mode}: warm-up...");
+        run(&mut clf);
+        let mut times = Vec::new();
+        for _ in 0..args.iters {
+            let t0 = Instant::now();
+            run(&mut clf);
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        let secs = median(times);
+        let gflop = flops::step(&shape, kind, ga) / 1e9;
+        let rate = gflop / secs;
+        eprintln!("{mode}: {:.0} ms", secs * 1e3);
+        rows.push((mode.clone(), secs * 1e3, gflop, rate, rate / peak_ref));
+    }
+
+    println!("| measurement | ms | GFLOP | GFLOP/s | of peak |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| SGEMM 2048^3, muscle-engine (gemm crate) | | | {peak:.1} | {:.0}% |", 100.0 * peak / peak_ref);
+    match np_peak {
+        Some(p) => println!("| SGEMM 2048^3, numpy (OpenBLAS) | | | {p:.1} | {:.0}% |", 100.0 * p / peak_ref),
+        None => println!("| SGEMM 2048^3, numpy | not measured: numpy is not importable by python3 | | | |"),
+    }
+    for (m, ms, gflop, rate, ratio) in &rows {
+        println!("| {m} step, {b} x {t}, {}L/{}H | {ms:.0} | {gflop:.1} | {rate:.1} | {:.0}% |", args.layers, args.hidden,
+                 100.0 * ratio);
+    }
+    println!("\npeak = the best SGEMM above; {threads} threads; step times are medians of {} after one warm-up.", args.iters);
+    if let Some(path) = args.json {
+        let json = serde_json::json!({
+            "threads": threads, "sgemm_gflops": peak, "numpy_sgemm_gflops": np_peak, "peak_gflops": peak_ref,
+            "shape": {"layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
+            "steps": rows.iter().map(|(m, ms, gflop, rate, ratio)| serde_json::json!({
+                "mode": m, "ms": ms, "gflop": gflop, "gflops": rate, "ratio_to_peak": ratio})).collect::<Vec<_>>(),
+        });
+        let tmp = format!("{path}.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&json).unwrap()).and_then(|_| std::fs::rename(&tmp, &path))
+            .unwrap_or_else(|e| { eprintln!("muscle-bench: cannot write {path}: {e}"); std::process::exit(1) });
+    }
+}

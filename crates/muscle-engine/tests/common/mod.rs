@@ -1,0 +1,53 @@
+//! Shared helpers for the integration tests: tiny random checkpoints written to temp dirs, and
+//! the repository's committed fixtures.
+
+#![allow(dead_code)]
+
+use muscle_engine::models::bert::random_tensors;
+use muscle_engine::models::config::EncoderConfig;
+use std::path::{Path, PathBuf};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures")
+}
+
+pub fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("muscle-it-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Writes a random BERT or RoBERTa classifier (2 layers, hidden 8, 2 heads, 3 labels) to a temp dir.
+pub fn tiny_checkpoint(tag: &str, roberta: bool, with_head: bool) -> PathBuf {
+    let d = tmpdir(tag);
+    let root = if roberta { "roberta" } else { "bert" };
+    let config = serde_json::json!({
+        "model_type": root, "vocab_size": 23, "hidden_size": 8, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 12, "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": 20, "type_vocab_size": if roberta { 1 } else { 2 },
+        "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": if roberta { 1 } else { 0 },
+    });
+    let path = d.join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let (cfg, family) = EncoderConfig::load(&path).unwrap();
+    // std 0.4: large enough that every path carries gradient signal worth checking
+    let t = random_tensors(&cfg, family, TINY_LABELS, 0.4, if roberta { 11 } else { 7 }, with_head);
+    muscle_engine::io::safetensors::save(&d.join("model.safetensors"), &t, None).unwrap();
+    d
+}
+
+pub const TINY_LABELS: usize = 3;
+
+/// A 3 x 5 batch with padding (RoBERTa pads with 1, BERT with 0).
+pub fn tiny_batch(roberta: bool) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+    let pad = if roberta { 1 } else { 0 };
+    let ids = vec![2, 5, 9, 3, 4, 2, 7, 3, pad, pad, 2, 11, 17, 21, 3];
+    let mask = ids.iter().enumerate().map(|(i, &x)| if x == pad && i % 5 >= 3 { 0 } else { 1 }).collect();
+    (ids, mask, vec![0, 2, 1])
+}
