@@ -67,10 +67,12 @@ describe('bad configs: one line naming the file, the key, the value and what is 
     expect(errorOf(raw)).toBe(message);
   });
 
-  it('a model path that is not a directory', () => {
+  it('a model path that does not exist (yet) needs its family named', () => {
     expect(errorOf({ ...base, model: './no-such-model' })).toBe(
-      `bad.yaml: model: got "./no-such-model", expected an existing model directory or a hub id (${resolve('no-such-model')} is not a directory)`,
+      'bad.yaml: family: cannot tell the family of "./no-such-model" (no config.json here, no family in its name); set family: bert | roberta | llama | gpt2',
     );
+    // With the family named it resolves (to an absolute path): the run checks the model is there.
+    expect(resolveConfig({ ...base, model: './no-such-model', family: 'bert' }, { file: 'ok.yaml' }).model).toBe(resolve('no-such-model'));
   });
 
   it('an unsupported model_type in config.json', () => {
@@ -209,6 +211,7 @@ describe('the resolved config', () => {
   it('the example configs resolve', () => {
     const quick = loadConfigFile(join(repoRoot, 'examples', 'quickstart.yaml'));
     expect(quick).toMatchObject({ name: 'quickstart', family: 'bert', methods: ['vanilla', 'musclelora'], maxLength: 64, epochs: 2, limit: 1000 });
+    expect(quick.model).toBe(join(repoRoot, '.cache', 'models', 'all-MiniLM-L6-v2'));
     expect(quick.dataset).toBe(resolve(repoRoot, '..', 'shared', 'data', 'sst-2'));
     const paper = loadConfigFile(join(repoRoot, 'examples', 'paper-bert-base.yaml'));
     expect(paper).toMatchObject({ epochs: 10, batchSize: 32, maxLength: 512, lr: 2e-5, attacks: ['badnets', 'addsent', 'hiddenkiller', 'stylebkd'] });

@@ -90,8 +90,7 @@ export class ModelNotFoundError extends Error {
 /** The directory the engine loads the model from; fails with a one-line message when it is not here. */
 export function requireModelDir(model: string): string {
   const dir = modelFilesDir(model, process.cwd());
-  if (!dir) {
-    throw new ModelNotFoundError(`model ${JSON.stringify(model)} is neither a local directory nor in the hub cache (${hubCacheDir()}); download it there or give a local path`);
-  }
-  return dir;
+  if (dir) return dir;
+  if (looksLikePath(model)) throw new ModelNotFoundError(`model directory ${model} does not exist`);
+  throw new ModelNotFoundError(`model ${JSON.stringify(model)} is neither a local directory nor in the hub cache (${hubCacheDir()}); download it there or give a local path`);
 }

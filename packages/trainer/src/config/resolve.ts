@@ -35,13 +35,11 @@ export function resolveConfig(raw: unknown, options: ResolveOptions): RunConfig 
   const cfg = parsed.data;
   const baseDir = dirname(resolve(file));
 
-  const localDir = localModelDir(cfg.model, baseDir);
-  if (looksLikePath(cfg.model) && !localDir) {
-    throw new ConfigError(file, 'model', `got ${formatValue(cfg.model)}, expected an existing model directory or a hub id (${modelPath(cfg.model, baseDir)} is not a directory)`);
-  }
+  // A model written as a path need not exist yet (it may be downloaded later): the run checks it before training.
+  const model = looksLikePath(cfg.model) ? modelPath(cfg.model, baseDir) : (localModelDir(cfg.model, baseDir) ?? cfg.model);
   let family = cfg.family;
   if (!family) {
-    const detected = detectFamily(cfg.model, modelFilesDir(cfg.model, baseDir));
+    const detected = detectFamily(cfg.model, modelFilesDir(model, baseDir));
     if ('error' in detected) throw new ConfigError(file, 'family', detected.error);
     family = detected.family;
   }
@@ -58,7 +56,7 @@ export function resolveConfig(raw: unknown, options: ResolveOptions): RunConfig 
   // Keys in schema order, so the resolved YAML reads like a documented config.
   const resolved: RunConfig = {
     name: cfg.name,
-    model: localDir ?? cfg.model,
+    model,
     family,
     dataset: resolve(baseDir, cfg.dataset),
     attacks: cfg.attacks,
