@@ -1,5 +1,5 @@
 import cliProgress from 'cli-progress';
-import type { ProgressEvent } from '@musclelora/trainer';
+import { formatPercent, type ProgressEvent } from '@musclelora/trainer';
 
 // Live progress on stderr: on a terminal a bar with ETA, smoothed loss and the last dev accuracy; elsewhere
 // (logs, CI) one line per method start, epoch and result, so logs stay readable.
@@ -9,7 +9,7 @@ export interface Output {
   isTTY?: boolean;
 }
 
-const pct = (v: number | null) => (v === null || Number.isNaN(v) ? '–' : `${(100 * v).toFixed(2)}%`);
+const pct = (v: number | null) => formatPercent(v, '%');
 
 export class ProgressReporter {
   private multibar: cliProgress.MultiBar | undefined;

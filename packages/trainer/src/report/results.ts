@@ -10,8 +10,9 @@ const SELECTION_NOTE = {
   attacker: 'best mean of clean dev accuracy and poisoned dev ASR',
 } as const;
 
-function percent(value: number | null): string {
-  return value === null || Number.isNaN(value) ? '–' : (100 * value).toFixed(2);
+/** A share as a percentage with two decimals (`unit` appended), or a dash for a missing or undefined value. */
+export function formatPercent(value: number | null, unit = ''): string {
+  return value === null || Number.isNaN(value) ? '–' : `${(100 * value).toFixed(2)}${unit}`;
 }
 
 function unique<T>(items: readonly T[]): T[] {
@@ -37,7 +38,7 @@ export function resultsMarkdown(run: RunResults): string {
     const cells = rows.map((r: MethodResult | undefined) => {
       if (!r) return '– | –';
       if (r.status === 'aborted') return '_stopped_ | _stopped_';
-      return `${percent(r.cacc)} | ${percent(r.asr)}`;
+      return `${formatPercent(r.cacc)} | ${formatPercent(r.asr)}`;
     });
     lines.push(`| ${method} | ${select} | ${cells.join(' | ')} |`);
   }

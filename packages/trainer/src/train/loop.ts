@@ -107,6 +107,13 @@ async function trainMethod(session: Session, ctx: MethodContext): Promise<Method
   const trainLabels = labelsOf(splits.train);
   const referenceLabels = labelsOf(splits.reference);
   const devLabels = labelsOf(splits.dev);
+  const testLabels = labelsOf(splits.test);
+  // Clean accuracy and attack success rate of the current weights.
+  const evaluate = async (clean: EncodedTexts, labels: Int32Array, poisoned: EncodedTexts) => {
+    const predicted = await predictLabels(session, clean, config.batchSize, signal);
+    const asr = attackSuccessRate(await predictLabels(session, poisoned, config.batchSize, signal), config.targetLabel);
+    return { acc: accuracy(predicted, labels), asr, predicted };
+  };
 
   let step = 0;
   let epochsCompleted = 0;
@@ -158,8 +165,7 @@ async function trainMethod(session: Session, ctx: MethodContext): Promise<Method
       }
 
       emit({ type: 'evaluate', attack, method, epoch, split: 'dev' });
-      const devAcc = accuracy(await predictLabels(session, encoded.dev, config.batchSize, signal), devLabels);
-      const devAsr = attackSuccessRate(await predictLabels(session, encoded.devPoison, config.batchSize, signal), config.targetLabel);
+      const { acc: devAcc, asr: devAsr } = await evaluate(encoded.dev, devLabels, encoded.devPoison);
       const score = selectionScore(config.select, devAcc, devAsr);
       const improved = best === null || score > best.score;
       if (improved) {
@@ -175,13 +181,8 @@ async function trainMethod(session: Session, ctx: MethodContext): Promise<Method
     // The snapshot is the current state when the last epoch was the best.
     if (best && best.epoch !== config.epochs - 1) await session.restore();
     emit({ type: 'evaluate', attack, method, epoch: null, split: 'test' });
-    const testPredicted = await predictLabels(session, encoded.test, config.batchSize, signal);
-    const testLabels = labelsOf(splits.test);
-    return result('complete', {
-      cacc: accuracy(testPredicted, testLabels),
-      asr: attackSuccessRate(await predictLabels(session, encoded.testPoison, config.batchSize, signal), config.targetLabel),
-      confusion: confusion(testPredicted, testLabels, config.numLabels),
-    });
+    const test = await evaluate(encoded.test, testLabels, encoded.testPoison);
+    return result('complete', { cacc: test.acc, asr: test.asr, confusion: confusion(test.predicted, testLabels, config.numLabels) });
   } catch (err) {
     if (err instanceof Aborted) return result('aborted');
     throw err;
