@@ -36,6 +36,7 @@ export class ProgressReporter {
               stream: this.out as NodeJS.WritableStream,
               format: '{name} [{bar}] {percentage}% | step {value}/{total} | ETA {eta_formatted} | epoch {epoch} | loss {loss} | dev acc {devAcc} | {phase}',
               hideCursor: true,
+              gracefulExit: false, // Ctrl-C is ours: it stops training cleanly
               etaBuffer: 50,
               fps: 4,
             },
@@ -74,6 +75,8 @@ export class ProgressReporter {
   }
 
   stop(): void {
+    // Lines logged above the bar wait for its next redraw; draw once more so the last ones are not lost.
+    this.multibar?.update();
     this.multibar?.stop();
     this.multibar = undefined;
     this.bar = undefined;
