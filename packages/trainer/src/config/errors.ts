@@ -59,14 +59,15 @@ export interface SchemaFacts {
 /** What the issue says is allowed, in words. */
 function describeIssue(issue: z.core.$ZodIssue, schema: SchemaFacts): { path: PropertyKey[]; detail: string } {
   const path = [...issue.path];
-  const kind = schema.isInteger(path) ? 'an integer ' : '';
+  const integer = schema.isInteger(path);
+  const kind = integer ? 'an integer ' : ''; // bounds read "an integer >= 1" where fractions are refused too
   switch (issue.code) {
     case 'unrecognized_keys': {
       const key = issue.keys[0] ?? '';
       return { path: [...path, key], detail: `unknown key; allowed keys: ${schema.allowedKeys(path).join(', ')}` };
     }
     case 'invalid_type':
-      return { path, detail: `expected ${kind ? 'an integer' : (TYPE_NAMES[issue.expected] ?? issue.expected)}` };
+      return { path, detail: `expected ${integer ? 'an integer' : (TYPE_NAMES[issue.expected] ?? issue.expected)}` };
     case 'invalid_value':
       return { path, detail: `expected one of ${issue.values.map((v) => String(v)).join(', ')}` };
     case 'too_small':
