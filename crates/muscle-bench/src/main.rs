@@ -22,11 +22,13 @@ struct Args {
     iters: usize,
     modes: Vec<String>,
     json: Option<String>,
+    gemms: bool,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
     let mut a = Args { layers: 12, hidden: 768, batch: 32, seq: 64, iters: 3,
-                       modes: vec!["lora".into(), "musclelora".into(), "full".into(), "eval".into()], json: None };
+                       modes: vec!["lora".into(), "musclelora".into(), "full".into(), "eval".into()], json: None,
+                       gemms: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -38,9 +40,10 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--iters" => a.iters = val()?.parse().map_err(|e| format!("--iters: {e}"))?,
             "--modes" => a.modes = val()?.split(',').map(|s| s.trim().to_string()).collect(),
             "--json" => a.json = Some(val()?),
+            "--gemms" => a.gemms = true,
             "-h" | "--help" => {
                 println!("muscle-bench [--layers 12] [--hidden 768] [--batch 32] [--seq 64] [--iters 3] \
-                          [--modes lora,musclelora,full,eval] [--json out.json]\n\n\
+                          [--modes lora,musclelora,full,eval] [--json out.json] [--gemms]\n\n\
                           Times training steps of a random BERT-shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
                           dropout 0.1) against the same run's SGEMM peak at 2048^3.");
                 std::process::exit(0);
@@ -91,6 +94,36 @@ fn numpy_peak() -> Option<f64> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
+/// GFLOP/s of each GEMM shape a layer runs (forward, input gradient, weight gradient), to show
+/// where a step loses time against the square peak.
+fn gemm_shapes(be: &Cpu, n: usize, h: usize) {
+    let i = 4 * h;
+    let cases: [(&str, usize, usize, usize, bool, bool); 6] = [
+        ("fwd x W^T (h->h)", n, h, h, false, true),
+        ("fwd x W^T (h->4h)", n, i, h, false, true),
+        ("dx = dy W (h<-h)", n, h, h, false, false),
+        ("dx = dy W (h<-4h)", n, h, i, false, false),
+        ("dW = dy^T x (h,h)", h, h, n, true, false),
+        ("dW = dy^T x (4h,h)", i, h, n, true, false),
+    ];
+    println!("| GEMM | m x n x k | GFLOP/s |");
+    println!("| --- | --- | ---: |");
+    for (name, m, nn, k, ta, tb) in cases {
+        let a = vec![0.5f32; m.max(k) * k.max(m)];
+        let b = vec![0.25f32; nn.max(k) * k.max(nn)];
+        let mut c = vec![0.0f32; m * nn];
+        let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { nn });
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            be.matmul(&mut c, 0, nn, Mat { buf: &a, offset: 0, ld: lda, trans: ta },
+                      Mat { buf: &b, offset: 0, ld: ldb, trans: tb }, m, nn, k, 1.0, false);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!("| {name} | {m} x {nn} x {k} | {:.1} |", 2.0 * (m * nn * k) as f64 / best / 1e9);
+    }
+}
+
 fn main() {
     let args = match parse_args() {
         Ok(a) => a,
@@ -125,6 +158,9 @@ fn main() {
     let reference = BatchRef { ids: &ref_ids, mask: &mask, labels: Some(&labels), b, t };
     let band: Vec<f32> = vec![1.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0];
 
+    if args.gemms {
+        gemm_shapes(&be, args.batch * args.seq, args.hidden);
+    }
     let mut rows = Vec::new();
     for mode in &args.modes {
         let lora = LoraSpec { r: 8, alpha: 32.0, dropout: 0.0, targets: vec!["query".into(), "value".into()] };
