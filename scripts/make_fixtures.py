@@ -603,9 +603,16 @@ def make_reference(kind: str, out: str, train_rows):
 
     # ---- AdamW, PEFT --------------------------------------------------------------------------
     init = {n: T[f"peft.init.{n}"] for n in names}
+    # AdamW's first steps are sign-like (g / (|g| + eps)): a gradient element that is exactly 0
+    # in one implementation and 1e-7 in another (a saturated tanh in the head, whose derivative
+    # 1 - y^2 depends on the last bit of y) moves by lr in one run and not the other, and the
+    # runs drift apart. peft.init saturates the pooler's tanh (the MSLR branch is large), so the
+    # AdamW run starts from it with L and R scaled by 0.1, where the tanh is not saturated.
+    init = {n: (v * 0.1 if ".mslr_" in n else v) for n, v in init.items()}
+    for n, v in init.items():
+        T[f"adamw.peft.init.{n}"] = v.clone()
     pm2, inner2, tr2 = build_peft(kind, tiny_dir, init=init)
     losses, gnorms = adamw_run(tr2, [p for p in tr2.values()], ids, mask, labels, inner2, PEFT_OPT)
-    assert abs(losses[0].item() - ploss.item()) < 1e-6
     for n, p in tr2.items():
         T[f"adamw.peft.{n}"] = p.detach().clone()
     T["adamw.peft.losses"] = losses
@@ -670,6 +677,8 @@ def make_reference(kind: str, out: str, train_rows):
                "paper": "(1 - rho) * proj + rho * g",
                "n_ref": "mean over tensors with |r| > 0 of |r| (L2 norm of the whole tensor)"},
         "adamw_peft": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in PEFT_OPT.items()},
+                       "init": "adamw.peft.init.*: peft.init with MSLR L and R scaled by 0.1, so the "
+                               "head's tanh is not saturated (see the script's comment)",
                        "clip": CLIP, "steps": ADAM_STEPS,
                        "note": "from peft.init on the training batch; zero_grad, loss, backward, "
                                "clip_grad_norm_(trainable, 1.0), step; losses[i] is the loss before step i; "

@@ -178,7 +178,7 @@ fn main() {
         let mut clf = Classifier::new(be.clone(), model, AdamWConfig::default());
         let settings = StepSettings {
             lr: 2e-5, max_grad_norm: 1.0,
-            ga: ga.then_some(GaRule::Gated { min_ref_loss: 0.4, min_ref_grad_norm: 5e-7, rho: 0.0 }),
+            ga: ga.then_some(GaRule::Gated { min_ref_loss: 0.4, min_ref_grad_norm: 5e-7, rho: None }),
         };
         let run = |clf: &mut Classifier<Cpu>| {
             if mode == "eval" {

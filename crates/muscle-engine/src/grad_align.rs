@@ -7,9 +7,11 @@ use crate::backend::Backend;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GaRule {
     /// The reference implementation's rule, decided afresh each step: projection alone when
-    /// `n_ref > min_ref_grad_norm` and `ref_loss > min_ref_loss`; else the mix with `rho` when
-    /// `rho > 0` (the caller passes 0 before `GAEpoch`); else `g` unchanged.
-    Gated { min_ref_loss: f32, min_ref_grad_norm: f32, rho: f32 },
+    /// `n_ref > min_ref_grad_norm` and `ref_loss > min_ref_loss`; else, when the schedule gives
+    /// a mixing weight (`Some(rho)`: `maxRawGradRatio > 0` and `epoch >= GAEpoch`), the mix
+    /// `(1 - rho) a + rho g` (rho = 0 at `GAEpoch` itself means the projection); else (`None`)
+    /// `g` unchanged.
+    Gated { min_ref_loss: f32, min_ref_grad_norm: f32, rho: Option<f32> },
     /// The paper's Eq. 7-8: always `(1 - rho) a + rho g`.
     Paper { rho: f32 },
 }
@@ -22,7 +24,7 @@ pub enum GaBranch {
     Projection,
     /// `(1 - rho) a + rho g`
     Mixed,
-    /// `g` unchanged (the gate closed and rho is 0)
+    /// `g` unchanged (the gate closed and the schedule gives no mixing weight)
     Raw,
 }
 
@@ -56,7 +58,7 @@ pub fn decide(rule: GaRule, ref_loss: f32, n_ref: f64) -> (GaBranch, Option<f32>
         GaRule::Gated { min_ref_loss, min_ref_grad_norm, rho } => {
             if n_ref > min_ref_grad_norm as f64 && ref_loss > min_ref_loss {
                 (GaBranch::Projection, Some(0.0))
-            } else if rho > 0.0 {
+            } else if let Some(rho) = rho {
                 (GaBranch::Mixed, Some(rho))
             } else {
                 (GaBranch::Raw, None)
@@ -113,12 +115,15 @@ mod tests {
 
     #[test]
     fn gated_decisions() {
-        let gated = GaRule::Gated { min_ref_loss: 0.4, min_ref_grad_norm: 5e-7, rho: 0.0 };
+        let gated = GaRule::Gated { min_ref_loss: 0.4, min_ref_grad_norm: 5e-7, rho: None };
         assert_eq!(decide(gated, 0.5, 1e-3), (GaBranch::Projection, Some(0.0)));
         assert_eq!(decide(gated, 0.3, 1e-3), (GaBranch::Raw, None));
         assert_eq!(decide(gated, 0.5, 1e-7), (GaBranch::Raw, None));
-        let mixed = GaRule::Gated { min_ref_loss: 0.4, min_ref_grad_norm: 5e-7, rho: 0.05 };
+        let mixed = GaRule::Gated { min_ref_loss: 0.4, min_ref_grad_norm: 5e-7, rho: Some(0.05) };
         assert_eq!(decide(mixed, 0.3, 1e-3), (GaBranch::Mixed, Some(0.05)));
+        // at GAEpoch itself rho is 0: the mixing branch is the pure projection, not the raw gradient
+        let at_ga_epoch = GaRule::Gated { min_ref_loss: 0.4, min_ref_grad_norm: 5e-7, rho: Some(0.0) };
+        assert_eq!(decide(at_ga_epoch, 0.3, 1e-3), (GaBranch::Mixed, Some(0.0)));
         assert_eq!(decide(GaRule::Paper { rho: 0.1 }, 0.0, 0.0), (GaBranch::Mixed, Some(0.1)));
     }
 

@@ -65,10 +65,12 @@ pub trait Backend: Send + Sync + 'static {
     #[allow(clippy::too_many_arguments)]
     fn embedding_forward(&self, out: &mut Self::Buf, word: &Self::Buf, pos: &Self::Buf, typ: &Self::Buf,
                          ids: &[i32], pos_ids: &[i32], type_ids: &[i32], h: usize);
+    /// Scatter-adds `dout` rows into the tables; rows whose index equals the table's padding
+    /// index in `skip` (word, position, type) get nothing, as `nn.Embedding(padding_idx=...)`.
     #[allow(clippy::too_many_arguments)]
     fn embedding_backward(&self, dword: Option<&mut Self::Buf>, dpos: Option<&mut Self::Buf>,
                           dtyp: Option<&mut Self::Buf>, dout: &Self::Buf,
-                          ids: &[i32], pos_ids: &[i32], type_ids: &[i32], h: usize);
+                          ids: &[i32], pos_ids: &[i32], type_ids: &[i32], h: usize, skip: [Option<i32>; 3]);
     #[allow(clippy::too_many_arguments)]
     fn layer_norm_forward(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf,
                           inp: &Self::Buf, w: &Self::Buf, b: &Self::Buf, rows: usize, h: usize, eps: f32);

@@ -32,12 +32,13 @@ pub fn embedding_forward<B: Backend>(be: &B, out: &mut B::Buf, word: &B::Buf, po
     be.embedding_forward(out, word, pos, typ, ids, pos_ids, type_ids, h);
 }
 
-/// Scatter-adds `dout` into the tables that train (the caller zeroes them first).
+/// Scatter-adds `dout` into the tables that train (the caller zeroes them first); padding rows
+/// named in `skip` (word, position, type) get no gradient, as `nn.Embedding(padding_idx)`.
 #[allow(clippy::too_many_arguments)]
 pub fn embedding_backward<B: Backend>(be: &B, dword: Option<&mut B::Buf>, dpos: Option<&mut B::Buf>,
                                       dtyp: Option<&mut B::Buf>, dout: &B::Buf, ids: &[i32], pos_ids: &[i32],
-                                      type_ids: &[i32], h: usize) {
-    be.embedding_backward(dword, dpos, dtyp, dout, ids, pos_ids, type_ids, h);
+                                      type_ids: &[i32], h: usize, skip: [Option<i32>; 3]) {
+    be.embedding_backward(dword, dpos, dtyp, dout, ids, pos_ids, type_ids, h, skip);
 }
 
 #[cfg(test)]
@@ -68,9 +69,14 @@ mod tests {
             y
         };
         let (mut dw, mut dp, mut dt) = (vec![0.0; v * h], vec![0.0; p * h], vec![0.0; ty * h]);
-        embedding_backward(&be, Some(&mut dw), Some(&mut dp), Some(&mut dt), &gy, &ids, &pos, &types, h);
+        embedding_backward(&be, Some(&mut dw), Some(&mut dp), Some(&mut dt), &gy, &ids, &pos, &types, h, [None; 3]);
         check("embedding dword", &w, &dw, &gy, |x| f(x, &pe, &te));
         check("embedding dpos", &pe, &dp, &gy, |x| f(&w, x, &te));
         check("embedding dtype", &te, &dt, &gy, |x| f(&w, &pe, x));
+        // the padding row of the word table gets nothing
+        let mut dw = vec![0.0; v * h];
+        embedding_backward(&be, Some(&mut dw), None, None, &gy, &ids, &pos, &types, h, [Some(3), None, None]);
+        assert!(dw[3 * h..4 * h].iter().all(|&x| x == 0.0));
+        assert!(dw[6 * h..7 * h].iter().any(|&x| x != 0.0));
     }
 }

@@ -775,7 +775,14 @@ impl<B: Backend> BertClassifier<B> {
                 let (p, t) = rest.split_at_mut(e.typ - e.word - 1);
                 (p[e.pos - e.word - 1].as_mut(), t[0].as_mut())
             };
-            embedding::embedding_backward(be, dword, dpos, dtyp, &s.d_res, batch.ids, &self.pos_ids, &self.type_ids, h);
+            // transformers builds word embeddings with padding_idx = pad_token_id, and RoBERTa's
+            // position embeddings with padding_idx too: those rows never receive gradient.
+            let pad = cfg.pad_token_id;
+            let skip = match self.family {
+                Family::Bert => [pad, None, None],
+                Family::Roberta => [pad, pad, None],
+            };
+            embedding::embedding_backward(be, dword, dpos, dtyp, &s.d_res, batch.ids, &self.pos_ids, &self.type_ids, h, skip);
         }
         Ok(())
     }

@@ -95,9 +95,9 @@ impl EncoderConfig {
                 return Err(bad(f, format!("{p} is not a probability in [0, 1)")));
             }
         }
-        if family == Family::Roberta && cfg.pad_token_id.is_none() {
-            return Err(bad("pad_token_id", "RoBERTa position ids need the padding id".into()));
-        }
+        let mut cfg = cfg;
+        // transformers' defaults when the file has none: BertConfig 0, RobertaConfig 1
+        cfg.pad_token_id.get_or_insert(if family == Family::Roberta { 1 } else { 0 });
         Ok((cfg, family))
     }
 

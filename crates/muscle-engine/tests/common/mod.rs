@@ -51,3 +51,57 @@ pub fn tiny_batch(roberta: bool) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
     let mask = ids.iter().enumerate().map(|(i, &x)| if x == pad && i % 5 >= 3 { 0 } else { 1 }).collect();
     (ids, mask, vec![0, 2, 1])
 }
+
+/// Reference values recorded by `scripts/make_fixtures.py` (transformers + peft).
+pub struct Reference {
+    bytes: Vec<u8>,
+    pub meta: serde_json::Value,
+}
+
+impl Reference {
+    pub fn load(name: &str) -> Self {
+        let dir = fixtures().join("reference");
+        let bytes = std::fs::read(dir.join(format!("{name}.safetensors"))).expect("fixture tensors");
+        let meta = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+        Reference { bytes, meta }
+    }
+
+    fn view(&self, key: &str) -> safetensors::tensor::TensorView<'_> {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).unwrap();
+        st.tensor(key).unwrap_or_else(|_| panic!("fixture has no tensor `{key}`"))
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        safetensors::SafeTensors::deserialize(&self.bytes).unwrap().tensor(key).is_ok()
+    }
+
+    pub fn f32(&self, key: &str) -> Vec<f32> {
+        let v = self.view(key);
+        assert_eq!(v.dtype(), safetensors::Dtype::F32, "{key}");
+        v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+
+    pub fn i32(&self, key: &str) -> Vec<i32> {
+        let v = self.view(key);
+        assert_eq!(v.dtype(), safetensors::Dtype::I64, "{key}");
+        v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as i32).collect()
+    }
+
+    pub fn shape(&self, key: &str) -> Vec<usize> {
+        self.view(key).shape().to_vec()
+    }
+}
+
+/// Asserts `|got - want| <= 1e-5` or relative error `<= 1e-4` elementwise (the tolerance),
+/// and returns the largest absolute difference seen.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let abs = (g as f64 - w as f64).abs();
+        let rel = abs / (w as f64).abs().max(1e-30);
+        assert!(abs <= 1e-5 || rel <= 1e-4, "{what}[{i}]: got {g}, want {w} (abs {abs:.2e}, rel {rel:.2e})");
+        worst = worst.max(abs);
+    }
+    worst
+}

@@ -1,9 +1,12 @@
-//! The CPU backend: f32 on every core. GEMMs go to the `gemm` crate (packed, FMA micro-kernels,
-//! rayon-parallel); everything else is fused loops here, parallel over rows or (batch, head).
+//! The CPU backend: f32 on every core. GEMMs go to our AVX2/FMA SGEMM (`sgemm.rs`) where the CPU
+//! has it, else to the `gemm` crate; everything else is fused loops here, parallel over rows or
+//! (batch, head).
 
 mod attention;
 mod elementwise;
 mod norm;
+#[cfg(target_arch = "x86_64")]
+mod sgemm;
 
 use super::{Backend, Mat};
 use gemm::Parallelism;
@@ -34,7 +37,31 @@ impl Default for Cpu {
     }
 }
 
-/// Raw `gemm` call on row-major operands. `pub(crate)` so attention can run per-head products
+/// Which SGEMM `sgemm` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// Ours, `sgemm.rs`: x86-64 with AVX2 and FMA.
+    Avx2,
+    /// The `gemm` crate: everywhere else, or when `MUSCLE_GEMM=crate` asks for it (benchmarks
+    /// and bisecting numerics).
+    Crate,
+}
+
+/// The kernel this process uses, decided once from the CPU and `MUSCLE_GEMM`.
+pub fn gemm_kernel() -> GemmKernel {
+    static KERNEL: std::sync::OnceLock<GemmKernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        let forced_crate = std::env::var("MUSCLE_GEMM").is_ok_and(|v| v == "crate");
+        #[cfg(target_arch = "x86_64")]
+        if !forced_crate && sgemm::available() {
+            return GemmKernel::Avx2;
+        }
+        let _ = forced_crate;
+        GemmKernel::Crate
+    })
+}
+
+/// Raw SGEMM on row-major operands. `pub(crate)` so attention can run per-head products
 /// on its own thread without the trait's buffer plumbing.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm(
@@ -60,9 +87,29 @@ pub(crate) fn sgemm(
         }
         return;
     }
-    let (a_rs, a_cs) = if ta { (1, lda as isize) } else { (lda as isize, 1) };
-    let (b_rs, b_cs) = if tb { (1, ldb as isize) } else { (ldb as isize, 1) };
-    let par = if parallel && m * n * k >= PARALLEL_GEMM_MIN_FLOPS {
+    let (a_rs, a_cs) = if ta { (1, lda) } else { (lda, 1) };
+    let (b_rs, b_cs) = if tb { (1, ldb) } else { (ldb, 1) };
+    let parallel = parallel && m * n * k >= PARALLEL_GEMM_MIN_FLOPS;
+    #[cfg(target_arch = "x86_64")]
+    if gemm_kernel() == GemmKernel::Avx2 {
+        use sgemm::{Out, View};
+        let av = View { ptr: a.as_ptr(), rs: a_rs, cs: a_cs };
+        let bv = View { ptr: b.as_ptr(), rs: b_rs, cs: b_cs };
+        let cv = Out { ptr: c.as_mut_ptr(), ldc };
+        // SAFETY: `gemm_kernel` checked AVX2/FMA; the asserts above keep every access inside the
+        // slices; `c` is borrowed mutably so it does not alias `a`/`b`; k > 0.
+        unsafe {
+            if parallel {
+                sgemm::gemm_parallel(m, n, k, av, bv, cv, alpha, accumulate, rayon::current_num_threads());
+            } else {
+                sgemm::gemm_serial(m, n, k, av, bv, cv, alpha, accumulate);
+            }
+        }
+        return;
+    }
+    let (a_rs, a_cs) = (a_rs as isize, a_cs as isize);
+    let (b_rs, b_cs) = (b_rs as isize, b_cs as isize);
+    let par = if parallel {
         Parallelism::Rayon(rayon::current_num_threads())
     } else {
         Parallelism::None
@@ -178,10 +225,13 @@ impl Backend for Cpu {
     }
     fn embedding_backward(&self, dword: Option<&mut Vec<f32>>, dpos: Option<&mut Vec<f32>>,
                           dtyp: Option<&mut Vec<f32>>, dout: &Vec<f32>,
-                          ids: &[i32], pos_ids: &[i32], type_ids: &[i32], h: usize) {
-        for (table, idx) in [(dword, ids), (dpos, pos_ids), (dtyp, type_ids)] {
+                          ids: &[i32], pos_ids: &[i32], type_ids: &[i32], h: usize, skip: [Option<i32>; 3]) {
+        for ((table, idx), skip) in [(dword, ids), (dpos, pos_ids), (dtyp, type_ids)].into_iter().zip(skip) {
             if let Some(table) = table {
                 for (r, g) in dout[..idx.len() * h].chunks(h).enumerate() {
+                    if Some(idx[r]) == skip {
+                        continue;
+                    }
                     let row = &mut table[idx[r] as usize * h..][..h];
                     for j in 0..h {
                         row[j] += g[j];
