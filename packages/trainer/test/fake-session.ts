@@ -127,9 +127,9 @@ class LogisticSession implements Session {
       const dot = grad.reduce((a, g, i) => a + g * r.grad[i]!, 0);
       // One tensor here: the projection of g on r, pointing along r.
       const aligned = gradNorm > 0 && rNorm > 0 ? r.grad.map((x) => (Math.abs(dot) / (rNorm * rNorm)) * x) : grad;
-      const gaBranch = rule === 'paper' ? 'mixed' : rNorm > minRefGradNorm && r.loss > minRefLoss ? 'projection' : rho > 0 ? 'mixed' : 'raw';
+      const gaBranch = rule === 'paper' ? 'mixed' : rNorm > minRefGradNorm && r.loss > minRefLoss ? 'projection' : rho !== null ? 'mixed' : 'raw';
       if (gaBranch === 'projection') update = aligned;
-      if (gaBranch === 'mixed') update = aligned.map((a, i) => (1 - rho) * a + rho * grad[i]!);
+      if (gaBranch === 'mixed') update = aligned.map((a, i) => (1 - rho!) * a + rho! * grad[i]!);
       report = { refLoss: r.loss, refGradNorm: rNorm, nRef: rNorm, projected: gaBranch === 'raw' ? 0 : 1, gaBranch };
     }
     const updateNorm = norm(update);

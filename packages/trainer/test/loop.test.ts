@@ -142,7 +142,7 @@ describe('the loop on real SST-2 rows with a logistic-regression engine', () => 
 
     // GA: a reference batch at every step (16 rows, batch 32: the whole set), rho by epoch: 0, 0, 0.05.
     expect(muscle.every((s) => s.ref !== null && s.ref.batch === 16)).toBe(true);
-    expect([0, 10, 20].map((i) => muscle[i]!.settings.ga)).toEqual([0, 0, 0.05].map((rho) => ({ rule: 'gated', rho, minRefLoss: 0.4, minRefGradNorm: 5e-7 })));
+    expect([0, 10, 20].map((i) => muscle[i]!.settings.ga)).toEqual([null, 0, 0.05].map((rho) => ({ rule: 'gated', rho, minRefLoss: 0.4, minRefGradNorm: 5e-7 })));
     expect(new Set(muscle.map((s) => s.report.gaBranch))).not.toContain('none');
 
     // Evaluation on clean dev less the reference rows, every epoch.
@@ -155,7 +155,7 @@ describe('the loop on real SST-2 rows with a logistic-regression engine', () => 
     expect(records.filter((r) => r.type === 'result')).toHaveLength(2);
     expect(flushes).toBe(8);
     const firstGaStep = records.find((r) => r.type === 'step' && r.method === 'musclelora');
-    expect(firstGaStep).toMatchObject({ epoch: 0, step: 1, lr: 2, rho: 0, refLoss: expect.any(Number), nRef: expect.any(Number) });
+    expect(firstGaStep).toMatchObject({ epoch: 0, step: 1, lr: 2, rho: null, refLoss: expect.any(Number), nRef: expect.any(Number) });
 
     for (const result of run.results) {
       expect(result.status).toBe('complete');
@@ -189,7 +189,7 @@ describe('the loop on real SST-2 rows with a logistic-regression engine', () => 
     };
     await train(config({ ...base, epochs: 1, methods: ['ga'] }), { openSession: lying, onProgress: (e) => events.push(e) });
     const warnings = events.filter((e) => e.type === 'warning');
-    expect(warnings).toEqual([{ type: 'warning', message: "badnets/ga step 1: the engine took GA branch 'raw' where the gated rule gives 'projection' (refLoss 5, nRef 1, rho 0)" }]);
+    expect(warnings).toEqual([{ type: 'warning', message: "badnets/ga step 1: the engine took GA branch 'raw' where the gated rule gives 'projection' (refLoss 5, nRef 1, rho null)" }]);
   });
 
   it('a reference set as large as clean dev is an error naming the dev file', async () => {

@@ -20,17 +20,17 @@ describe('learning rate: linear decay to 0, no warm-up', () => {
 describe('rho: the share of the raw gradient', () => {
   it('gated (reference code): maxRawGradRatio * (epoch - gaEpoch) / (epochs - gaEpoch), 0 before gaEpoch', () => {
     // BERT defaults over the paper's 10 epochs: 0, 0, 0.1*1/9, ..., 0.1*8/9
-    expect(rho(0, 10, bertGa)).toBe(0);
-    expect(rho(1, 10, bertGa)).toBe(0);
+    expect(rho(0, 10, bertGa)).toBeNull(); // before GAEpoch: a closed gate keeps g
+    expect(rho(1, 10, bertGa)).toBe(0); // at GAEpoch: mixing with rho 0 is the projection
     expect(rho(2, 10, bertGa)).toBeCloseTo(0.1 / 9, 15);
     expect(rho(5, 10, bertGa)).toBeCloseTo(0.4 / 9, 15);
     expect(rho(9, 10, bertGa)).toBeCloseTo(0.8 / 9, 15);
     // gaEpoch 3 over 5 epochs: 0 0 0 0 0.05
-    expect([0, 1, 2, 3, 4].map((e) => rho(e, 5, { ...bertGa, gaEpoch: 3 }))).toEqual([0, 0, 0, 0, 0.05]);
+    expect([0, 1, 2, 3, 4].map((e) => rho(e, 5, { ...bertGa, gaEpoch: 3 }))).toEqual([null, null, null, 0, 0.05]);
   });
 
   it('Llama: always 0 (pure alignment)', () => {
-    expect([0, 1, 2, 3, 4].map((e) => rho(e, 5, llamaGa))).toEqual([0, 0, 0, 0, 0]);
+    expect([0, 1, 2, 3, 4].map((e) => rho(e, 5, llamaGa))).toEqual([null, null, null, null, null]);
   });
 
   it('paper rule: from 0 at the first epoch to rhoMax at the last', () => {
@@ -45,18 +45,19 @@ describe('rho: the share of the raw gradient', () => {
 });
 
 describe('GA gating decisions', () => {
-  const gated = (rhoValue: number) => ({ rule: 'gated' as const, rho: rhoValue, minRefLoss: 0.4, minRefGradNorm: 5e-7 });
+  const gated = (rhoValue: number | null) => ({ rule: 'gated' as const, rho: rhoValue, minRefLoss: 0.4, minRefGradNorm: 5e-7 });
 
   it('gated: projection alone while the reference loss and gradient are both above their floors', () => {
     expect(expectedGaBranch(gated(0), 0.7, 1e-3)).toBe('projection');
     expect(expectedGaBranch(gated(0.05), 0.41, 6e-7)).toBe('projection');
   });
 
-  it('gated: once the reference set is learned, mix in rho of the raw gradient, or keep it when rho is 0', () => {
+  it('gated: once the reference set is learned, mix in rho of the raw gradient, or keep it when rho is null', () => {
     expect(expectedGaBranch(gated(0.05), 0.4, 1e-3)).toBe('mixed'); // loss not above 0.4
     expect(expectedGaBranch(gated(0.05), 0.7, 5e-7)).toBe('mixed'); // gradient norm not above 5e-7
-    expect(expectedGaBranch(gated(0), 0.3, 1e-3)).toBe('raw');
-    expect(expectedGaBranch(gated(0), 0.7, 0)).toBe('raw');
+    expect(expectedGaBranch(gated(0), 0.3, 1e-3)).toBe('mixed'); // at GAEpoch: rho 0, the projection
+    expect(expectedGaBranch(gated(null), 0.3, 1e-3)).toBe('raw');
+    expect(expectedGaBranch(gated(null), 0.7, 0)).toBe('raw');
   });
 
   it('Llama settings (minRefLoss 0) project whenever the reference loss is positive', () => {

@@ -160,7 +160,7 @@ pub struct BertClassifier<B: Backend> {
     adapters: AdapterShape,
     acts: Acts<B::Buf>,
     scratch: Scratch<B::Buf>,
-    /// host copies of the last forward's inputs
+    /// host copies of the last forward's inputs; `last` = (batch, seq, dropout drawn)
     pos_ids: Vec<i32>,
     type_ids: Vec<i32>,
     cls_rows: Vec<usize>,
@@ -170,6 +170,8 @@ pub struct BertClassifier<B: Backend> {
     passes: u64,
     /// lowest encoder layer with a trainable tensor (num_layers if none)
     lowest_trainable: usize,
+    /// dropout in training-mode forwards (the config's probabilities); off = deterministic training
+    dropout_on: bool,
     embeddings_train: bool,
 }
 
@@ -311,6 +313,7 @@ impl<B: Backend> BertClassifier<B> {
             seed,
             passes: 0,
             lowest_trainable: 0,
+            dropout_on: true,
             embeddings_train: false,
             cfg,
             family,
@@ -515,8 +518,9 @@ impl<B: Backend> BertClassifier<B> {
         let a = &mut self.acts;
         let s = &mut self.scratch;
         let ad = &self.adapters;
-        // A dropout site is live only in training with p > 0.
-        let live = |p: f32| train && p > 0.0;
+        // A dropout site is live only in training, with dropout on and p > 0.
+        let drop = train && self.dropout_on;
+        let live = |p: f32| drop && p > 0.0;
         let hp = cfg.hidden_dropout_prob;
 
         // embeddings -> layer norm -> dropout
@@ -604,7 +608,7 @@ impl<B: Backend> BertClassifier<B> {
             dropout::dropout_forward(be, &mut a.head_out, &mut a.head_drop_b, b * h, cp, seed, &[pass, site::HEAD_B]);
         }
         linear::linear_forward(be, &mut a.logits, &a.head_out, &pv[hd.out.0], Some(&pv[hd.out.1]), b, h, self.num_labels);
-        self.last = Some((b, t, train));
+        self.last = Some((b, t, drop));
         Ok(be.to_host(&a.logits, b * self.num_labels))
     }
 
@@ -620,7 +624,8 @@ impl<B: Backend> BertClassifier<B> {
     /// Backpropagates the loss of the last (training-mode or eval-mode) forward into the
     /// gradients of the trainable tensors. Gradients are overwritten, not accumulated.
     pub fn backward(&mut self, be: &B, batch: &BatchRef) -> Result<()> {
-        let (b, t, train) = self.last.ok_or_else(|| EngineError::Other("backward before forward".into()))?;
+        // `dropped`: the forward drew dropout masks, which the backward must apply again
+        let (b, t, dropped) = self.last.ok_or_else(|| EngineError::Other("backward before forward".into()))?;
         let labels = batch.labels.ok_or_else(|| EngineError::Batch("backward needs labels".into()))?;
         if (b, t) != (batch.b, batch.t) {
             return Err(EngineError::Batch("backward batch differs from the forward's".into()));
@@ -634,7 +639,7 @@ impl<B: Backend> BertClassifier<B> {
         let a = &self.acts;
         let s = &mut self.scratch;
         let ad = &self.adapters;
-        let live = |p: f32| train && p > 0.0;
+        let live = |p: f32| dropped && p > 0.0;
         let hp = cfg.hidden_dropout_prob;
         let cp = cfg.head_dropout();
 
@@ -785,6 +790,12 @@ impl<B: Backend> BertClassifier<B> {
             embedding::embedding_backward(be, dword, dpos, dtyp, &s.d_res, batch.ids, &self.pos_ids, &self.type_ids, h, skip);
         }
         Ok(())
+    }
+
+    /// Turns the model's dropout (hidden, attention, head, adapters) on or off for training
+    /// forwards; evaluation never drops.
+    pub fn set_dropout(&mut self, on: bool) {
+        self.dropout_on = on;
     }
 
     /// Sets the dropout pass counter; the next training forward uses `pass + 1`. Two forwards

@@ -4,8 +4,8 @@
 export interface EncodedTexts { ids: Int32Array; offsets: Int32Array } // ragged: text i is ids[offsets[i]..offsets[i+1]], with special tokens, truncated to maxLength
 export interface Batch { ids: Int32Array; mask: Int32Array; labels?: Int32Array; batch: number; seq: number } // row-major [batch, seq], padded with padId, mask 1/0
 export type GaRule = 'gated' | 'paper';
-export interface GaSettings { rule: GaRule; rho: number; minRefLoss: number; minRefGradNorm: number }
-// gated (reference code): if nRef > minRefGradNorm && refLoss > minRefLoss -> projection alone; else if rho > 0 -> (1-rho)*proj + rho*g; else keep g. (The trainer computes rho per epoch: maxRawGradRatio*(epoch-GAEpoch)/(epochs-GAEpoch) when epoch >= GAEpoch, else 0.)
+export interface GaSettings { rule: GaRule; rho: number | null; minRefLoss: number; minRefGradNorm: number }
+// gated (reference code): if nRef > minRefGradNorm && refLoss > minRefLoss -> projection alone; else if rho !== null -> (1-rho)*proj + rho*g (rho 0 = projection); else keep g. (The trainer computes rho per epoch: maxRawGradRatio*(epoch-GAEpoch)/(epochs-GAEpoch) when maxRawGradRatio > 0 and epoch >= GAEpoch, else null.)
 // paper: always (1-rho)*proj + rho*g.
 export interface StepSettings { lr: number; ga?: GaSettings }
 export interface StepReport { loss: number; refLoss: number | null; gradNorm: number; refGradNorm: number | null; nRef: number | null; projected: number; gaBranch: 'none' | 'projection' | 'mixed' | 'raw'; clippedNorm: number }

@@ -8,11 +8,12 @@ export type GaBranch = StepReport['gaBranch'];
  * - no GA settings: 'none';
  * - paper rule: always 'mixed', (1 - rho) a + rho g;
  * - gated rule (reference code): 'projection' (a alone) while the reference set still teaches something,
- *   i.e. nRef > minRefGradNorm and refLoss > minRefLoss; else 'mixed' when rho > 0; else 'raw' (g kept).
+ *   i.e. nRef > minRefGradNorm and refLoss > minRefLoss; else 'mixed' when the schedule gives a rho (0 at
+ *   GAEpoch: the projection itself); else (rho null) 'raw' (g kept).
  */
 export function expectedGaBranch(ga: GaSettings | undefined, refLoss: number | null, nRef: number | null): GaBranch {
   if (!ga) return 'none';
   if (ga.rule === 'paper') return 'mixed';
   if (nRef !== null && refLoss !== null && nRef > ga.minRefGradNorm && refLoss > ga.minRefLoss) return 'projection';
-  return ga.rho > 0 ? 'mixed' : 'raw';
+  return ga.rho !== null ? 'mixed' : 'raw';
 }

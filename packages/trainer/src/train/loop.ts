@@ -157,7 +157,7 @@ async function trainMethod(session: Session, ctx: MethodContext): Promise<Method
         const expected = expectedGaBranch(ga, report.refLoss, report.nRef);
         if (expected !== report.gaBranch && !warnedBranch) {
           warnedBranch = true;
-          emit({ type: 'warning', message: `${attack}/${method} step ${step}: the engine took GA branch '${report.gaBranch}' where the ${ga?.rule ?? 'no-GA'} rule gives '${expected}' (refLoss ${report.refLoss}, nRef ${report.nRef}, rho ${ga?.rho ?? 0})` });
+          emit({ type: 'warning', message: `${attack}/${method} step ${step}: the engine took GA branch '${report.gaBranch}' where the ${ga?.rule ?? 'no-GA'} rule gives '${expected}' (refLoss ${report.refLoss}, nRef ${report.nRef}, rho ${ga?.rho ?? null})` });
         }
         metrics?.write({ type: 'step', attack, method, epoch, step, lr, rho: ga ? ga.rho : null, ...report });
         emit({ type: 'step', attack, method, epoch, step, totalSteps, loss: report.loss, lr, gaBranch: report.gaBranch });
