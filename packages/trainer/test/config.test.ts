@@ -6,7 +6,7 @@ import { ConfigError, configToYaml, describeConfigKeys, loadConfigFile, mslrBand
 import { modelDir, repoRoot, tempDir, writeFiles } from './helpers.js';
 
 const base = { name: 't', model: 'bert-base-uncased', dataset: 'data', attacks: ['badnets'] };
-const TOP_KEYS = 'name, model, family, dataset, attacks, methods, poisonRate, targetLabel, numLabels, epochs, batchSize, maxLength, lr, seed, device, select, limit, lora, mslr, ga, trainHead, optimizer, dropout';
+const TOP_KEYS = 'name, model, family, dataset, attacks, methods, poisonRate, targetLabel, numLabels, epochs, batchSize, maxLength, lr, methodLr, seed, device, select, limit, lora, mslr, ga, trainHead, optimizer, dropout';
 
 beforeAll(() => {
   // Hermetic: no hub cache of this machine decides a family.
@@ -40,6 +40,8 @@ describe('bad configs: one line naming the file, the key, the value and what is 
     ['fraction for an integer', { ...base, epochs: 2.5 }, 'bad.yaml: epochs: got 2.5, expected an integer'],
     ['integer below its minimum', { ...base, batchSize: 0 }, 'bad.yaml: batchSize: got 0, expected an integer >= 1'],
     ['zero learning rate', { ...base, lr: 0 }, 'bad.yaml: lr: got 0, expected > 0'],
+    ['per-method rate of an unknown method', { ...base, methodLr: { vanila: 1e-5 } }, 'bad.yaml: methodLr.vanila: unknown key; allowed keys: vanilla, lora, ga, lora+ms, lora+ga, musclelora'],
+    ['negative per-method rate', { ...base, methodLr: { vanilla: -1 } }, 'bad.yaml: methodLr.vanilla: got -1, expected > 0'],
     ['poison rate above 1', { ...base, poisonRate: 1.5 }, 'bad.yaml: poisonRate: got 1.5, expected <= 1'],
     ['negative seed', { ...base, seed: -1 }, 'bad.yaml: seed: got -1, expected an integer >= 0'],
     ['unknown method', { ...base, methods: ['lora', 'lora+foo'] }, 'bad.yaml: methods[1]: got "lora+foo", expected one of vanilla, lora, ga, lora+ms, lora+ga, musclelora'],

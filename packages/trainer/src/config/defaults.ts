@@ -42,6 +42,7 @@ export function defaultsFor(model: string, family: Family): Defaults {
     batchSize: decoder ? 16 : 32,
     maxLength: 512,
     lr: decoder ? 1e-5 : 2e-5,
+    methodLr: {},
     seed: 42,
     device: 'auto',
     select: 'defender',

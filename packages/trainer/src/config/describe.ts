@@ -29,7 +29,11 @@ function schemaAt(path: readonly PropertyKey[]): z.ZodType | undefined {
 /** The keys allowed in the mapping at `path` (for "unknown key" messages). */
 export function allowedKeysAt(path: readonly PropertyKey[]): string[] {
   const schema = schemaAt(path);
-  return Object.keys((schema && shapeOf(schema)) ?? {});
+  const shape = schema && shapeOf(schema);
+  if (shape) return Object.keys(shape);
+  // a record keyed by an enum (methodLr): its keys are the enum's options
+  const keyType = schema && (unwrap(schema) as unknown as { keyType?: { options?: unknown[] } }).keyType;
+  return (keyType?.options ?? []).map(String);
 }
 
 /** Whether the value at `path` must be an integer (zod reports a wrong type there as "expected number"). */

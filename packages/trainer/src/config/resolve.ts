@@ -68,6 +68,7 @@ export function resolveConfig(raw: unknown, options: ResolveOptions): RunConfig 
     batchSize: cfg.batchSize ?? defaults.batchSize,
     maxLength: cfg.maxLength ?? defaults.maxLength,
     lr: cfg.lr ?? defaults.lr,
+    methodLr: cfg.methodLr ?? {},
     seed: cfg.seed ?? defaults.seed,
     device: cfg.device ?? defaults.device,
     select: cfg.select ?? defaults.select,

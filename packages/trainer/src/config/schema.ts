@@ -67,6 +67,7 @@ export const rawConfigSchema = z.strictObject({
   batchSize: z.int().min(1).optional().describe('training batch size (32, or 16 for Llama/GPT-2)'),
   maxLength: z.int().min(2).optional().describe('maximum tokens per text, special tokens included (512)'),
   lr: positive().optional().describe('peak learning rate, decayed linearly to 0 without warm-up (2e-5, or 1e-5 for Llama/GPT-2)'),
+  methodLr: z.partialRecord(z.enum(METHODS), positive()).optional().describe('peak learning rate per method, overriding lr (full fine-tuning usually needs a lower one than adapters), e.g. { vanilla: 5.0e-5 }'),
   seed: z.int().min(0).max(0xffffffff).optional().describe('seed of shuffling, reference draw and initialisation (42)'),
   device: z.enum(DEVICES).optional().describe("where the engine runs; 'auto' picks CUDA when a driver is found (auto)"),
   select: z.enum(['defender', 'attacker']).optional().describe("checkpoint selection: 'defender' = best clean dev accuracy; 'attacker' = best mean of clean dev accuracy and poisoned dev ASR (defender)"),
@@ -84,8 +85,9 @@ export type RawConfig = z.infer<typeof rawConfigSchema>;
 type Filled<T> = { [K in keyof T]-?: Exclude<T[K], undefined> };
 
 /** The fully resolved configuration: every key present (but `limit`), paths absolute. */
-export interface RunConfig extends Omit<Filled<RawConfig>, 'lora' | 'mslr' | 'ga' | 'optimizer' | 'limit'> {
+export interface RunConfig extends Omit<Filled<RawConfig>, 'lora' | 'mslr' | 'ga' | 'optimizer' | 'limit' | 'methodLr'> {
   limit?: number;
+  methodLr: Partial<Record<Method, number>>;
   lora: Filled<z.infer<typeof loraSchema>>;
   mslr: Filled<z.infer<typeof mslrSchema>>;
   ga: Filled<z.infer<typeof gaSchema>>;

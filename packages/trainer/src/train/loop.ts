@@ -147,7 +147,7 @@ async function trainMethod(session: Session, ctx: MethodContext): Promise<Method
       const branches: Partial<Record<GaBranch, number>> = {};
 
       for (const [b, rows] of order.entries()) {
-        const lr = learningRate(step, totalSteps, config.lr);
+        const lr = learningRate(step, totalSteps, config.methodLr[method] ?? config.lr);
         const batch = makeBatch(encoded.train, rows, session.padId, trainLabels);
         // One reference batch per training batch, cycling through the (reshuffled) reference set.
         const ref = usesGa ? references[b % references.length]! : null;
