@@ -1,5 +1,6 @@
 //! Element-wise kernels, split across threads when the array is large enough to pay for it.
 
+use super::vmath::{self, multiversion};
 use crate::rng::Rng;
 use rayon::prelude::*;
 
@@ -90,21 +91,31 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 
 /// GELU in its exact erf form, as BERT's `hidden_act = "gelu"`.
 pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
-    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| {
-        for (o, &x) in o.iter_mut().zip(x) {
-            *o = 0.5 * x * (1.0 + libm::erff(x * SQRT_1_2));
-        }
-    });
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| gelu_forward_chunk(o, x));
 }
 
 pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
-    dinp.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK))).for_each(|(d, (x, g))| {
-        for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-            let cdf = 0.5 * (1.0 + libm::erff(x * SQRT_1_2));
-            let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+    dinp.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
+        .for_each(|(d, (x, g))| gelu_backward_chunk(d, x, g));
+}
+
+multiversion! {
+    fn gelu_forward_chunk(out: &mut [f32], inp: &[f32]) {
+        for (o, &x) in out.iter_mut().zip(inp) {
+            *o = 0.5 * x * (1.0 + vmath::erf(x * SQRT_1_2));
+        }
+    }
+}
+
+multiversion! {
+    fn gelu_backward_chunk(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+        for ((d, &x), &g) in dinp.iter_mut().zip(inp).zip(dout) {
+            let cdf = 0.5 * (1.0 + vmath::erf(x * SQRT_1_2));
+            let pdf = INV_SQRT_2PI * vmath::exp(-0.5 * x * x);
             *d = g * (cdf + x * pdf);
         }
-    });
+    }
 }
 
 /// Inverted dropout mask. Each chunk draws from its own stream derived from (seed, stream, chunk),

@@ -7,6 +7,7 @@ mod elementwise;
 mod norm;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
+mod vmath;
 
 use super::{Backend, Mat};
 use gemm::Parallelism;
