@@ -23,12 +23,13 @@ struct Args {
     modes: Vec<String>,
     json: Option<String>,
     gemms: bool,
+    kernels: bool,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
     let mut a = Args { layers: 12, hidden: 768, batch: 32, seq: 64, iters: 3,
                        modes: vec!["lora".into(), "musclelora".into(), "full".into(), "eval".into()], json: None,
-                       gemms: false };
+                       gemms: false, kernels: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -41,11 +42,13 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--modes" => a.modes = val()?.split(',').map(|s| s.trim().to_string()).collect(),
             "--json" => a.json = Some(val()?),
             "--gemms" => a.gemms = true,
+            "--kernels" => a.kernels = true,
             "-h" | "--help" => {
                 println!("muscle-bench [--layers 12] [--hidden 768] [--batch 32] [--seq 64] [--iters 3] \
-                          [--modes lora,musclelora,full,eval] [--json out.json] [--gemms]\n\n\
+                          [--modes lora,musclelora,full,eval] [--json out.json] [--gemms] [--kernels]\n\n\
                           Times training steps of a random BERT-shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
-                          dropout 0.1) against the same run's SGEMM peak at 2048^3.");
+                          dropout 0.1) against the same run's SGEMM peak at 2048^3.\n\
+                          --gemms: GFLOP/s of each layer GEMM shape; --kernels: ms of the non-GEMM kernels per layer.");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other}; see --help")),
@@ -124,6 +127,56 @@ fn gemm_shapes(be: &Cpu, n: usize, h: usize) {
     }
 }
 
+/// Best-of-5 milliseconds of `f`.
+fn best_ms(mut f: impl FnMut()) -> f64 {
+    (0..5).map(|_| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64() * 1e3
+    }).fold(f64::MAX, f64::min)
+}
+
+/// Milliseconds of the non-GEMM kernels one encoder layer runs, at the step's shape: what the
+/// ratio to the GEMM peak loses outside the GEMMs.
+fn kernel_times(be: &Cpu, b: usize, t: usize, h: usize) {
+    let (n, heads) = (b * t, (h / 64).max(1));
+    let x: Vec<f32> = (0..n * 4 * h).map(|i| ((i % 251) as f32 - 125.0) * 0.02).collect();
+    let g: Vec<f32> = (0..n * 4 * h).map(|i| ((i % 127) as f32 - 63.0) * 0.01).collect();
+    let mut out = vec![0.0f32; n * 4 * h];
+    let (w, bias) = (vec![1.0f32; h], vec![0.0f32; h]);
+    let (mut mean, mut rstd) = (vec![0.0f32; n], vec![0.0f32; n]);
+    let (mut dw, mut db) = (vec![0.0f32; h], vec![0.0f32; h]);
+    let mut probs = vec![0.0f32; b * heads * t * t];
+    let mut mask = vec![0.0f32; b * heads * t * t];
+    let key_mask = vec![1i32; n];
+    let (mut dq, mut dk, mut dv) = (vec![0.0f32; n * h], vec![0.0f32; n * h], vec![0.0f32; n * h]);
+    let qkv: Vec<f32> = x[..n * h].to_vec();
+    be.dropout_mask(&mut mask, b * heads * t * t, 0.1, 1, &[1]);
+    let rows: [(&str, f64); 8] = [
+        ("GELU forward (n x 4h)", best_ms(|| be.gelu_forward(&mut out, &x, n * 4 * h))),
+        ("GELU backward (n x 4h)", best_ms(|| be.gelu_backward(&mut out, &x, &g, n * 4 * h))),
+        ("layer norm forward (n x h)", best_ms(|| {
+            be.layer_norm_forward(&mut out, &mut mean, &mut rstd, &x, &w, &bias, n, h, 1e-12)
+        })),
+        ("layer norm backward (n x h)", best_ms(|| {
+            be.layer_norm_backward(&mut out, Some(&mut dw), Some(&mut db), &g, &x, &w, &mean, &rstd, n, h)
+        })),
+        ("dropout mask (n x h)", best_ms(|| be.dropout_mask(&mut out, n * h, 0.1, 7, &[3, 4]))),
+        ("dropout mask (attention probs)", best_ms(|| be.dropout_mask(&mut mask, b * heads * t * t, 0.1, 7, &[3, 5]))),
+        ("attention forward", best_ms(|| {
+            be.attention_forward(&mut out, &mut probs, &qkv, &qkv, &qkv, &key_mask, Some(&mask), b, t, heads, 64)
+        })),
+        ("attention backward", best_ms(|| {
+            be.attention_backward(&mut dq, &mut dk, &mut dv, &g, &probs, &qkv, &qkv, &qkv, Some(&mask), b, t, heads, 64)
+        })),
+    ];
+    println!("| kernel (one layer) | ms |");
+    println!("| --- | ---: |");
+    for (name, ms) in rows {
+        println!("| {name} | {ms:.2} |");
+    }
+}
+
 fn main() {
     let args = match parse_args() {
         Ok(a) => a,
@@ -161,6 +214,9 @@ fn main() {
     if args.gemms {
         gemm_shapes(&be, args.batch * args.seq, args.hidden);
     }
+    if args.kernels {
+        kernel_times(&be, args.batch, args.seq, args.hidden);
+    }
     let mut rows = Vec::new();
     for mode in &args.modes {
         let lora = LoraSpec { r: 8, alpha: 32.0, dropout: 0.0, targets: vec!["query".into(), "value".into()] };
@@ -195,6 +251,9 @@ fn main() {
             run(&mut clf);
             times.push(t0.elapsed().as_secs_f64());
         }
+        if times.is_empty() {
+            continue;
+        }
         let secs = median(times);
         let gflop = flops::step(&shape, kind, ga) / 1e9;
         let rate = gflop / secs;
@@ -204,7 +263,8 @@ fn main() {
 
     println!("| measurement | ms | GFLOP | GFLOP/s | of peak |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    println!("| SGEMM 2048^3, muscle-engine (gemm crate) | | | {peak:.1} | {:.0}% |", 100.0 * peak / peak_ref);
+    println!("| SGEMM 2048^3, muscle-engine ({:?}) | | | {peak:.1} | {:.0}% |", muscle_engine::backend::cpu::gemm_kernel(),
+             100.0 * peak / peak_ref);
     match np_peak {
         Some(p) => println!("| SGEMM 2048^3, numpy (OpenBLAS) | | | {p:.1} | {:.0}% |", 100.0 * p / peak_ref),
         None => println!("| SGEMM 2048^3, numpy | not measured: numpy is not importable by python3 | | | |"),

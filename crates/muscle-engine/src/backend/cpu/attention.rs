@@ -5,6 +5,7 @@
 //! made. The per-head products are small and run single-threaded inside the task.
 
 use super::sgemm;
+use super::vmath::{self, multiversion};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -38,22 +39,7 @@ pub fn forward(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32], v: &[f3
         // scores = scale * Q K^T
         sgemm(t, t, d, p, t, &q[base..], hd, false, &k[base..], hd, true, scale, false, false);
         let mask = &key_mask[bi * t..][..t];
-        for row in p.chunks_mut(t) {
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..t {
-                if mask[j] != 0 && row[j] > max {
-                    max = row[j];
-                }
-            }
-            let mut sum = 0.0f32;
-            for j in 0..t {
-                let e = if mask[j] != 0 { (row[j] - max).exp() } else { 0.0 };
-                row[j] = e;
-                sum += e;
-            }
-            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-            row.iter_mut().for_each(|x| *x *= inv);
-        }
+        softmax_rows(p, mask);
         // SAFETY: this task writes only rows bi*t..bi*t+t, columns h*d..h*d+d of `out`.
         let o = unsafe { out_ptr.slice() };
         match drop {
@@ -120,4 +106,28 @@ pub fn backward(dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], dout: &[f32], pr
             sgemm(t, d, t, &mut dk[base..], hd, dp, t, true, &q[base..], hd, false, scale, false, false);
         });
     });
+}
+
+multiversion! {
+    /// Row-wise softmax of `p` (rows of `mask.len()`) over the unmasked keys; masked keys get 0,
+    /// and a fully masked row is all 0.
+    fn softmax_rows(p: &mut [f32], mask: &[i32]) {
+        let t = mask.len();
+        for row in p.chunks_mut(t) {
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..t {
+                if mask[j] != 0 && row[j] > max {
+                    max = row[j];
+                }
+            }
+            let mut sum = 0.0f32;
+            for j in 0..t {
+                let e = if mask[j] != 0 { vmath::exp(row[j] - max) } else { 0.0 };
+                row[j] = e;
+                sum += e;
+            }
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
 }

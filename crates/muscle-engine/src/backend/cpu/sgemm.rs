@@ -73,12 +73,13 @@ struct AlignedBuf {
 
 impl AlignedBuf {
     fn get(&mut self, len: usize) -> *mut f32 {
-        if self.data.len() < len + 16 {
-            self.data = vec![0.0; len + 16];
+        // 16 floats to align the start, 16 of slack after `len` for `pack_a`'s overlapping stores.
+        if self.data.len() < len + 32 {
+            self.data = vec![0.0; len + 32];
         }
         let p = self.data.as_mut_ptr();
         let skip = p.align_offset(64);
-        // SAFETY: `skip < 16` floats and the buffer has 16 floats of slack.
+        // SAFETY: `skip < 16` floats and the buffer has 32 floats of slack.
         unsafe { p.add(skip) }
     }
 }
@@ -95,6 +96,7 @@ fn pick_kc(k: usize) -> usize {
 /// # Safety
 /// The CPU must support AVX2 and FMA; `a`, `b` must be readable and `c` writable at every
 /// element of their `m x k`, `k x n`, `m x n` views; `c` must not overlap `a` or `b`; `k > 0`.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_serial(m: usize, n: usize, k: usize, a: View, b: View, c: Out, alpha: f32, accumulate: bool) {
     let (mut abuf, mut bbuf) = PACK.with(|p| p.take()).unwrap_or_default();
     let kc_blk = pick_kc(k);
@@ -127,6 +129,7 @@ pub unsafe fn gemm_serial(m: usize, n: usize, k: usize, a: View, b: View, c: Out
 ///
 /// # Safety
 /// As [`gemm_serial`].
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_parallel(m: usize, n: usize, k: usize, a: View, b: View, c: Out, alpha: f32, accumulate: bool,
                             threads: usize) {
     use rayon::prelude::*;
@@ -171,25 +174,24 @@ unsafe fn pack_a(mc: usize, kc: usize, a: View, dst: *mut f32) {
         let mr = MR.min(mc - i0);
         let src = a.ptr.add(i0 * a.rs);
         if a.cs == 1 && mr == MR {
-            // Rows contiguous in k: transpose 8 k-steps x 6 rows at a time through registers.
+            // Rows contiguous in k: transpose 8 k-steps x 6 rows (plus 2 dummy rows) in
+            // registers. Each transposed vector holds one k-step's 6 values and 2 garbage lanes;
+            // storing them in increasing k order lets each store overwrite the previous one's
+            // garbage, and the last one's lands in memory written later (or the buffer's slack).
             let rows: [*const f32; MR] = std::array::from_fn(|i| src.add(i * a.rs));
+            let zero = _mm256_setzero_ps();
             let mut p = 0;
             while p + 8 <= kc {
-                let v: [__m256; MR] = std::array::from_fn(|i| _mm256_loadu_ps(rows[i].add(p)));
-                let mut t = [0.0f32; 8 * MR];
-                for (i, vi) in v.iter().enumerate() {
-                    let mut lane = [0.0f32; 8];
-                    _mm256_storeu_ps(lane.as_mut_ptr(), *vi);
-                    for (q, &x) in lane.iter().enumerate() {
-                        t[q * MR + i] = x;
-                    }
+                let r: [__m256; 8] =
+                    std::array::from_fn(|i| if i < MR { _mm256_loadu_ps(rows[i].add(p)) } else { zero });
+                for (q, v) in transpose8(r).iter().enumerate() {
+                    _mm256_storeu_ps(d.add((p + q) * MR), *v);
                 }
-                std::ptr::copy_nonoverlapping(t.as_ptr(), d.add(p * MR), 8 * MR);
                 p += 8;
             }
             for p in p..kc {
-                for i in 0..MR {
-                    *d.add(p * MR + i) = *rows[i].add(p);
+                for (i, row) in rows.iter().enumerate() {
+                    *d.add(p * MR + i) = *row.add(p);
                 }
             }
         } else {

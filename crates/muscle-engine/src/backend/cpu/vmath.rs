@@ -17,7 +17,7 @@ pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-87.3, 88.3);
-    let n = (xc * LOG2E).round();
+    let n = (xc * LOG2E).round_ties_even();
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -26,7 +26,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // SAFETY: `n` is an integer in [-126, 128) because `xc` is clamped; the unchecked
+    // conversion vectorises where `as` (saturating, NaN-checking) is scalarised lane by lane.
+    let ni: i32 = unsafe { n.to_int_unchecked() };
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
     if x < -87.3 { 0.0 } else { er * scale }
 }
 
@@ -49,7 +52,7 @@ mod erf_coef {
                               -1.6239666748e+02, -1.8460508728e+02, -8.1287437439e+01, -9.8143291473e+00];
     pub const SA: [f32; 8] = [1.9651271820e+01, 1.3765776062e+02, 4.3456588745e+02, 6.4538726807e+02,
                               4.2900814819e+02, 1.0863500214e+02, 6.5702495575e+00, -6.0424413532e-02];
-    // The [1/0.35, 6) set has one term fewer in each polynomial: padded with 0 so one loop
+    // The [1/0.35, 6) set has one term fewer in each polynomial: padded with 0 so one Horner
     // evaluates either set.
     pub const RB: [f32; 8] = [-9.8649431020e-03, -7.9928326607e-01, -1.7757955551e+01, -1.6063638306e+02,
                               -6.3756646729e+02, -1.0250950928e+03, -4.8351919556e+02, 0.0];
@@ -57,20 +60,11 @@ mod erf_coef {
                               2.5530502930e+03, 4.7452853394e+02, -2.2440952301e+01, 0.0];
 }
 
-/// `c[0] + x c[1] + x^2 c[2] + ...` by Horner.
-#[inline(always)]
-fn poly<const N: usize>(x: f32, c: &[f32; N]) -> f32 {
-    let mut acc = c[N - 1];
-    for &ci in c[..N - 1].iter().rev() {
-        acc = ci + x * acc;
-    }
-    acc
-}
-
-/// `1 + x (c[0] + x c[1] + ...)`, the fdlibm denominators.
-#[inline(always)]
-fn poly1<const N: usize>(x: f32, c: &[f32; N]) -> f32 {
-    1.0 + x * poly(x, c)
+/// `c0 + x c1 + x^2 c2 + ...` by Horner, written out: a loop here would be the innermost loop
+/// and keep LLVM from vectorising the caller's loop over elements.
+macro_rules! horner {
+    ($x:expr; $c:expr) => { $c };
+    ($x:expr; $c:expr, $($rest:expr),+) => { $c + $x * horner!($x; $($rest),+) };
 }
 
 /// The error function, as `libm::erff` up to the rounding of its `exp` calls.
@@ -81,25 +75,33 @@ pub fn erf(x: f32) -> f32 {
 
     // |x| < 0.84375: x + x R(x^2) / S(x^2)
     let z = x * x;
-    let small = x + x * (poly(z, &PP) / poly1(z, &QQ));
+    let r = horner!(z; PP[0], PP[1], PP[2], PP[3], PP[4]);
+    let s = 1.0 + z * horner!(z; QQ[0], QQ[1], QQ[2], QQ[3], QQ[4]);
+    let small = x + x * (r / s);
     // |x| < 2^-28: fdlibm's guard against underflow in x * R
     let tiny = 0.125 * (8.0 * x + EFX8 * x);
 
-    // 0.84375 <= |x| < 1.25: erx + P(|x| - 1) / Q(|x| - 1)
+    // 0.84375 <= |x| < 1.25: erf = 1 - erfc, erfc = (1 - erx) - P(|x| - 1) / Q(|x| - 1), rounded
+    // as fdlibm does.
     let t = ax - 1.0;
-    // (rounded as fdlibm does: erf = 1 - erfc, erfc = (1 - erx) - P/Q)
-    let mid = 1.0 - ((1.0 - ERX) - poly(t, &PA) / poly1(t, &QA));
+    let p = horner!(t; PA[0], PA[1], PA[2], PA[3], PA[4], PA[5], PA[6]);
+    let q = 1.0 + t * horner!(t; QA[0], QA[1], QA[2], QA[3], QA[4], QA[5]);
+    let mid = 1.0 - ((1.0 - ERX) - p / q);
 
     // 1.25 <= |x| < 6: 1 - exp(-x^2 - 0.5625 + R(1/x^2) / S(1/x^2)) / x, the coefficient set
     // chosen per lane.
     let near = ax < 1.0 / 0.35;
+    let c = |a: f32, b: f32| if near { a } else { b };
     let w = 1.0 / (ax * ax);
-    let rc: [f32; 8] = std::array::from_fn(|i| if near { RA[i] } else { RB[i] });
-    let sc: [f32; 8] = std::array::from_fn(|i| if near { SA[i] } else { SB[i] });
+    let rr = horner!(w; c(RA[0], RB[0]), c(RA[1], RB[1]), c(RA[2], RB[2]), c(RA[3], RB[3]), c(RA[4], RB[4]),
+                        c(RA[5], RB[5]), c(RA[6], RB[6]), c(RA[7], RB[7]));
+    let ss = 1.0
+        + w * horner!(w; c(SA[0], SB[0]), c(SA[1], SB[1]), c(SA[2], SB[2]), c(SA[3], SB[3]), c(SA[4], SB[4]),
+                         c(SA[5], SB[5]), c(SA[6], SB[6]), c(SA[7], SB[7]));
     // zt has its low 13 mantissa bits cleared, so zt * zt is exact: the large part of the
     // exponent carries no rounding from the squaring.
     let zt = f32::from_bits(ax.to_bits() & 0xffff_e000);
-    let erfc = exp(-zt * zt - 0.5625) * exp((zt - ax) * (zt + ax) + poly(w, &rc) / poly1(w, &sc)) / ax;
+    let erfc = exp(-zt * zt - 0.5625) * exp((zt - ax) * (zt + ax) + rr / ss) / ax;
     let large = 1.0 - erfc;
 
     let y = if ax < 1.25 { mid } else if ax < 6.0 { large } else if ax.is_nan() { ax } else { 1.0 };
