@@ -234,55 +234,46 @@ impl<B: Backend> BertClassifier<B> {
             Ok(params.push(be, canonical, shape, &data))
         };
         let ir = Some(cfg.initializer_range);
-        let emb = EmbParams {
-            word: load(&mut params, "embeddings.word_embeddings.weight", vec![cfg.vocab_size, h], true, None)?,
-            pos: load(&mut params, "embeddings.position_embeddings.weight", vec![cfg.max_position_embeddings, h], true, None)?,
-            typ: load(&mut params, "embeddings.token_type_embeddings.weight", vec![cfg.type_vocab_size, h], true, None)?,
-            ln_w: load(&mut params, "embeddings.LayerNorm.weight", vec![h], true, None)?,
-            ln_b: load(&mut params, "embeddings.LayerNorm.bias", vec![h], true, None)?,
+        let word = load(&mut params, "embeddings.word_embeddings.weight", vec![cfg.vocab_size, h], true, None)?;
+        let pos = load(&mut params, "embeddings.position_embeddings.weight", vec![cfg.max_position_embeddings, h], true, None)?;
+        let typ = load(&mut params, "embeddings.token_type_embeddings.weight", vec![cfg.type_vocab_size, h], true, None)?;
+        // A module's (weight, bias): the bias has the weight's first dimension.
+        let mut pair = |params: &mut ParamStore<B>, name: &str, shape: Vec<usize>, in_backbone: bool,
+                        init_std: Option<f32>| -> Result<(usize, usize)> {
+            let bias_shape = vec![shape[0]];
+            Ok((load(params, &format!("{name}.weight"), shape, in_backbone, init_std)?,
+                load(params, &format!("{name}.bias"), bias_shape, in_backbone, init_std)?))
         };
+        let (ln_w, ln_b) = pair(&mut params, "embeddings.LayerNorm", vec![h], true, None)?;
+        let emb = EmbParams { word, pos, typ, ln_w, ln_b };
         let mut layers = Vec::new();
         for l in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{l}.");
-            let mut lin = |params: &mut ParamStore<B>, name: &str, o: usize, i: usize| -> Result<(usize, usize)> {
-                Ok((load(params, &format!("{p}{name}.weight"), vec![o, i], true, None)?,
-                    load(params, &format!("{p}{name}.bias"), vec![o], true, None)?))
+            let mut module = |params: &mut ParamStore<B>, name: &str, shape: Vec<usize>| {
+                pair(params, &format!("{p}{name}"), shape, true, None)
             };
             let qkv = [
-                lin(&mut params, "attention.self.query", h, h)?,
-                lin(&mut params, "attention.self.key", h, h)?,
-                lin(&mut params, "attention.self.value", h, h)?,
+                module(&mut params, "attention.self.query", vec![h, h])?,
+                module(&mut params, "attention.self.key", vec![h, h])?,
+                module(&mut params, "attention.self.value", vec![h, h])?,
             ];
-            let attn_out = lin(&mut params, "attention.output.dense", h, h)?;
-            let mut ln = |params: &mut ParamStore<B>, name: &str| -> Result<(usize, usize)> {
-                Ok((load(params, &format!("{p}{name}.weight"), vec![h], true, None)?,
-                    load(params, &format!("{p}{name}.bias"), vec![h], true, None)?))
-            };
-            let ln1 = ln(&mut params, "attention.output.LayerNorm")?;
-            let mut lin2 = |params: &mut ParamStore<B>, name: &str, o: usize, i: usize| -> Result<(usize, usize)> {
-                Ok((load(params, &format!("{p}{name}.weight"), vec![o, i], true, None)?,
-                    load(params, &format!("{p}{name}.bias"), vec![o], true, None)?))
-            };
-            let inter_p = lin2(&mut params, "intermediate.dense", inter, h)?;
-            let out_p = lin2(&mut params, "output.dense", h, inter)?;
-            let ln2 = (load(&mut params, &format!("{p}output.LayerNorm.weight"), vec![h], true, None)?,
-                       load(&mut params, &format!("{p}output.LayerNorm.bias"), vec![h], true, None)?);
+            let attn_out = module(&mut params, "attention.output.dense", vec![h, h])?;
+            let ln1 = module(&mut params, "attention.output.LayerNorm", vec![h])?;
+            let inter_p = module(&mut params, "intermediate.dense", vec![inter, h])?;
+            let out_p = module(&mut params, "output.dense", vec![h, inter])?;
+            let ln2 = module(&mut params, "output.LayerNorm", vec![h])?;
             layers.push(LayerParams { qkv, lora: [None, None, None], attn_out, ln1, inter: inter_p, out: out_p, ln2 });
         }
         let head = match family {
             Family::Bert => HeadParams {
                 // The pooler is part of BertModel but may be absent from a bare encoder save.
-                dense: (load(&mut params, "pooler.dense.weight", vec![h, h], true, ir)?,
-                        load(&mut params, "pooler.dense.bias", vec![h], true, ir)?),
-                out: (load(&mut params, "classifier.weight", vec![num_labels, h], false, ir)?,
-                      load(&mut params, "classifier.bias", vec![num_labels], false, ir)?),
+                dense: pair(&mut params, "pooler.dense", vec![h, h], true, ir)?,
+                out: pair(&mut params, "classifier", vec![num_labels, h], false, ir)?,
                 mslr: None,
             },
             Family::Roberta => HeadParams {
-                dense: (load(&mut params, "classifier.dense.weight", vec![h, h], false, ir)?,
-                        load(&mut params, "classifier.dense.bias", vec![h], false, ir)?),
-                out: (load(&mut params, "classifier.out_proj.weight", vec![num_labels, h], false, ir)?,
-                      load(&mut params, "classifier.out_proj.bias", vec![num_labels], false, ir)?),
+                dense: pair(&mut params, "classifier.dense", vec![h, h], false, ir)?,
+                out: pair(&mut params, "classifier.out_proj", vec![num_labels, h], false, ir)?,
                 mslr: None,
             },
         };
