@@ -212,7 +212,8 @@ describe('the resolved config', () => {
 
   it('the example configs resolve', () => {
     const quick = loadConfigFile(join(repoRoot, 'examples', 'quickstart.yaml'));
-    expect(quick).toMatchObject({ name: 'quickstart', family: 'bert', methods: ['vanilla', 'musclelora'], maxLength: 64, epochs: 2, limit: 1000 });
+    expect(quick).toMatchObject({ name: 'quickstart', family: 'bert', attacks: ['badnets', 'addsent'], methods: ['vanilla', 'musclelora'], maxLength: 64, epochs: 2, limit: 2000, lr: 5e-3, methodLr: { vanilla: 5e-5 } });
+    expect(quick.mslr).toEqual({ band: [1, 4, 8, 12, 16, 20, 24, 28], rank: 1, alpha: 1, dropout: 0 });
     expect(quick.model).toBe(join(repoRoot, '.cache', 'models', 'all-MiniLM-L6-v2'));
     expect(quick.dataset).toBe(resolve(repoRoot, '..', 'shared', 'data', 'sst-2'));
     const paper = loadConfigFile(join(repoRoot, 'examples', 'paper-bert-base.yaml'));
