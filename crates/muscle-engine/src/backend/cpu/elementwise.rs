@@ -103,7 +103,7 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
 multiversion! {
     fn gelu_forward_chunk(out: &mut [f32], inp: &[f32]) {
         for (o, &x) in out.iter_mut().zip(inp) {
-            *o = 0.5 * x * (1.0 + vmath::erf(x * SQRT_1_2));
+            *o = 0.5 * x * (1.0 + vmath::erf_fast(x * SQRT_1_2));
         }
     }
 }
@@ -111,7 +111,7 @@ multiversion! {
 multiversion! {
     fn gelu_backward_chunk(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
         for ((d, &x), &g) in dinp.iter_mut().zip(inp).zip(dout) {
-            let cdf = 0.5 * (1.0 + vmath::erf(x * SQRT_1_2));
+            let cdf = 0.5 * (1.0 + vmath::erf_fast(x * SQRT_1_2));
             let pdf = INV_SQRT_2PI * vmath::exp(-0.5 * x * x);
             *d = g * (cdf + x * pdf);
         }
