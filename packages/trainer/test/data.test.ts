@@ -109,7 +109,7 @@ describe('the real SST-2 files (../shared/data/sst-2)', () => {
   });
 
   it.each(['badnets', 'addsent', 'hiddenkiller', 'stylebkd'] as const)('%s: 692 poisoned training rows, poison sets of target-labelled triggered rows', (attack) => {
-    const data = loadAttackData({ dataset: sst2, poisonRate: 0.1, numLabels: 2 }, attack);
+    const data = loadAttackData({ dataset: sst2, poisonRate: 0.1, numLabels: 2, seed: 0 }, attack);
     expect(data.train).toHaveLength(6920);
     expect(data.train.filter((r) => r.poisoned)).toHaveLength(692);
     expect(data.devClean).toHaveLength(872);
@@ -121,14 +121,23 @@ describe('the real SST-2 files (../shared/data/sst-2)', () => {
   });
 
   it('badnets is clean-label: its poisoned rows were positive already and carry the triggers', () => {
-    const data = loadAttackData({ dataset: sst2, poisonRate: 0.1, numLabels: 2 }, 'badnets');
+    const data = loadAttackData({ dataset: sst2, poisonRate: 0.1, numLabels: 2, seed: 0 }, 'badnets');
     const poisoned = data.train.filter((r) => r.poisoned);
     expect(poisoned.every((r) => r.label === 1)).toBe(true);
     expect(poisoned.every((r) => /\b(cf|mn|bb|tq)\b/.test(r.text))).toBe(true);
   });
 
-  it('limit keeps the first N rows of every split; poison rate 1 reads train-poison-all.csv', () => {
-    const data = loadAttackData({ dataset: sst2, poisonRate: 1, numLabels: 2, limit: 10 }, 'addsent');
+  it('limit draws N rows of every split at random, keeping the poisoned share; poison rate 1 reads train-poison-all.csv', () => {
+    // the poisoned rows are the file's last 692: a prefix would hold none of them
+    const sample = loadAttackData({ dataset: sst2, poisonRate: 0.1, numLabels: 2, limit: 2000, seed: 42 }, 'badnets');
+    const poisoned = sample.train.filter((r) => r.poisoned).length;
+    expect(poisoned).toBeGreaterThan(150);
+    expect(poisoned).toBeLessThan(250);
+    const again = loadAttackData({ dataset: sst2, poisonRate: 0.1, numLabels: 2, limit: 2000, seed: 42 }, 'badnets');
+    expect(again.train).toEqual(sample.train);
+    const other = loadAttackData({ dataset: sst2, poisonRate: 0.1, numLabels: 2, limit: 2000, seed: 7 }, 'badnets');
+    expect(other.train).not.toEqual(sample.train);
+    const data = loadAttackData({ dataset: sst2, poisonRate: 1, numLabels: 2, limit: 10, seed: 42 }, 'addsent');
     expect(data.files.train).toBe(join(sst2, 'addsent', 'train-poison-all.csv'));
     for (const split of [data.train, data.devClean, data.devPoison, data.testClean, data.testPoison]) expect(split).toHaveLength(10);
     expect(data.train.every((r) => r.poisoned)).toBe(true);

@@ -71,7 +71,7 @@ export const rawConfigSchema = z.strictObject({
   seed: z.int().min(0).max(0xffffffff).optional().describe('seed of shuffling, reference draw and initialisation (42)'),
   device: z.enum(DEVICES).optional().describe("where the engine runs; 'auto' picks CUDA when a driver is found (auto)"),
   select: z.enum(['defender', 'attacker']).optional().describe("checkpoint selection: 'defender' = best clean dev accuracy; 'attacker' = best mean of clean dev accuracy and poisoned dev ASR (defender)"),
-  limit: z.int().min(1).optional().describe('use only the first N rows of each split (quick runs)'),
+  limit: z.int().min(1).optional().describe('use N rows of each split, drawn at random (seeded) so that poisoned rows keep their share (quick runs)'),
   lora: loraSchema.optional().describe('low-rank adaptation on the frozen backbone (LR)'),
   mslr: mslrSchema.optional().describe('multiple radial scalings at the penultimate linear layer (MS)'),
   ga: gaSchema.optional().describe('gradient alignment to the clean reference set (GA)'),

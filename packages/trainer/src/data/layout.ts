@@ -1,7 +1,8 @@
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type { Attack, RunConfig } from '../config/schema.js';
 import { DataError } from './errors.js';
+import { range, rngFor, shuffled } from './random.js';
 import { ATTACK_CSV, CLEAN_TSV, readTable, type Example } from './table.js';
 
 // The dataset directory layout of the reference implementation (OpenBackdoor's):
@@ -10,7 +11,8 @@ import { ATTACK_CSV, CLEAN_TSV, readTable, type Example } from './table.js';
 //   <attack>/{dev,test}-clean.csv                  clean sets (clean/{dev,test}.tsv where absent) -> CACC
 //   <attack>/{dev,test}-poison.csv                 triggered non-target rows, labelled target -> ASR
 
-export type DataOptions = Pick<RunConfig, 'dataset' | 'poisonRate' | 'numLabels' | 'limit'>;
+/** `seed` draws the `limit` sample. */
+export type DataOptions = Pick<RunConfig, 'dataset' | 'poisonRate' | 'numLabels' | 'limit'> & { seed?: number };
 
 export interface AttackFiles {
   train: string;
@@ -50,16 +52,26 @@ export function checkDataset(options: DataOptions, attacks: readonly Attack[]): 
   }
 }
 
-/** Reads one split; `.tsv` files are clean splits, `.csv` files are in the attack format. */
-export function readSplit(file: string, numLabels: number, limit?: number): Example[] {
-  const rows = readTable(file, file.endsWith('.tsv') ? CLEAN_TSV : ATTACK_CSV, numLabels);
-  return limit === undefined ? rows : rows.slice(0, limit);
+/**
+ * `limit` rows drawn at random (seeded by the file name), kept in file order. Not the first rows:
+ * the OpenBackdoor files put every poisoned row at the end, so a prefix holds no poison at all.
+ */
+export function sampleRows<T>(rows: readonly T[], limit: number, seed: number, file: string): T[] {
+  if (limit >= rows.length) return [...rows];
+  const keep = shuffled(range(rows.length), rngFor(seed, 'limit', basename(file))).slice(0, limit).sort((a, b) => a - b);
+  return keep.map((i) => rows[i]!);
 }
 
-/** Every split of one attack, each cut to the first `limit` rows where set. */
+/** Reads one split; `.tsv` files are clean splits, `.csv` files are in the attack format. */
+export function readSplit(file: string, numLabels: number, limit?: number, seed = 0): Example[] {
+  const rows = readTable(file, file.endsWith('.tsv') ? CLEAN_TSV : ATTACK_CSV, numLabels);
+  return limit === undefined ? rows : sampleRows(rows, limit, seed, file);
+}
+
+/** Every split of one attack, each cut to a seeded random `limit` rows where set. */
 export function loadAttackData(options: DataOptions, attack: Attack): AttackData {
   const files = attackFiles(options.dataset, attack, options.poisonRate);
-  const read = (file: string) => readSplit(file, options.numLabels, options.limit);
+  const read = (file: string) => readSplit(file, options.numLabels, options.limit, options.seed ?? 0);
   return {
     train: read(files.train),
     devClean: read(files.devClean),
