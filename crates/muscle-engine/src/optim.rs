@@ -61,6 +61,12 @@ pub fn grad_norm<B: Backend>(be: &B, params: &ParamStore<B>) -> f64 {
 /// coefficient `max_norm / (norm + 1e-6)`, applied only when below 1). Returns the norm before.
 pub fn clip_grad_norm<B: Backend>(be: &B, params: &mut ParamStore<B>, max_norm: f32) -> f64 {
     let norm = grad_norm(be, params);
+    clip_to(be, params, max_norm, norm);
+    norm
+}
+
+/// [`clip_grad_norm`] for a caller that already holds the global norm `norm` of the gradients.
+pub fn clip_to<B: Backend>(be: &B, params: &mut ParamStore<B>, max_norm: f32, norm: f64) {
     let coef = max_norm as f64 / (norm + 1e-6);
     if max_norm > 0.0 && coef < 1.0 {
         for i in 0..params.meta.len() {
@@ -70,7 +76,6 @@ pub fn clip_grad_norm<B: Backend>(be: &B, params: &mut ParamStore<B>, max_norm: 
             }
         }
     }
-    norm
 }
 
 #[cfg(test)]

@@ -95,7 +95,12 @@ impl<B: Backend> Classifier<B> {
             report.projected = out.projected;
             report.branch = out.branch;
         }
-        report.clipped_norm = optim::clip_grad_norm(&self.be, &mut self.model.params, s.max_grad_norm);
+        // without alignment the gradient is still g, whose norm is known
+        report.clipped_norm = match report.branch {
+            GaBranch::None => report.grad_norm,
+            _ => optim::grad_norm(&self.be, &self.model.params),
+        };
+        optim::clip_to(&self.be, &mut self.model.params, s.max_grad_norm, report.clipped_norm);
         if !report.loss.is_finite() || !report.clipped_norm.is_finite() {
             return Err(EngineError::Other(format!(
                 "training diverged (loss {}, gradient norm {}); lower the learning rate", report.loss, report.clipped_norm)));
