@@ -1,7 +1,6 @@
 //! Element-wise kernels, split across threads when the array is large enough to pay for it.
 
 use super::vmath::{self, multiversion};
-use crate::rng::Rng;
 use rayon::prelude::*;
 
 /// Elements per parallel chunk: large enough that rayon's per-task cost is negligible.
@@ -118,22 +117,19 @@ multiversion! {
     }
 }
 
-/// Inverted dropout mask. Each chunk draws from its own stream derived from (seed, stream, chunk),
-/// so the mask is the same whatever the thread count.
+/// Inverted dropout mask from the counter-based stream of (seed, stream ids): element i depends on i
+/// alone, so the mask is the same whatever the thread count, and the CUDA backend draws the same.
 pub fn dropout_mask(mask: &mut [f32], p: f32, seed: u64, stream: &[u64]) {
     if p <= 0.0 {
         par_fill(mask, 1.0);
         return;
     }
     let keep = 1.0 / (1.0 - p);
+    let key = crate::rng::stream_key(seed, stream);
     mask.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, c)| {
-        let mut ids = [0u64; 8];
-        let len = stream.len().min(7);
-        ids[..len].copy_from_slice(&stream[..len]);
-        ids[len] = ci as u64;
-        let mut rng = Rng::derive(seed, &ids[..=len]);
-        for m in c.iter_mut() {
-            *m = if rng.uniform() < p { 0.0 } else { keep };
+        let base = (ci * CHUNK) as u64;
+        for (i, m) in c.iter_mut().enumerate() {
+            *m = if crate::rng::counter_uniform(key, base + i as u64) < p { 0.0 } else { keep };
         }
     });
 }
