@@ -6,7 +6,7 @@ import { ConfigError, configToYaml, describeConfigKeys, loadConfigFile, mslrBand
 import { modelDir, repoRoot, tempDir, writeFiles } from './helpers.js';
 
 const base = { name: 't', model: 'bert-base-uncased', dataset: 'data', attacks: ['badnets'] };
-const TOP_KEYS = 'name, model, family, dataset, attacks, methods, poisonRate, targetLabel, numLabels, epochs, batchSize, maxLength, lr, methodLr, seed, device, select, limit, lora, mslr, ga, trainHead, optimizer, dropout';
+const TOP_KEYS = 'name, model, family, dataset, attacks, methods, poisonRate, targetLabel, numLabels, epochs, batchSize, maxLength, lr, methodLr, seed, device, select, limit, lora, mslr, ga, trainHead, optimizer, dropout, poison';
 
 beforeAll(() => {
   // Hermetic: no hub cache of this machine decides a family.

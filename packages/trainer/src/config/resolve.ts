@@ -6,6 +6,7 @@ import { allowedKeysAt, isIntegerAt } from './describe.js';
 import { ConfigError, formatValue, issueToConfigError } from './errors.js';
 import { detectFamily, localModelDir, looksLikePath, modelFilesDir, modelPath } from './model.js';
 import { rawConfigSchema, type RunConfig } from './schema.js';
+import { resolvePoisonPaths } from '../attacks/options.js';
 
 export interface ResolveOptions {
   /** The config file, as the user named it: error messages start with it; relative paths are relative to its directory. */
@@ -79,6 +80,7 @@ export function resolveConfig(raw: unknown, options: ResolveOptions): RunConfig 
     trainHead: cfg.trainHead ?? defaults.trainHead,
     optimizer: { ...defaults.optimizer, ...cfg.optimizer },
     dropout: cfg.dropout ?? defaults.dropout,
+    ...(cfg.poison && { poison: resolvePoisonPaths(cfg.poison, baseDir) }),
   };
   return resolved;
 }

@@ -1,4 +1,5 @@
 import * as z from 'zod';
+import { poisonSectionSchema, type PoisonSection } from '../attacks/options.js';
 
 // The run configuration as a user writes it (YAML). Every key but the first four is optional: what is left
 // out comes from the model family's defaults (defaults.ts), so `model: roberta-base` alone picks the paper's
@@ -78,6 +79,7 @@ export const rawConfigSchema = z.strictObject({
   trainHead: z.boolean().optional().describe('with LoRA, also train the classification head (the paper keeps it frozen: false)'),
   optimizer: optimizerSchema.optional().describe('AdamW and clipping'),
   dropout: z.boolean().optional().describe("the model's own dropout during training, reference passes included (true)"),
+  poison: poisonSectionSchema.optional().describe('poison in memory, with seed, poisonRate and targetLabel, each attack whose <attack>/ folder the dataset lacks (badnets and addsent need nothing here; hiddenkiller and stylebkd need paraphrase files)'),
 });
 
 export type RawConfig = z.infer<typeof rawConfigSchema>;
@@ -85,8 +87,9 @@ export type RawConfig = z.infer<typeof rawConfigSchema>;
 type Filled<T> = { [K in keyof T]-?: Exclude<T[K], undefined> };
 
 /** The fully resolved configuration: every key present (but `limit`), paths absolute. */
-export interface RunConfig extends Omit<Filled<RawConfig>, 'lora' | 'mslr' | 'ga' | 'optimizer' | 'limit' | 'methodLr'> {
+export interface RunConfig extends Omit<Filled<RawConfig>, 'lora' | 'mslr' | 'ga' | 'optimizer' | 'limit' | 'methodLr' | 'poison'> {
   limit?: number;
+  poison?: PoisonSection;
   methodLr: Partial<Record<Method, number>>;
   lora: Filled<z.infer<typeof loraSchema>>;
   mslr: Filled<z.infer<typeof mslrSchema>>;

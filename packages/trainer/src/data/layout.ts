@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { canPoisonInMemory, poisonInMemory } from '../attacks/in-memory.js';
 import type { Attack, RunConfig } from '../config/schema.js';
 import { DataError } from './errors.js';
 import { range, rngFor, shuffled } from './random.js';
@@ -11,8 +12,8 @@ import { ATTACK_CSV, CLEAN_TSV, readTable, type Example } from './table.js';
 //   <attack>/{dev,test}-clean.csv                  clean sets (clean/{dev,test}.tsv where absent) -> CACC
 //   <attack>/{dev,test}-poison.csv                 triggered non-target rows, labelled target -> ASR
 
-/** `seed` draws the `limit` sample. */
-export type DataOptions = Pick<RunConfig, 'dataset' | 'poisonRate' | 'numLabels' | 'limit'> & { seed?: number };
+/** `seed` draws the `limit` sample; with `targetLabel` and `poison` it also poisons a clean dataset in memory. */
+export type DataOptions = Pick<RunConfig, 'dataset' | 'poisonRate' | 'numLabels' | 'limit'> & Partial<Pick<RunConfig, 'targetLabel' | 'poison'>> & { seed?: number };
 
 export interface AttackFiles {
   train: string;
@@ -46,6 +47,10 @@ export function attackFiles(dataset: string, attack: Attack, poisonRate: number)
 /** Fails fast, before any training, when a file of any attack is missing. */
 export function checkDataset(options: DataOptions, attacks: readonly Attack[]): void {
   for (const attack of attacks) {
+    if (canPoisonInMemory(options, attack)) {
+      poisonInMemory(options, attack); // reads and checks every input (paraphrase counts too) now, not mid-run
+      continue;
+    }
     for (const file of Object.values(attackFiles(options.dataset, attack, options.poisonRate))) {
       if (!existsSync(file)) throw new DataError(file, undefined, `missing (dataset layout: clean/{train,dev,test}.tsv, ${attack}/{${poisonedTrainFile(options.poisonRate)},dev-clean.csv,dev-poison.csv,test-clean.csv,test-poison.csv})`);
     }
@@ -70,6 +75,7 @@ export function readSplit(file: string, numLabels: number, limit?: number, seed 
 
 /** Every split of one attack, each cut to a seeded random `limit` rows where set. */
 export function loadAttackData(options: DataOptions, attack: Attack): AttackData {
+  if (canPoisonInMemory(options, attack)) return poisonInMemory(options, attack);
   const files = attackFiles(options.dataset, attack, options.poisonRate);
   const read = (file: string) => readSplit(file, options.numLabels, options.limit, options.seed ?? 0);
   return {
