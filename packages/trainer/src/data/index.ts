@@ -4,3 +4,12 @@ export { attackFiles, checkDataset, loadAttackData, readSplit, poisonedTrainFile
 export { splitReference } from './reference.js';
 export { mulberry32, rngFor, shuffled, range, type Rng } from './random.js';
 export { chunks, makeBatch, encodedLength } from './batch.js';
+export { FORMATS, formatOfPath, type DataFormat, type RawTable, type Row, type Cell } from './raw.js';
+export { mapRows, type ColumnMapping, type ColumnRef } from './columns.js';
+export { parseDelimited } from './delimited.js';
+export { parseJsonl } from './jsonl.js';
+export { readParquet } from './parquet.js';
+export { loadTable, loadCleanSplits, readRawTable, matchFiles, type DatasetFiles, type CleanSplits, type LoadOptions, type TableOptions, type SplitName } from './loaders.js';
+export { splitDev } from './split.js';
+export { countDuplicates, duplicateWarning, normaliseText, type DuplicateCounts } from './duplicates.js';
+export { REGISTRY, REGISTRY_NAMES, isRegistryName, registryFiles, loadRegistryDataset, cachedDatasetSnapshot, type RegistryName, type RegistryEntry, type RegistryOptions, type DatasetDownload } from './registry.js';
