@@ -57,7 +57,9 @@ def main():
 
     # fancyzhx/ag_news's layout: text string, label int64 (0-3), train in two shards, one test shard.
     # Train rows 0..19 (labels i % 4); test repeats train row 3 (with other case and spacing) and train row 7.
+    # Row 5 keeps the source's backslash line break, which the registry's AG News reader turns into a space.
     train = [(f'News item {i} about topic {i % 4}', i % 4) for i in range(20)]
+    train[5] = ("Wall Street's dwindling\\band of ultra-cynics", 1)
     test = [('NEWS item 3   about topic 3', 3), ('News item 7 about topic 3', 3), ('a fresh test row', 0), ('another fresh row', 2)]
     for shard, rows in enumerate([train[:12], train[12:]]):
         write(f'ag_news/data/train-0000{shard}-of-00002.parquet', pa.table({
