@@ -6,3 +6,4 @@ export * from './data/index.js';
 export * from './eval/index.js';
 export * from './train/index.js';
 export * from './report/index.js';
+export * from './attacks/index.js';

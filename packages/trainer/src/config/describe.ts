@@ -16,8 +16,8 @@ function shapeOf(schema: z.ZodType): Shape | undefined {
 }
 
 /** The schema of the value at `path` (list indices step into the list's element). */
-function schemaAt(path: readonly PropertyKey[]): z.ZodType | undefined {
-  let schema: z.ZodType | undefined = rawConfigSchema;
+function schemaAt(path: readonly PropertyKey[], root: z.ZodType): z.ZodType | undefined {
+  let schema: z.ZodType | undefined = root;
   for (const key of path) {
     if (!schema) return undefined;
     const inner: z.ZodType = unwrap(schema);
@@ -26,9 +26,9 @@ function schemaAt(path: readonly PropertyKey[]): z.ZodType | undefined {
   return schema;
 }
 
-/** The keys allowed in the mapping at `path` (for "unknown key" messages). */
-export function allowedKeysAt(path: readonly PropertyKey[]): string[] {
-  const schema = schemaAt(path);
+/** The keys allowed in the mapping at `path` (for "unknown key" messages); `root` is the run config's schema or another config's. */
+export function allowedKeysAt(path: readonly PropertyKey[], root: z.ZodType = rawConfigSchema): string[] {
+  const schema = schemaAt(path, root);
   const shape = schema && shapeOf(schema);
   if (shape) return Object.keys(shape);
   // a record keyed by an enum (methodLr): its keys are the enum's options
@@ -37,13 +37,13 @@ export function allowedKeysAt(path: readonly PropertyKey[]): string[] {
 }
 
 /** Whether the value at `path` must be an integer (zod reports a wrong type there as "expected number"). */
-export function isIntegerAt(path: readonly PropertyKey[]): boolean {
-  const schema = schemaAt(path);
+export function isIntegerAt(path: readonly PropertyKey[], root: z.ZodType = rawConfigSchema): boolean {
+  const schema = schemaAt(path, root);
   return schema !== undefined && (unwrap(schema) as unknown as { isInt?: boolean }).isInt === true;
 }
 
-/** Every config key with its description (for `muscle run --help`). */
-export function describeConfigKeys(): Array<{ key: string; description: string }> {
+/** Every config key with its description (for `muscle run --help`, or another command's with its `root`). */
+export function describeConfigKeys(root: z.ZodObject = rawConfigSchema): Array<{ key: string; description: string }> {
   const out: Array<{ key: string; description: string }> = [];
   const walk = (shape: Shape, prefix: string): void => {
     for (const [key, field] of Object.entries(shape)) {
@@ -52,6 +52,6 @@ export function describeConfigKeys(): Array<{ key: string; description: string }
       if (inner) walk(inner, `${prefix}${key}.`);
     }
   };
-  walk(rawConfigSchema.shape, '');
+  walk(root.shape as Shape, '');
   return out;
 }

@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import * as YAML from 'yaml';
 import { defaultsFor } from './defaults.js';
@@ -6,6 +5,7 @@ import { allowedKeysAt, isIntegerAt } from './describe.js';
 import { ConfigError, formatValue, issueToConfigError } from './errors.js';
 import { detectFamily, localModelDir, looksLikePath, modelFilesDir, modelPath } from './model.js';
 import { rawConfigSchema, type RunConfig } from './schema.js';
+import { readYamlFile } from './yaml.js';
 import { resolvePoisonPaths } from '../attacks/options.js';
 
 export interface ResolveOptions {
@@ -87,21 +87,7 @@ export function resolveConfig(raw: unknown, options: ResolveOptions): RunConfig 
 
 /** Reads, parses and resolves a YAML (or JSON) config file. */
 export function loadConfigFile(file: string, overrides?: Record<string, unknown>): RunConfig {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new ConfigError(file, '', `cannot read the config file (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
-  }
-  const doc = YAML.parseDocument(text, { uniqueKeys: true });
-  const error = doc.errors[0];
-  if (error) {
-    const pos = error.linePos?.[0];
-    // The parser's message repeats the position and quotes the source below it; the position goes up front.
-    const message = error.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
-    throw new ConfigError(pos ? `${file}:${pos.line}:${pos.col}` : file, '', `YAML syntax error: ${message}`);
-  }
-  return resolveConfig(doc.toJS(), overrides ? { file, overrides } : { file });
+  return resolveConfig(readYamlFile(file), overrides ? { file, overrides } : { file });
 }
 
 /** The resolved config as YAML (`--print-config`, config.resolved.yaml); lists of scalars stay on one line. */
