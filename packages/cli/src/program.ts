@@ -15,6 +15,7 @@ import {
   runInDirectory,
   type OpenSession,
 } from '@musclelora/trainer';
+import { addPoisonCommand } from './commands/poison.js';
 import { ProgressReporter, type Output } from './progress.js';
 
 /** What the CLI talks to; tests replace it. */
@@ -117,6 +118,7 @@ function buildProgram(env: CliEnv, setExit: (code: number) => void): Command {
     .option('--seed <n>', "seed of shuffling, reference draw and initialisation, overriding the config's seed", parseSeed)
     .addHelpText('after', configKeysHelp())
     .action(async (configPath: string, opts: RunOptions) => setExit(await runCommand(configPath, opts, env)));
+  addPoisonCommand(program, env, setExit);
   return program;
 }
 

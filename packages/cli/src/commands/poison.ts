@@ -1,0 +1,62 @@
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { describePoisonConfigKeys, loadPoisonConfig, makePoisonedDatasets, type MadeDatasets } from '@musclelora/trainer';
+import type { CliEnv } from '../program.js';
+
+// `muscle poison <config.yaml>`: a clean dataset in, the standard OpenBackdoor layout out, so that muscle run
+// and other tools read it like the pre-poisoned sets.
+
+interface PoisonOptions {
+  force?: boolean;
+  out?: string;
+}
+
+function keysHelp(): string {
+  const keys = describePoisonConfigKeys();
+  const width = Math.max(...keys.map((k) => k.key.length)) + 2;
+  return [
+    '',
+    'Config keys (YAML; dataset, out and attacks are required):',
+    ...keys.map((k) => `  ${k.key.padEnd(width)}${k.description}`),
+    '',
+    'Writes <out>/clean/{train,dev,test}.tsv and, per attack, <out>/<attack>/{train-poison-<rate>.csv,',
+    'train-poison-all.csv, dev-clean.csv, dev-poison.csv, test-clean.csv, test-poison.csv}.',
+    'Existing folders are left alone unless --force; each file is written to a temporary name, then renamed.',
+    'Exit codes: 0 done, 1 failed, 2 bad config, data or arguments.',
+  ].join('\n');
+}
+
+/** The summary: one row per attack, then where the clean splits went. */
+export function poisonSummary(made: MadeDatasets): string {
+  const lines = [
+    '| attack | mode | train rows poisoned | dev-poison rows | test-poison rows | files written |',
+    '| --- | --- | ---: | ---: | ---: | --- |',
+    ...made.poisoned.map((p, i) => {
+      const folder = made.written.attacks[i]!;
+      return `| ${p.attack} | ${p.options.mode} | ${p.poisonedRows.length} of ${made.trainRows} | ${p.devPoison.length} | ${p.testPoison.length} | ${folder.files.length} in ${folder.dir}/ |`;
+    }),
+    '',
+    made.written.clean ? `Clean splits: ${made.written.clean.files.length} files in ${made.written.clean.dir}/` : 'Clean splits: left as they are (the output directory is the dataset itself)',
+  ];
+  return `${lines.join('\n')}\n`;
+}
+
+async function poisonCommand(configPath: string, opts: PoisonOptions, env: CliEnv): Promise<number> {
+  // --out is a path on the command line, so it is relative to the working directory, not to the config file
+  const config = loadPoisonConfig(configPath, opts.out ? { out: resolve(opts.out) } : undefined);
+  const made = await makePoisonedDatasets(config, { force: opts.force ?? false });
+  env.stdout.write(poisonSummary(made));
+  return 0;
+}
+
+/** Adds `poison` to the program (as a subcommand it inherits the program's output and exit handling). */
+export function addPoisonCommand(program: Command, env: CliEnv, setExit: (code: number) => void): void {
+  program
+    .command('poison')
+    .description('poison a clean dataset with BadNets, AddSent, HiddenKiller or StyleBkd and write it in the OpenBackdoor layout')
+    .argument('<config.yaml>', 'poison configuration (YAML); relative paths in it are relative to its directory')
+    .option('--force', 'replace the files of existing <out>/<attack>/ and <out>/clean/ folders')
+    .option('--out <dir>', "write to <dir> instead of the config's out")
+    .addHelpText('after', keysHelp())
+    .action(async (configPath: string, opts: PoisonOptions) => setExit(await poisonCommand(configPath, opts, env)));
+}
