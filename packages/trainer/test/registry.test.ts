@@ -1,0 +1,193 @@
+import { copyFileSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { DataError, REGISTRY, cachedDatasetSnapshot, loadRegistryDataset, readSplit, registryFiles, type DatasetDownload } from '../src/data/index.js';
+import { sst2, tempDir } from './helpers.js';
+
+const fixtures = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'parquet');
+const COMMIT = 'a'.repeat(40);
+
+/**
+ * A dataset repo in a hand-made Hugging Face cache under `home` (HF_HOME), laid out as huggingface_hub writes
+ * it: file contents in blobs/<sha256>, snapshots/<commit>/<path> symlinks to them, refs/<revision> -> commit.
+ */
+function cacheRepo(home: string, repo: string, files: Record<string, string | Buffer>, options: { commit?: string; ref?: string | null } = {}): string {
+  const repoDir = join(home, 'hub', `datasets--${repo.replace('/', '--')}`);
+  const commit = options.commit ?? COMMIT;
+  const snapshot = join(repoDir, 'snapshots', commit);
+  for (const [path, content] of Object.entries(files)) {
+    const etag = createHash('sha256').update(content).digest('hex');
+    const blob = join(repoDir, 'blobs', etag);
+    mkdirSync(dirname(blob), { recursive: true });
+    writeFileSync(blob, content);
+    const link = join(snapshot, path);
+    mkdirSync(dirname(link), { recursive: true });
+    symlinkSync(relative(dirname(link), blob), link);
+  }
+  if (options.ref !== null) {
+    mkdirSync(join(repoDir, 'refs'), { recursive: true });
+    writeFileSync(join(repoDir, 'refs', options.ref ?? 'main'), commit);
+  }
+  return snapshot;
+}
+
+const sst2Files = () => ({
+  'sst2/train.tsv': readFileSync(join(sst2, 'clean', 'train.tsv')),
+  'sst2/dev.tsv': readFileSync(join(sst2, 'clean', 'dev.tsv')),
+  'sst2/test.tsv': readFileSync(join(sst2, 'clean', 'test.tsv')),
+});
+
+async function errorOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (err) {
+    expect(err).toBeInstanceOf(DataError);
+    return (err as Error).message;
+  }
+  throw new Error('expected a DataError');
+}
+
+describe('the registry', () => {
+  it("names the paper's four datasets with their hub repos and Table 5 sizes", () => {
+    expect(Object.keys(REGISTRY)).toEqual(['sst2', 'hsol', 'lingspam', 'agnews']);
+    expect(Object.values(REGISTRY).map((e) => [e.name, e.repo, e.numLabels, e.sizes.train, e.sizes.dev, e.sizes.test])).toEqual([
+      ['sst2', 'ganqu/openbackdoor', 2, 6920, 872, 1821],
+      ['hsol', 'ganqu/openbackdoor', 2, 5823, 2485, 2485],
+      ['lingspam', 'ganqu/openbackdoor', 2, 2604, 289, 580],
+      ['agnews', 'fancyzhx/ag_news', 4, 108000, 12000, 7600],
+    ]);
+    // where no dev file ships, the dev size is the 10% draw from the train file
+    expect(REGISTRY.lingspam.files.dev).toBeUndefined();
+    expect(Math.floor(0.1 * (REGISTRY.agnews.sizes.train + REGISTRY.agnews.sizes.dev))).toBe(REGISTRY.agnews.sizes.dev);
+    expect(Math.floor(0.1 * (REGISTRY.lingspam.sizes.train + REGISTRY.lingspam.sizes.dev))).toBe(REGISTRY.lingspam.sizes.dev);
+  });
+});
+
+describe('resolving a registry name from the hub cache (HF_HOME, no network)', () => {
+  it('sst2: the cached OpenBackdoor files give the 6,920 / 872 / 1,821 rows of the clean SST-2, and the duplicate warning', async () => {
+    const home = tempDir();
+    const snapshot = cacheRepo(home, 'ganqu/openbackdoor', sst2Files());
+    const env = { HF_HOME: home };
+    expect(cachedDatasetSnapshot('ganqu/openbackdoor', undefined, env)).toBe(snapshot);
+    const data = await loadRegistryDataset('sst2', { env, numLabels: 2, seed: 42 });
+    expect([data.train.length, data.dev.length, data.test.length]).toEqual([6920, 872, 1821]);
+    expect(data.train).toEqual(readSplit(join(sst2, 'clean', 'train.tsv'), 2));
+    expect(data.test).toEqual(readSplit(join(sst2, 'clean', 'test.tsv'), 2));
+    expect(data.files.dev).toEqual([join(snapshot, 'sst2', 'dev.tsv')]);
+    expect(data.warnings).toEqual(['dataset sst2: 2 of 1821 test rows repeat a training text (same text after lower-casing and collapsing spaces); they inflate clean accuracy']);
+  });
+
+  it('agnews: Parquet shards of fancyzhx/ag_news, 10% dev drawn from train, backslashes replaced, duplicates counted', async () => {
+    const home = tempDir();
+    const shard = (name: string) => readFileSync(join(fixtures, 'ag_news', 'data', name));
+    cacheRepo(home, 'fancyzhx/ag_news', {
+      'data/train-00000-of-00002.parquet': shard('train-00000-of-00002.parquet'),
+      'data/train-00001-of-00002.parquet': shard('train-00001-of-00002.parquet'),
+      'data/test-00000-of-00001.parquet': shard('test-00000-of-00001.parquet'),
+      'README.md': '# ag_news\n',
+    });
+    const data = await loadRegistryDataset('agnews', { env: { HF_HOME: home }, numLabels: 4, seed: 42 });
+    expect([data.train.length, data.dev.length, data.test.length]).toEqual([18, 2, 4]);
+    const all = [...data.train, ...data.dev];
+    expect(all.map((r) => r.label).sort()).toEqual(['0', '0', '0', '0', '0', '1', '1', '1', '1', '1', '2', '2', '2', '2', '2', '3', '3', '3', '3', '3'].map(Number));
+    expect(all.map((r) => r.text)).toContain("Wall Street's dwindling band of ultra-cynics");
+    expect(all.some((r) => r.text.includes('\\'))).toBe(false);
+    // test repeats train rows 3 and 7: each is either in train or in the dev drawn from it
+    const { testInTrain, testInDev } = data.duplicates;
+    expect(testInTrain + testInDev).toBe(2);
+    expect(data.duplicates).toEqual(await loadRegistryDataset('agnews', { env: { HF_HOME: home }, numLabels: 4, seed: 42 }).then((d) => d.duplicates));
+    expect(data.warnings).toHaveLength(1);
+    // with seed 42 both stay in train; the dev draw took rows 5 and 17
+    expect(data.dev.map((r) => r.text)).toEqual(["Wall Street's dwindling band of ultra-cynics", 'News item 17 about topic 1']);
+    expect(data.warnings).toEqual(['dataset agnews: 2 of 4 test rows repeat a training text (same text after lower-casing and collapsing spaces); they inflate clean accuracy']);
+  });
+
+  it("lingspam and hsol read OpenBackdoor's Sentence/Label TSVs; hsol's identical dev and test are reported", async () => {
+    const home = tempDir();
+    const tsv = (rows: Array<[string, number]>) => 'Sentence\tLabel\n' + rows.map(([t, l]) => `${t}\t${l}`).join('\n') + '\n';
+    const mails = Array.from({ length: 30 }, (_, i): [string, number] => [`"subject : offer ${i} , ""free"" money\nbody"`, i % 3 === 0 ? 1 : 0]);
+    const tweets = (from: number, n: number) => Array.from({ length: n }, (_, i): [string, number] => [`tweet ${from + i} &amp; more`, i % 2]);
+    cacheRepo(home, 'ganqu/openbackdoor', {
+      'lingspam/train.tsv': tsv(mails),
+      'lingspam/test.tsv': tsv([['a test mail', 0]]),
+      'hsol/train.tsv': tsv(tweets(0, 10)),
+      'hsol/dev.tsv': tsv(tweets(100, 4)),
+      'hsol/test.tsv': tsv(tweets(100, 4)),
+    });
+    const env = { HF_HOME: home };
+    const lingspam = await loadRegistryDataset('lingspam', { env, numLabels: 2, seed: 42 });
+    expect([lingspam.train.length, lingspam.dev.length, lingspam.test.length]).toEqual([27, 3, 1]);
+    expect(lingspam.files.dev).toBeNull();
+    expect(lingspam.train.concat(lingspam.dev).map((r) => r.text)).toContain('subject : offer 0 , "free" money\nbody');
+    const hsol = await loadRegistryDataset('hsol', { env, numLabels: 2, seed: 42 });
+    expect([hsol.train.length, hsol.dev.length, hsol.test.length]).toEqual([10, 4, 4]);
+    expect(hsol.duplicates).toEqual({ devInTrain: 0, testInTrain: 0, testInDev: 4 });
+    expect(hsol.warnings).toEqual(['dataset hsol: 4 of 4 test rows repeat a dev text (same text after lower-casing and collapsing spaces); they inflate clean accuracy']);
+  });
+
+  it('a revision is looked up through refs/<revision> or as a commit; HF_HUB_CACHE wins over HF_HOME', async () => {
+    const home = tempDir();
+    const commit = 'b'.repeat(40);
+    const snapshot = cacheRepo(home, 'ganqu/openbackdoor', sst2Files(), { commit, ref: 'v1' });
+    expect(cachedDatasetSnapshot('ganqu/openbackdoor', 'v1', { HF_HOME: home })).toBe(snapshot);
+    expect(cachedDatasetSnapshot('ganqu/openbackdoor', commit, { HF_HOME: home })).toBe(snapshot);
+    expect(cachedDatasetSnapshot('ganqu/openbackdoor', 'main', { HF_HOME: home })).toBeUndefined();
+    // no refs/main: the only snapshot is taken when no revision is asked for
+    expect(cachedDatasetSnapshot('ganqu/openbackdoor', undefined, { HF_HOME: home })).toBe(snapshot);
+    expect(cachedDatasetSnapshot('ganqu/openbackdoor', undefined, { HF_HOME: '/nowhere', HF_HUB_CACHE: join(home, 'hub') })).toBe(snapshot);
+    expect((await registryFiles('sst2', { revision: 'v1', env: { HF_HOME: home } })).path).toBe(snapshot);
+  });
+
+  it('not cached: a one-line error naming the repo, the cache and the fix; offline mode says so', async () => {
+    const home = tempDir();
+    expect(await errorOf(registryFiles('sst2', { env: { HF_HOME: home } }))).toBe(`dataset sst2: ganqu/openbackdoor: not in the hub cache (${join(home, 'hub')}); download it with: muscle download ganqu/openbackdoor --dataset`);
+    const download: DatasetDownload = async () => {
+      throw new Error('must not download offline');
+    };
+    expect(await errorOf(registryFiles('agnews', { env: { HF_HOME: home, HF_HUB_OFFLINE: '1' }, download }))).toBe(`dataset agnews: fancyzhx/ag_news: not in the hub cache (${join(home, 'hub')}); unset HF_HUB_OFFLINE to download it`);
+    const snapshot = cacheRepo(home, 'ganqu/openbackdoor', { 'sst2/train.tsv': 'sentence\tlabel\nx\t1\n' });
+    expect(await errorOf(registryFiles('sst2', { env: { HF_HOME: home } }))).toBe(
+      `dataset sst2: ganqu/openbackdoor: the cached snapshot ${snapshot} lacks sst2/dev.tsv, sst2/test.tsv; download it with: muscle download ganqu/openbackdoor --dataset`,
+    );
+  });
+
+  it('not cached: the download is asked for the entry\'s files and its snapshot is read', async () => {
+    const home = tempDir();
+    const requests: unknown[] = [];
+    const download: DatasetDownload = async (request) => {
+      requests.push(request);
+      return cacheRepo(home, request.repo, sst2Files());
+    };
+    const env = { HF_HOME: home };
+    const data = await loadRegistryDataset('sst2', { env, numLabels: 2, seed: 1, download });
+    expect(data.train).toHaveLength(6920);
+    expect(requests).toEqual([{ repo: 'ganqu/openbackdoor', repoType: 'dataset', include: ['sst2/*'], env }]);
+    // cached now: no second download
+    await loadRegistryDataset('sst2', { env, numLabels: 2, seed: 1, download });
+    expect(requests).toHaveLength(1);
+    // a download that does not bring the files the registry names
+    const empty = tempDir();
+    const bad: DatasetDownload = async () => {
+      mkdirSync(join(empty, 'snap'), { recursive: true });
+      return join(empty, 'snap');
+    };
+    expect(await errorOf(registryFiles('hsol', { env: { HF_HOME: tempDir() }, download: bad }))).toBe(
+      `dataset hsol: ganqu/openbackdoor has no hsol/train.tsv, hsol/dev.tsv, hsol/test.tsv (snapshot ${join(empty, 'snap')}); the registry's file names are out of date`,
+    );
+  });
+
+  it('numLabels must match the dataset', async () => {
+    expect(await errorOf(loadRegistryDataset('agnews', { env: { HF_HOME: tempDir() }, numLabels: 2, seed: 1 }))).toBe('dataset agnews: has 4 classes (World, Sports, Business, Sci/Tech) but numLabels is 2; set numLabels: 4');
+  });
+
+  it('a copied (not symlinked) snapshot reads the same', async () => {
+    const home = tempDir();
+    const snapshot = join(home, 'hub', 'datasets--fancyzhx--ag_news', 'snapshots', COMMIT);
+    mkdirSync(join(snapshot, 'data'), { recursive: true });
+    for (const f of ['train-00000-of-00002.parquet', 'train-00001-of-00002.parquet', 'test-00000-of-00001.parquet']) copyFileSync(join(fixtures, 'ag_news', 'data', f), join(snapshot, 'data', f));
+    const data = await loadRegistryDataset('agnews', { env: { HF_HOME: home }, numLabels: 4, seed: 42 });
+    expect(data.test.map((r) => r.text)).toEqual(['NEWS item 3   about topic 3', 'News item 7 about topic 3', 'a fresh test row', 'another fresh row']);
+  });
+});
