@@ -36,7 +36,9 @@ export function poisonSummary(made: MadeDatasets): string {
       return `| ${p.attack} | ${p.options.mode} | ${p.poisonedRows.length} of ${made.trainRows} | ${p.devPoison.length} | ${p.testPoison.length} | ${folder.files.length} in ${folder.dir}/ |`;
     }),
     '',
-    made.written.clean ? `Clean splits: ${made.written.clean.files.length} files in ${made.written.clean.dir}/` : 'Clean splits: left as they are (the output directory is the dataset itself)',
+    made.written.clean.files.length > 0
+      ? `Clean splits: ${made.written.clean.files.length} files in ${made.written.clean.dir}/`
+      : `Clean splits: ${made.written.clean.dir}/ left as it is (the dataset's own, or already the same splits)`,
   ];
   return `${lines.join('\n')}\n`;
 }

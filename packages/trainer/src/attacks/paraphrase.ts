@@ -8,7 +8,9 @@ import type { Poisoner, Split } from './poisoner.js';
 
 // HiddenKiller (syntactic paraphrases, SCPN) and StyleBkd (style transfer) hide their trigger in the whole
 // sentence: a paraphrase model rewrites the row. We run no paraphrase model; the user brings its output, one
-// paraphrase per row, and the poisoner swaps it in for the rows it poisons.
+// paraphrase per row, and the poisoner swaps it in for the rows it poisons. An empty paraphrase is kept: it
+// is what the paraphraser gave (the shared hiddenkiller/train-poison-all.csv has one), and dropping it would
+// shift every later row onto the wrong sentence.
 
 export const PARAPHRASE_ATTACKS = ['hiddenkiller', 'stylebkd'] as const;
 export type ParaphraseAttack = (typeof PARAPHRASE_ATTACKS)[number];
@@ -20,15 +22,10 @@ export function isParaphraseAttack(attack: string): attack is ParaphraseAttack {
 /** Column names that hold the paraphrase in a CSV/TSV file, in order of preference (`0`: OpenBackdoor's text column). */
 const TEXT_COLUMNS = ['paraphrase', 'text', 'sentence', '0'];
 
-function nonEmpty(file: string, line: number, text: string): string {
-  if (text.trim() === '') throw new DataError(file, line, 'empty paraphrase; every row needs one (the rows are matched by position)');
-  return text;
-}
-
 function readTableColumn(file: string, text: string, delimiter: string): string[] {
   let records: Array<{ record: string[]; info: { lines: number } }>;
   try {
-    records = parse(text, { delimiter, info: true, bom: true, relax_quotes: true, relax_column_count: true, skip_empty_lines: true }) as unknown as typeof records;
+    records = parse(text, { delimiter, info: true, bom: true, relax_quotes: true, relax_column_count: true, skip_empty_lines: false }) as unknown as typeof records;
   } catch (err) {
     const { lines, message } = err as { lines?: number; message: string };
     throw new DataError(file, lines, message);
@@ -40,7 +37,9 @@ function readTableColumn(file: string, text: string, delimiter: string): string[
   if (column === undefined) {
     throw new DataError(file, head.info.lines, `no paraphrase column in the header "${head.record.join(delimiter === '\t' ? '<TAB>' : delimiter)}"; name it one of ${TEXT_COLUMNS.join(', ')}`);
   }
-  return rows.map(({ record, info }) => nonEmpty(file, info.lines, record[column] ?? ''));
+  // a blank line is an empty paraphrase in a one-column file, and nothing in a file with more columns
+  const data = header.length === 1 ? rows : rows.filter(({ record }) => !(record.length === 1 && record[0] === ''));
+  return data.map(({ record }) => record[column] ?? '');
 }
 
 function readJsonLines(file: string, text: string): string[] {
@@ -55,7 +54,7 @@ function readJsonLines(file: string, text: string): string[] {
     }
     const field = typeof value === 'object' && value !== null ? TEXT_COLUMNS.map((k) => (value as Record<string, unknown>)[k]).find((v) => typeof v === 'string') : value;
     if (typeof field !== 'string') throw new DataError(file, i + 1, `expected a JSON string or an object with a string field ${TEXT_COLUMNS.slice(0, 3).join(', ')}`);
-    out.push(nonEmpty(file, i + 1, field));
+    out.push(field);
   });
   return out;
 }
@@ -63,7 +62,7 @@ function readJsonLines(file: string, text: string): string[] {
 function readLines(file: string, text: string): string[] {
   const lines = text.replace(/^\uFEFF/, '').split(/\r?\n/);
   if (lines.at(-1) === '') lines.pop(); // the newline that ends the last line
-  return lines.map((line, i) => nonEmpty(file, i + 1, line));
+  return lines;
 }
 
 /**

@@ -1,4 +1,4 @@
-import { existsSync, realpathSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'csv-stringify/sync';
 import { DataError } from '../data/errors.js';
@@ -42,8 +42,8 @@ export interface WrittenFolder {
 }
 
 export interface WriteSummary {
-  /** clean/, unless `out` is the source dataset itself (then its clean/ is left as it is). */
-  clean?: WrittenFolder;
+  /** clean/; no files where it was left as it is (the source dataset's own, or already holding the same splits). */
+  clean: WrittenFolder;
   attacks: Array<WrittenFolder & { attack: PoisonedDataset['attack'] }>;
 }
 
@@ -51,14 +51,21 @@ function sameDir(a: string, b: string): boolean {
   return existsSync(a) && existsSync(b) && realpathSync(a) === realpathSync(b);
 }
 
+/** Whether every file is already in `dir` with exactly this content (a second `muscle poison` into the same out). */
+function holds(dir: string, files: Record<string, string>): boolean {
+  return Object.entries(files).every(([name, content]) => existsSync(join(dir, name)) && readFileSync(join(dir, name), 'utf8') === content);
+}
+
 /**
  * Writes the clean splits and every attack's folder under `out`. Refuses, before writing anything, to replace
- * an existing folder unless `force`. Every file goes to a temporary name and is renamed into place, so a
- * reader sees a whole file or none.
+ * an existing folder unless `force`; an existing clean/ that is the source's own or already holds the same
+ * splits is left as it is. Every file goes to a temporary name and is renamed into place, so a reader sees a
+ * whole file or none.
  */
 export async function writePoisonedDatasets(out: string, sourceDir: string, clean: CleanDataset, poisoned: readonly PoisonedDataset[], options: { force?: boolean } = {}): Promise<WriteSummary> {
   const cleanDir = join(out, 'clean');
-  const writeClean = !sameDir(cleanDir, join(sourceDir, 'clean'));
+  const cleanFiles = { 'train.tsv': cleanTsv(clean.train), 'dev.tsv': cleanTsv(clean.dev), 'test.tsv': cleanTsv(clean.test) };
+  const writeClean = !sameDir(cleanDir, join(sourceDir, 'clean')) && !holds(cleanDir, cleanFiles);
   const folders = [...(writeClean ? [cleanDir] : []), ...poisoned.map((p) => join(out, p.attack))];
   if (!options.force) {
     for (const dir of folders) {
@@ -66,11 +73,10 @@ export async function writePoisonedDatasets(out: string, sourceDir: string, clea
     }
   }
 
-  const summary: WriteSummary = { attacks: [] };
+  const summary: WriteSummary = { clean: { dir: cleanDir, files: [] }, attacks: [] };
   if (writeClean) {
-    const files = { 'train.tsv': cleanTsv(clean.train), 'dev.tsv': cleanTsv(clean.dev), 'test.tsv': cleanTsv(clean.test) };
-    for (const [name, content] of Object.entries(files)) await writeFileAtomic(join(cleanDir, name), content);
-    summary.clean = { dir: cleanDir, files: Object.keys(files) };
+    for (const [name, content] of Object.entries(cleanFiles)) await writeFileAtomic(join(cleanDir, name), content);
+    summary.clean.files = Object.keys(cleanFiles);
   }
   for (const data of poisoned) {
     const dir = join(out, data.attack);
