@@ -7,3 +7,4 @@ export * from './eval/index.js';
 export * from './train/index.js';
 export * from './report/index.js';
 export * from './attacks/index.js';
+export * from './hub/index.js';

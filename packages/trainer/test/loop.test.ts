@@ -201,9 +201,13 @@ describe('the loop on real SST-2 rows with a logistic-regression engine', () => 
   it('a model that is not on this machine fails before anything trains', async () => {
     const log = newLog();
     const hub = resolveConfig({ name: 't', model: 'bert-base-uncased', dataset: sst2, attacks: ['badnets'] }, { file: 'x.yaml' });
-    const err = await train(hub, { openSession: logisticEngine(log) }).catch((e: unknown) => e);
+    // Online, a run downloads a hub id it lacks (hub.test.ts); offline it cannot.
+    process.env['HF_HUB_OFFLINE'] = '1';
+    const err = await train(hub, { openSession: logisticEngine(log) })
+      .catch((e: unknown) => e)
+      .finally(() => delete process.env['HF_HUB_OFFLINE']);
     expect(err).toBeInstanceOf(ModelNotFoundError);
-    expect((err as Error).message).toBe(`model "bert-base-uncased" is neither a local directory nor in the hub cache (${process.env['HF_HUB_CACHE']}); download it there or give a local path`);
+    expect((err as Error).message).toBe(`model "bert-base-uncased" is neither a local directory nor complete in the hub cache (${process.env['HF_HUB_CACHE']}), and HF_HUB_OFFLINE=1 forbids downloading it; unset HF_HUB_OFFLINE or give a local path`);
     const path = resolveConfig({ name: 't', model: '/no/such/model', family: 'bert', dataset: sst2, attacks: ['badnets'] }, { file: 'x.yaml' });
     await expect(train(path, { openSession: logisticEngine(log) })).rejects.toThrowError(new ModelNotFoundError('model directory /no/such/model does not exist'));
     expect(log.opened).toHaveLength(0);

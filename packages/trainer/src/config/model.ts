@@ -1,10 +1,15 @@
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
+import { cachedHubSnapshot, hubCacheDir } from '../hub/cache.js';
 import type { Family } from './schema.js';
 
 // Where a model's files are, and which architecture family it is. A model is either a local directory or
-// a Hugging Face hub id; hub ids are looked up in the standard hub cache (HF_HUB_CACHE, HF_HOME).
+// a Hugging Face hub id; hub ids are looked up in the standard hub cache (HF_HUB_CACHE, HF_HOME), which
+// `ensureModelDir` (src/hub) fills when a run needs a model that is not there yet.
+
+// The hub cache's paths live with the hub client; re-exported here, where the config layer has always offered them.
+export { cachedHubSnapshot, hubCacheDir };
 
 /** True when the string is written as a path rather than a hub id (hub ids never start with . / ~). */
 export function looksLikePath(model: string): boolean {
@@ -32,23 +37,6 @@ export function modelPath(model: string, baseDir: string): string {
 export function localModelDir(model: string, baseDir: string): string | undefined {
   const dir = modelPath(model, baseDir);
   return isDir(dir) ? dir : undefined;
-}
-
-export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env['HF_HUB_CACHE']) return env['HF_HUB_CACHE'];
-  return join(env['HF_HOME'] ?? join(homedir(), '.cache', 'huggingface'), 'hub');
-}
-
-/** The snapshot directory of a hub id in the hub cache (the `main` ref, or the only snapshot), if cached. */
-export function cachedHubSnapshot(id: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const repo = join(hubCacheDir(env), `models--${id.split('/').join('--')}`);
-  const refMain = join(repo, 'refs', 'main');
-  if (existsSync(refMain)) {
-    const dir = join(repo, 'snapshots', readFileSync(refMain, 'utf8').trim());
-    return isDir(dir) ? dir : undefined;
-  }
-  const snapshots = isDir(join(repo, 'snapshots')) ? readdirSync(join(repo, 'snapshots')) : [];
-  return snapshots.length === 1 ? join(repo, 'snapshots', snapshots[0]!) : undefined;
 }
 
 /** Where the model's files are on this machine: the local directory, or the cached hub snapshot. */

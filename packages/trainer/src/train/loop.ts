@@ -1,5 +1,4 @@
 import type { Attack, Method, RunConfig } from '../config/schema.js';
-import { requireModelDir } from '../config/model.js';
 import { chunks, makeBatch } from '../data/batch.js';
 import { DataError } from '../data/errors.js';
 import { checkDataset, loadAttackData } from '../data/layout.js';
@@ -7,6 +6,7 @@ import { rngFor, range, shuffled } from '../data/random.js';
 import { splitReference } from '../data/reference.js';
 import type { Example } from '../data/table.js';
 import { openNativeSession } from '../engine/native.js';
+import { ensureModelDir } from '../hub/model.js';
 import type { Batch, EncodedTexts, OpenSession, Session, SessionOptions } from '../engine/session.js';
 import { accuracy, asrRows, attackSuccessRate, confusion } from '../eval/metrics.js';
 import { Aborted, predictLabels } from '../eval/predict.js';
@@ -202,8 +202,6 @@ function referenceBatches(config: RunConfig, attack: Attack, epoch: number, enco
  */
 export async function train(config: RunConfig, options: TrainOptions = {}): Promise<RunResults> {
   checkDataset(config, config.attacks);
-  const modelDir = requireModelDir(config.model);
-  const open = options.openSession ?? openNativeSession;
   const results: MethodResult[] = [];
   const run = (aborted: boolean): RunResults => ({
     name: config.name,
@@ -214,6 +212,15 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     aborted,
     results,
   });
+  // A hub id that is not cached yet is downloaded now (not under HF_HUB_OFFLINE=1); Ctrl-C during it stops the run.
+  let modelDir: string;
+  try {
+    modelDir = await ensureModelDir(config.model, { onProgress: (event) => options.onProgress?.({ type: 'download', event }), ...(options.signal && { signal: options.signal }) });
+  } catch (err) {
+    if (options.signal?.aborted) return run(true);
+    throw err;
+  }
+  const open = options.openSession ?? openNativeSession;
 
   for (const attack of config.attacks) {
     const splits = prepareAttack(config, attack);

@@ -1,6 +1,7 @@
 import type { Attack, Method, RunConfig } from '../config/schema.js';
 import type { Confusion } from '../eval/metrics.js';
 import type { StepReport } from '../engine/session.js';
+import type { HubProgressEvent } from '../hub/events.js';
 import type { GaBranch } from './gating.js';
 
 /** The outcome of training one method on one attack. Metrics of nothing (empty sets) are NaN, null in JSON. */
@@ -49,7 +50,9 @@ export type ProgressEvent =
   | (Where & { type: 'evaluate'; epoch: number | null; split: 'dev' | 'test' })
   | (Where & { type: 'epochEnd'; epoch: number; devAcc: number; devAsr: number; score: number; best: boolean })
   | { type: 'result'; result: MethodResult }
-  | { type: 'warning'; message: string };
+  | { type: 'warning'; message: string }
+  /** The model is being fetched from the hub before anything trains. */
+  | { type: 'download'; event: HubProgressEvent };
 
 /** One line of metrics.jsonl. */
 export type MetricRecord =
