@@ -11,8 +11,15 @@ function unwrap(schema: z.ZodType): z.ZodType {
   return inner;
 }
 
+/** The keys of a mapping schema; of a union (a string or a mapping, as `dataset`), its mapping's. */
 function shapeOf(schema: z.ZodType): Shape | undefined {
-  return (unwrap(schema) as unknown as { shape?: Shape }).shape;
+  const inner = unwrap(schema) as unknown as { shape?: Shape; options?: z.ZodType[] };
+  if (inner.shape) return inner.shape;
+  for (const option of inner.options ?? []) {
+    const shape = shapeOf(option);
+    if (shape) return shape;
+  }
+  return undefined;
 }
 
 /** The schema of the value at `path` (list indices step into the list's element). */

@@ -57,14 +57,14 @@ export interface SchemaFacts {
 }
 
 /** What the issue says is allowed, in words. */
-function describeIssue(issue: z.core.$ZodIssue, schema: SchemaFacts): { path: PropertyKey[]; detail: string } {
+function describeIssue(issue: z.core.$ZodIssue, schema: SchemaFacts): { path: PropertyKey[]; detail: string; unknownKey?: boolean } {
   const path = [...issue.path];
   const integer = schema.isInteger(path);
   const kind = integer ? 'an integer ' : ''; // bounds read "an integer >= 1" where fractions are refused too
   switch (issue.code) {
     case 'unrecognized_keys': {
       const key = issue.keys[0] ?? '';
-      return { path: [...path, key], detail: `unknown key; allowed keys: ${schema.allowedKeys(path).join(', ')}` };
+      return { path: [...path, key], detail: `unknown key; allowed keys: ${schema.allowedKeys(path).join(', ')}`, unknownKey: true };
     }
     case 'invalid_type':
       return { path, detail: `expected ${integer ? 'an integer' : (TYPE_NAMES[issue.expected] ?? issue.expected)}` };
@@ -77,6 +77,18 @@ function describeIssue(issue: z.core.$ZodIssue, schema: SchemaFacts): { path: Pr
     case 'too_big':
       if (issue.origin === 'array') return { path, detail: `expected a list of at most ${String(issue.maximum)} items` };
       return { path, detail: `expected ${kind}${bound(issue, '<', issue.maximum)}` };
+    case 'invalid_union': {
+      // A value of one branch's type (a mapping where a string or a mapping is allowed) is wrong inside that
+      // branch: say what is wrong there. A value of no branch's type lists the types allowed.
+      const inside = issue.errors.find((branch) => !branch.every((e) => e.code === 'invalid_type' && e.path.length === 0));
+      const first = inside?.find((e) => e.code === 'unrecognized_keys') ?? inside?.[0];
+      if (first) {
+        const nested = describeIssue({ ...first, path: [...path, ...first.path] } as z.core.$ZodIssue, schema);
+        return { ...nested, ...(first.code === 'unrecognized_keys' && { unknownKey: true }) };
+      }
+      const types = issue.errors.map((branch) => branch[0]).flatMap((e) => (e?.code === 'invalid_type' ? [TYPE_NAMES[e.expected] ?? e.expected] : []));
+      return { path, detail: `expected ${[...new Set(types)].join(' or ')}` };
+    }
     default:
       return { path, detail: issue.message };
   }
@@ -91,7 +103,7 @@ export function issueToConfigError(
 ): ConfigError {
   const first = issues.find((i) => i.code === 'unrecognized_keys') ?? issues[0];
   if (!first) return new ConfigError(file, '', 'invalid configuration');
-  const { path, detail } = describeIssue(first, schema);
-  if (first.code === 'unrecognized_keys') return new ConfigError(file, formatKeyPath(path), detail);
+  const { path, detail, unknownKey } = describeIssue(first, schema);
+  if (unknownKey) return new ConfigError(file, formatKeyPath(path), detail);
   return new ConfigError(file, formatKeyPath(path), `got ${formatValue(valueAt(raw, path))}, ${detail}`);
 }
