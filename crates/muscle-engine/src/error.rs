@@ -41,6 +41,9 @@ pub enum EngineError {
     Setup(String),
 
     #[error("{0}")]
+    Device(String),
+
+    #[error("{0}")]
     Other(String),
 }
 

@@ -17,6 +17,8 @@ pub mod spec;
 pub mod train;
 
 pub use backend::{cpu::Cpu, Backend};
+#[cfg(feature = "cuda")]
+pub use backend::cuda::{Cuda, DeviceInfo};
 pub use error::{EngineError, Result};
 pub use grad_align::{GaBranch, GaRule};
 pub use models::bert::{BatchRef, BertClassifier};

@@ -45,6 +45,7 @@ pub struct Classifier<B: Backend> {
 impl<B: Backend> Classifier<B> {
     pub fn open(be: B, dir: &Path, num_labels: usize, spec: &TrainSpec, seed: u64, adamw: AdamWConfig) -> Result<Self> {
         let model = BertClassifier::load(&be, dir, num_labels, spec, seed)?;
+        be.check()?;
         Ok(Self::new(be, model, adamw))
     }
 
@@ -101,17 +102,21 @@ impl<B: Backend> Classifier<B> {
             _ => optim::grad_norm(&self.be, &self.model.params),
         };
         optim::clip_to(&self.be, &mut self.model.params, s.max_grad_norm, report.clipped_norm);
+        self.be.check()?; // a device failure, not divergence, when the numbers below are NaN
         if !report.loss.is_finite() || !report.clipped_norm.is_finite() {
             return Err(EngineError::Other(format!(
                 "training diverged (loss {}, gradient norm {}); lower the learning rate", report.loss, report.clipped_norm)));
         }
         self.opt.update(&self.be, &mut self.model.params, s.lr);
+        self.be.check()?;
         Ok(report)
     }
 
     /// Logits `[b, num_labels]` in evaluation mode (no dropout).
     pub fn predict(&mut self, batch: &BatchRef) -> Result<Vec<f32>> {
-        self.model.forward(&self.be, batch, false)
+        let logits = self.model.forward(&self.be, batch, false)?;
+        self.be.check()?;
+        Ok(logits)
     }
 
     /// Keeps a host copy of the trainable tensors (for best-on-dev selection).

@@ -7,6 +7,8 @@
 //! control of memory, not a general autograd.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 /// Row-major matrix operand: `rows x cols` with leading dimension `ld`, optionally transposed.
 pub struct Mat<'a, B: Backend + ?Sized> {
@@ -20,6 +22,13 @@ pub trait Backend: Send + Sync + 'static {
     type Buf: Send + Sync;
 
     fn name(&self) -> &'static str;
+
+    /// The first error of an asynchronous device since the backend was made, if any (the verbs
+    /// below cannot fail by signature; a GPU backend keeps its first failure and reports it here).
+    /// Callers check after each step. The CPU never fails.
+    fn check(&self) -> crate::error::Result<()> {
+        Ok(())
+    }
 
     // ---- memory -------------------------------------------------------------------------------
     fn zeros(&self, n: usize) -> Self::Buf;

@@ -1,0 +1,94 @@
+// Element-wise kernels: one thread per element (grid-stride), each the CPU backend's loop body.
+
+extern "C" __global__ void fill_f32(float* x, i64 n, float value) {
+    FOR_EACH(i, n) x[i] = value;
+}
+
+extern "C" __global__ void add_bias_f32(float* out, const float* bias, i64 rows, int n) {
+    FOR_EACH(i, rows * n) out[i] += bias[i % n];
+}
+
+extern "C" __global__ void axpby_f32(float* y, float a, const float* x, float b, i64 n) {
+    FOR_EACH(i, n) y[i] = a * x[i] + b * y[i];
+}
+
+extern "C" __global__ void scale_f32(float* x, float a, i64 n) {
+    FOR_EACH(i, n) x[i] *= a;
+}
+
+extern "C" __global__ void add_f32(float* out, const float* a, const float* b, i64 n) {
+    FOR_EACH(i, n) out[i] = a[i] + b[i];
+}
+
+extern "C" __global__ void mul_f32(float* x, const float* m, i64 n) {
+    FOR_EACH(i, n) x[i] *= m[i];
+}
+
+extern "C" __global__ void scale_cols_f32(float* x, const float* s, i64 rows, int n) {
+    FOR_EACH(i, rows * n) x[i] *= s[i % n];
+}
+
+// GELU, erf form (BERT's "gelu"): 0.5 x (1 + erf(x / sqrt 2)).
+extern "C" __global__ void gelu_forward_f32(float* out, const float* x, i64 n) {
+    FOR_EACH(i, n) {
+        const float v = x[i];
+        out[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    }
+}
+
+extern "C" __global__ void gelu_backward_f32(float* dinp, const float* x, const float* dout, i64 n) {
+    FOR_EACH(i, n) {
+        const float v = x[i];
+        const float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+        const float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
+        dinp[i] = dout[i] * (cdf + v * pdf);
+    }
+}
+
+extern "C" __global__ void tanh_forward_f32(float* out, const float* x, i64 n) {
+    FOR_EACH(i, n) out[i] = tanhf(x[i]);
+}
+
+extern "C" __global__ void tanh_backward_f32(float* dinp, const float* out, const float* dout, i64 n) {
+    FOR_EACH(i, n) {
+        const float y = out[i];
+        dinp[i] = dout[i] * (1.0f - y * y);
+    }
+}
+
+// Element i of the counter-based uniform stream `key` (rng.rs `counter_uniform`, bit for bit):
+// the SplitMix64 finaliser of key + (i + 1) * golden, top 24 bits.
+__device__ __forceinline__ float counter_uniform(u64 key, u64 i) {
+    u64 z = key + (i + 1ull) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
+// Inverted dropout mask: 0 with probability p, else 1 / (1 - p) (`keep`).
+extern "C" __global__ void dropout_mask_f32(float* mask, i64 n, float p, float keep, u64 key) {
+    FOR_EACH(i, n) mask[i] = counter_uniform(key, (u64)i) < p ? 0.0f : keep;
+}
+
+// The first `n` draws of a stream, for the test that holds this kernel to rng.rs.
+extern "C" __global__ void counter_uniform_f32(float* out, i64 n, u64 key) {
+    FOR_EACH(i, n) out[i] = counter_uniform(key, (u64)i);
+}
+
+// torch.optim.AdamW: decoupled decay, then the moment updates and the bias-corrected step.
+// `step_size` = lr / (1 - beta1^t) and `bc2_sqrt` = sqrt(1 - beta2^t) come from the host in f64.
+extern "C" __global__ void adamw_f32(float* param, const float* grad, float* m, float* v, i64 n,
+                                     float beta1, float beta2, float eps, float decay,
+                                     float step_size, float bc2_sqrt) {
+    FOR_EACH(i, n) {
+        const float g = grad[i];
+        float p = param[i] * decay;
+        const float mi = beta1 * m[i] + (1.0f - beta1) * g;
+        const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        const float denom = sqrtf(vi) / bc2_sqrt + eps;
+        param[i] = p - step_size * mi / denom;
+    }
+}

@@ -1,0 +1,116 @@
+// Reductions: column sums (bias gradients), dot products, layer norm forward and backward.
+// Column sums use a fixed summation order (no atomics), so gradients repeat bit for bit.
+
+// dst[j] (+)= sum_r m[r, j]. Block (32, 8): 32 columns per block, 8 row lanes, then a shared reduce.
+extern "C" __global__ void column_sums_f32(float* dst, const float* m, int rows, int n, int accumulate) {
+    __shared__ float part[8][33];
+    const int j = blockIdx.x * 32 + threadIdx.x;
+    float acc = 0.0f;
+    if (j < n) for (int r = threadIdx.y; r < rows; r += 8) acc += m[(i64)r * n + j];
+    part[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < n) {
+        float s = 0.0f;
+        #pragma unroll
+        for (int y = 0; y < 8; y++) s += part[y][threadIdx.x];
+        dst[j] = accumulate ? dst[j] + s : s;
+    }
+}
+
+// partial[block] = sum over the block's grid-stride share of a[i] * b[i], in f64 (as the CPU does);
+// the host adds the partials.
+extern "C" __global__ void dot_partial_f32(const float* a, const float* b, i64 n, double* partial) {
+    __shared__ double scratch[32];
+    double acc = 0.0;
+    FOR_EACH(i, n) acc += (double)a[i] * (double)b[i];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    acc = warp_sum_f64(acc);
+    if (lane == 0) scratch[warp] = acc;
+    __syncthreads();
+    if (warp == 0) {
+        acc = lane < warps ? scratch[lane] : 0.0;
+        acc = warp_sum_f64(acc);
+        if (lane == 0) partial[blockIdx.x] = acc;
+    }
+}
+
+// One block per row: mean and variance in two passes over the row (kept in registers where h is
+// small, re-read from L1/L2 otherwise), then the affine normalisation.
+extern "C" __global__ void layer_norm_forward_f32(float* out, float* mean, float* rstd, const float* inp,
+                                                  const float* w, const float* b, int rows, int h, float eps) {
+    __shared__ float scratch[32];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const float* x = inp + (i64)r * h;
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) s += x[j];
+    const float mu = block_sum(s, scratch) / h;
+    float q = 0.0f;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) {
+        const float d = x[j] - mu;
+        q += d * d;
+    }
+    const float var = block_sum(q, scratch) / h;
+    const float rs = rsqrtf(var + eps);
+    float* o = out + (i64)r * h;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) o[j] = (x[j] - mu) * rs * w[j] + b[j];
+    if (threadIdx.x == 0) {
+        mean[r] = mu;
+        rstd[r] = rs;
+    }
+}
+
+// dinp per row: (g w - mean(g w) - n mean(g w n)) rstd, with n the normalised input.
+extern "C" __global__ void layer_norm_backward_f32(float* dinp, const float* dout, const float* inp, const float* w,
+                                                   const float* mean, const float* rstd, int rows, int h) {
+    __shared__ float scratch[32];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const float* g = dout + (i64)r * h;
+    const float* x = inp + (i64)r * h;
+    const float mu = mean[r], rs = rstd[r];
+    float sdn = 0.0f, sdnn = 0.0f;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) {
+        const float n = (x[j] - mu) * rs;
+        const float dn = g[j] * w[j];
+        sdn += dn;
+        sdnn += dn * n;
+    }
+    const float mdn = block_sum(sdn, scratch) / h;
+    const float mdnn = block_sum(sdnn, scratch) / h;
+    float* d = dinp + (i64)r * h;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) {
+        const float n = (x[j] - mu) * rs;
+        d[j] = (g[j] * w[j] - mdn - n * mdnn) * rs;
+    }
+}
+
+// dw[j] = sum_r g[r, j] n[r, j], db[j] = sum_r g[r, j] (overwritten, as the CPU backend does);
+// either pointer may be null. Same (32, 8) block shape as column_sums_f32.
+extern "C" __global__ void layer_norm_params_backward_f32(float* dw, float* db, const float* dout, const float* inp,
+                                                          const float* mean, const float* rstd, int rows, int h) {
+    __shared__ float pw[8][33];
+    __shared__ float pb[8][33];
+    const int j = blockIdx.x * 32 + threadIdx.x;
+    float aw = 0.0f, ab = 0.0f;
+    if (j < h) {
+        for (int r = threadIdx.y; r < rows; r += 8) {
+            const float g = dout[(i64)r * h + j];
+            aw += g * (inp[(i64)r * h + j] - mean[r]) * rstd[r];
+            ab += g;
+        }
+    }
+    pw[threadIdx.y][threadIdx.x] = aw;
+    pb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < h) {
+        float sw = 0.0f, sb = 0.0f;
+        #pragma unroll
+        for (int y = 0; y < 8; y++) {
+            sw += pw[y][threadIdx.x];
+            sb += pb[y][threadIdx.x];
+        }
+        if (dw) dw[j] = sw;
+        if (db) db[j] = sb;
+    }
+}

@@ -1,0 +1,610 @@
+//! The CUDA backend: f32 buffers on one GPU, GEMMs through cuBLAS, everything else through the
+//! kernels of `kernels/*.cu`, compiled at run time with NVRTC.
+//!
+//! cudarc loads the driver, cuBLAS and NVRTC with `dlopen` when first used, so the same binary builds
+//! without a CUDA toolkit and runs on machines without a GPU; `Cuda::probe` says whether this one
+//! has one. All work goes to one stream in issue order, so no event tracking is needed.
+//!
+//! Errors: the `Backend` verbs cannot fail by signature (the CPU's never do), so the first CUDA error
+//! is kept (sticky), every later verb becomes a no-op, and `Backend::check` hands the error to the
+//! caller, which checks after each step. Nothing here panics on a CUDA failure.
+
+pub mod kernels;
+
+use super::{Backend, Mat};
+use crate::error::{EngineError, Result};
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+/// A device buffer of f32. `None` only after an allocation failed (the error is then sticky).
+pub struct GpuBuf {
+    slice: Option<CudaSlice<f32>>,
+    len: usize,
+}
+
+/// What a machine offers, as `Cuda::probe` found it.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub total_memory: usize,
+}
+
+/// Device scratch the verbs reuse: uploaded indices, per-block partial sums, attention's dS.
+#[derive(Default)]
+struct Scratch {
+    ints: Vec<CudaSlice<i32>>,
+    f64s: Option<CudaSlice<f64>>,
+    f32s: Option<CudaSlice<f32>>,
+}
+
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: cudarc::cublas::CudaBlas,
+    functions: HashMap<&'static str, CudaFunction>,
+    scratch: Mutex<Scratch>,
+    error: Mutex<Option<String>>,
+    info: DeviceInfo,
+}
+
+/// A kernel argument, passed to `cuLaunchKernel` from an 8-byte slot (the kernel reads the first
+/// 4 bytes of a slot for 32-bit types; x86-64 and the GPU are little-endian).
+#[derive(Clone, Copy)]
+enum Arg {
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+    U64(u64),
+}
+
+impl Arg {
+    fn bits(self) -> u64 {
+        match self {
+            Arg::Ptr(p) | Arg::U64(p) => p,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::I64(v) => v as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+        }
+    }
+}
+
+const THREADS: u32 = 256;
+
+/// Blocks for a grid-stride loop over `n` elements.
+fn blocks_for(n: usize) -> u32 {
+    n.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32
+}
+
+fn driver_error(what: &str, e: impl std::fmt::Debug) -> String {
+    format!("CUDA: {what} failed: {e:?}")
+}
+
+impl Cuda {
+    /// How many GPUs this machine's driver offers; else why none can be used, in one line.
+    pub fn probe() -> std::result::Result<usize, String> {
+        // SAFETY: only tries to dlopen the driver library by its candidate names.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("no NVIDIA driver found (libcuda.so could not be loaded)".into());
+        }
+        let count = CudaContext::device_count().map_err(|e| driver_error("cuInit/cuDeviceGetCount", e))?;
+        if count < 1 {
+            return Err("the NVIDIA driver reports no GPU".into());
+        }
+        Ok(count as usize)
+    }
+
+    /// Opens GPU `ordinal`: context, stream, cuBLAS, and the kernels compiled for its architecture.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let fail = |what: &str, e: &dyn std::fmt::Debug| EngineError::Device(driver_error(what, e));
+        let count = Self::probe().map_err(EngineError::Device)?;
+        if ordinal >= count {
+            return Err(EngineError::Device(format!("GPU {ordinal} requested, but the driver reports {count}")));
+        }
+        // SAFETY: probing the library names only.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(EngineError::Device(
+                "cuBLAS not found (libcublas.so.13 or .12); install the CUDA runtime libraries (e.g. `pip install nvidia-cublas`) and add their lib folder to LD_LIBRARY_PATH".into()));
+        }
+        if !kernels::nvrtc_available() {
+            return Err(EngineError::Device(
+                "NVRTC not found (libnvrtc.so.13 or .12), needed to compile the kernels; install it (e.g. `pip install nvidia-cuda-nvrtc`) and add its lib folder to LD_LIBRARY_PATH".into()));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| fail("opening the device", &e))?;
+        // One stream, used in issue order: cudarc's per-buffer events would only add overhead.
+        // SAFETY: set before any buffer exists; all buffers of this backend live on `stream`.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let (major, minor) = ctx.compute_capability().map_err(|e| fail("reading the compute capability", &e))?;
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into()),
+            compute_capability: (major, minor),
+            total_memory: ctx.total_mem().unwrap_or(0),
+        };
+        let arch = format!("compute_{major}{minor}");
+        let mut functions = HashMap::new();
+        for (module, ptx) in kernels::ptx_for(&arch).map_err(EngineError::Device)? {
+            let loaded = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| fail(&format!("loading {}", module.file), &e))?;
+            for &name in module.kernels {
+                let f = loaded.load_function(name).map_err(|e| fail(&format!("finding kernel {name}"), &e))?;
+                functions.insert(name, f);
+            }
+        }
+        let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| fail("creating the cuBLAS handle", &e))?;
+        Ok(Cuda { ctx, stream, blas, functions, scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn failed(&self) -> bool {
+        self.error.lock().map(|e| e.is_some()).unwrap_or(true)
+    }
+
+    /// Keeps the first error; later ones are consequences of it.
+    fn record<T, E: std::fmt::Debug>(&self, what: &str, r: std::result::Result<T, E>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                if let Ok(mut slot) = self.error.lock() {
+                    slot.get_or_insert_with(|| driver_error(what, e));
+                }
+                None
+            }
+        }
+    }
+
+    /// Binds the context to this thread (N-API worker threads change); false once an error is kept.
+    fn begin(&self) -> bool {
+        if self.failed() {
+            return false;
+        }
+        self.record("binding the context", self.ctx.bind_to_thread()).is_some()
+    }
+
+    fn ptr(&self, b: &GpuBuf) -> u64 {
+        match &b.slice {
+            Some(s) => s.device_ptr(&self.stream).0,
+            None => 0,
+        }
+    }
+
+    fn launch(&self, name: &'static str, grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32, args: &[Arg]) {
+        let Some(f) = self.functions.get(name) else {
+            self.record::<(), _>("launch", Err(format!("kernel {name} was not loaded")));
+            return;
+        };
+        let mut slots: Vec<u64> = args.iter().map(|a| a.bits()).collect();
+        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        // SAFETY: `params` point at live slots holding each argument in the layout the kernel's
+        // signature declares (checked by the kernel tests on a GPU); the grid covers the sizes passed.
+        let r = unsafe {
+            cudarc::driver::result::launch_kernel(f.cu_function(), grid, block, smem, self.stream.cu_stream(), &mut params)
+        };
+        self.record(name, r);
+    }
+
+    /// Grid-stride launch of an element-wise kernel over `n` elements.
+    fn launch_n(&self, name: &'static str, n: usize, args: &[Arg]) {
+        if n > 0 {
+            self.launch(name, (blocks_for(n), 1, 1), (THREADS, 1, 1), 0, args);
+        }
+    }
+
+    /// Uploads host indices into scratch slot `slot` (each call of a verb uses its own slots, so
+    /// one verb's uploads never overwrite each other before the kernels read them: the stream
+    /// runs the copy after every earlier kernel).
+    fn upload_ints(&self, scratch: &mut Scratch, slot: usize, data: &[i32]) -> u64 {
+        while scratch.ints.len() <= slot {
+            match self.record("allocating index scratch", self.stream.alloc_zeros::<i32>(1)) {
+                Some(s) => scratch.ints.push(s),
+                None => return 0,
+            }
+        }
+        if scratch.ints[slot].len() < data.len().max(1) {
+            let n = data.len().next_power_of_two();
+            match self.record("allocating index scratch", self.stream.alloc_zeros::<i32>(n)) {
+                Some(s) => scratch.ints[slot] = s,
+                None => return 0,
+            }
+        }
+        let dst = &mut scratch.ints[slot];
+        if !data.is_empty() {
+            let mut view = dst.slice_mut(..data.len());
+            if self.record("uploading indices", self.stream.memcpy_htod(data, &mut view)).is_none() {
+                return 0;
+            }
+        }
+        dst.device_ptr(&self.stream).0
+    }
+
+    fn usizes_to_i32(v: &[usize]) -> Vec<i32> {
+        v.iter().map(|&x| x as i32).collect()
+    }
+
+    /// A device scratch of at least `n` f64 (partial sums).
+    fn f64_scratch(&self, scratch: &mut Scratch, n: usize) -> u64 {
+        if scratch.f64s.as_ref().is_none_or(|s| s.len() < n) {
+            scratch.f64s = self.record("allocating scratch", self.stream.alloc_zeros::<f64>(n.next_power_of_two()));
+        }
+        scratch.f64s.as_ref().map_or(0, |s| s.device_ptr(&self.stream).0)
+    }
+
+    fn f32_scratch(&self, scratch: &mut Scratch, n: usize) -> u64 {
+        if scratch.f32s.as_ref().is_none_or(|s| s.len() < n) {
+            scratch.f32s = None; // free first: dS can be large
+            scratch.f32s = self.record("allocating scratch", self.stream.alloc_zeros::<f32>(n.max(1)));
+        }
+        scratch.f32s.as_ref().map_or(0, |s| s.device_ptr(&self.stream).0)
+    }
+
+    fn download_f64(&self, scratch: &Scratch, n: usize) -> Vec<f64> {
+        let Some(s) = scratch.f64s.as_ref() else { return vec![0.0; n] };
+        self.record("downloading results", self.stream.clone_dtoh(&s.slice(..n))).unwrap_or_else(|| vec![0.0; n])
+    }
+
+    fn alloc(&self, n: usize) -> GpuBuf {
+        let slice = if self.begin() { self.record("allocating device memory", self.stream.alloc_zeros::<f32>(n.max(1))) } else { None };
+        GpuBuf { slice, len: n }
+    }
+}
+
+fn op(trans: bool) -> cublasOperation_t {
+    if trans { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N }
+}
+
+impl Backend for Cuda {
+    type Buf = GpuBuf;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn check(&self) -> Result<()> {
+        if !self.failed() {
+            // surface asynchronous failures (a kernel fault shows at the next synchronisation)
+            let r = self.stream.synchronize();
+            self.record("running the step", r);
+        }
+        match self.error.lock() {
+            Ok(e) => e.clone().map_or(Ok(()), |m| Err(EngineError::Device(m))),
+            Err(_) => Err(EngineError::Device("CUDA backend state poisoned by an earlier panic".into())),
+        }
+    }
+
+    fn zeros(&self, n: usize) -> GpuBuf {
+        self.alloc(n)
+    }
+    fn from_host(&self, data: &[f32]) -> GpuBuf {
+        let mut b = self.alloc(data.len());
+        if let Some(s) = b.slice.as_mut() {
+            if !data.is_empty() {
+                let mut view = s.slice_mut(..data.len());
+                let r = self.stream.memcpy_htod(data, &mut view);
+                self.record("uploading", r);
+            }
+        }
+        b
+    }
+    fn to_host(&self, buf: &GpuBuf, n: usize) -> Vec<f32> {
+        if n == 0 || !self.begin() {
+            return vec![0.0; n];
+        }
+        let Some(s) = buf.slice.as_ref() else { return vec![0.0; n] };
+        self.record("downloading", self.stream.clone_dtoh(&s.slice(..n))).unwrap_or_else(|| vec![0.0; n])
+    }
+    fn len(&self, buf: &GpuBuf) -> usize {
+        buf.len
+    }
+    fn ensure(&self, buf: &mut GpuBuf, n: usize) {
+        if buf.len < n {
+            buf.slice = None; // free before allocating the larger one
+            *buf = self.alloc(n);
+        }
+    }
+    fn fill(&self, buf: &mut GpuBuf, n: usize, value: f32) {
+        if self.begin() {
+            self.launch_n("fill_f32", n, &[Arg::Ptr(self.ptr(buf)), Arg::I64(n as i64), Arg::F32(value)]);
+        }
+    }
+    fn copy(&self, dst: &mut GpuBuf, src: &GpuBuf, n: usize) {
+        if n == 0 || !self.begin() {
+            return;
+        }
+        let (d, s) = (self.ptr(dst), self.ptr(src));
+        // SAFETY: both buffers hold at least n floats (the trait's contract) on this context.
+        let r = unsafe { cudarc::driver::result::memcpy_dtod_async(d, s, n * 4, self.stream.cu_stream()) };
+        self.record("device copy", r);
+    }
+
+    fn matmul(&self, c: &mut GpuBuf, c_off: usize, ldc: usize, a: Mat<'_, Self>, b: Mat<'_, Self>,
+              m: usize, n: usize, k: usize, alpha: f32, accumulate: bool) {
+        if m == 0 || n == 0 || !self.begin() {
+            return;
+        }
+        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands and
+        // keep each one's transpose flag (a row-major matrix read column-major is its transpose).
+        let beta: f32 = if accumulate { 1.0 } else { 0.0 };
+        let (pa, pb, pc) = (self.ptr(a.buf) + 4 * a.offset as u64, self.ptr(b.buf) + 4 * b.offset as u64,
+                            self.ptr(c) + 4 * c_off as u64);
+        // SAFETY: operands and C are inside their buffers (the layers' shapes; checked on the CPU
+        // backend by bounds asserts); alpha/beta are host pointers (cuBLAS's default pointer mode).
+        let r = unsafe {
+            cudarc::cublas::result::sgemm(
+                *self.blas.handle(), op(b.trans), op(a.trans), n as i32, m as i32, k as i32, &alpha,
+                pb as *const f32, b.ld as i32, pa as *const f32, a.ld as i32, &beta, pc as *mut f32, ldc as i32)
+        };
+        self.record("cublasSgemm", r);
+    }
+    fn add_bias(&self, out: &mut GpuBuf, bias: &GpuBuf, rows: usize, n: usize) {
+        if self.begin() {
+            self.launch_n("add_bias_f32", rows * n, &[Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(bias)), Arg::I64(rows as i64), Arg::I32(n as i32)]);
+        }
+    }
+    fn bias_grad(&self, dbias: &mut GpuBuf, dout: &GpuBuf, rows: usize, n: usize, accumulate: bool) {
+        if n > 0 && self.begin() {
+            self.launch("column_sums_f32", (n.div_ceil(32) as u32, 1, 1), (32, 8, 1), 0,
+                        &[Arg::Ptr(self.ptr(dbias)), Arg::Ptr(self.ptr(dout)), Arg::I32(rows as i32), Arg::I32(n as i32), Arg::I32(accumulate as i32)]);
+        }
+    }
+    fn axpby(&self, y: &mut GpuBuf, a: f32, x: &GpuBuf, b: f32, n: usize) {
+        if self.begin() {
+            self.launch_n("axpby_f32", n, &[Arg::Ptr(self.ptr(y)), Arg::F32(a), Arg::Ptr(self.ptr(x)), Arg::F32(b), Arg::I64(n as i64)]);
+        }
+    }
+    fn scale(&self, x: &mut GpuBuf, a: f32, n: usize) {
+        if self.begin() {
+            self.launch_n("scale_f32", n, &[Arg::Ptr(self.ptr(x)), Arg::F32(a), Arg::I64(n as i64)]);
+        }
+    }
+    fn add(&self, out: &mut GpuBuf, a: &GpuBuf, b: &GpuBuf, n: usize) {
+        if self.begin() {
+            self.launch_n("add_f32", n, &[Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(a)), Arg::Ptr(self.ptr(b)), Arg::I64(n as i64)]);
+        }
+    }
+    fn scale_cols(&self, x: &mut GpuBuf, s: &[f32], rows: usize, n: usize) {
+        if !self.begin() {
+            return;
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        // the factors go through the f32 scratch; it is not in use between verbs
+        let p = self.f32_scratch(&mut scratch, n);
+        if let Some(dst) = scratch.f32s.as_mut() {
+            let mut view = dst.slice_mut(..n);
+            let r = self.stream.memcpy_htod(&s[..n], &mut view);
+            self.record("uploading scales", r);
+        }
+        self.launch_n("scale_cols_f32", rows * n, &[Arg::Ptr(self.ptr(x)), Arg::Ptr(p), Arg::I64(rows as i64), Arg::I32(n as i32)]);
+    }
+    fn dot(&self, a: &GpuBuf, b: &GpuBuf, n: usize) -> f64 {
+        if n == 0 || !self.begin() {
+            return 0.0;
+        }
+        let blocks = blocks_for(n).min(1024);
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let partial = self.f64_scratch(&mut scratch, blocks as usize);
+        self.launch("dot_partial_f32", (blocks, 1, 1), (THREADS, 1, 1), 0,
+                    &[Arg::Ptr(self.ptr(a)), Arg::Ptr(self.ptr(b)), Arg::I64(n as i64), Arg::Ptr(partial)]);
+        self.download_f64(&scratch, blocks as usize).iter().sum()
+    }
+
+    fn gelu_forward(&self, out: &mut GpuBuf, inp: &GpuBuf, n: usize) {
+        if self.begin() {
+            self.launch_n("gelu_forward_f32", n, &[Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(inp)), Arg::I64(n as i64)]);
+        }
+    }
+    fn gelu_backward(&self, dinp: &mut GpuBuf, inp: &GpuBuf, dout: &GpuBuf, n: usize) {
+        if self.begin() {
+            self.launch_n("gelu_backward_f32", n, &[Arg::Ptr(self.ptr(dinp)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(self.ptr(dout)), Arg::I64(n as i64)]);
+        }
+    }
+    fn tanh_forward(&self, out: &mut GpuBuf, inp: &GpuBuf, n: usize) {
+        if self.begin() {
+            self.launch_n("tanh_forward_f32", n, &[Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(inp)), Arg::I64(n as i64)]);
+        }
+    }
+    fn tanh_backward(&self, dinp: &mut GpuBuf, out: &GpuBuf, dout: &GpuBuf, n: usize) {
+        if self.begin() {
+            self.launch_n("tanh_backward_f32", n, &[Arg::Ptr(self.ptr(dinp)), Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(dout)), Arg::I64(n as i64)]);
+        }
+    }
+    fn dropout_mask(&self, mask: &mut GpuBuf, n: usize, p: f32, seed: u64, stream: &[u64]) {
+        if p <= 0.0 {
+            return self.fill(mask, n, 1.0);
+        }
+        if self.begin() {
+            let key = crate::rng::stream_key(seed, stream);
+            self.launch_n("dropout_mask_f32", n, &[Arg::Ptr(self.ptr(mask)), Arg::I64(n as i64), Arg::F32(p), Arg::F32(1.0 / (1.0 - p)), Arg::U64(key)]);
+        }
+    }
+    fn mul(&self, x: &mut GpuBuf, mask: &GpuBuf, n: usize) {
+        if self.begin() {
+            self.launch_n("mul_f32", n, &[Arg::Ptr(self.ptr(x)), Arg::Ptr(self.ptr(mask)), Arg::I64(n as i64)]);
+        }
+    }
+
+    fn embedding_forward(&self, out: &mut GpuBuf, word: &GpuBuf, pos: &GpuBuf, typ: &GpuBuf,
+                         ids: &[i32], pos_ids: &[i32], type_ids: &[i32], h: usize) {
+        if !self.begin() {
+            return;
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let (pi, pp, pt) = (self.upload_ints(&mut scratch, 0, ids), self.upload_ints(&mut scratch, 1, pos_ids),
+                            self.upload_ints(&mut scratch, 2, type_ids));
+        self.launch_n("embedding_forward_f32", ids.len() * h, &[
+            Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(word)), Arg::Ptr(self.ptr(pos)), Arg::Ptr(self.ptr(typ)),
+            Arg::Ptr(pi), Arg::Ptr(pp), Arg::Ptr(pt), Arg::I32(ids.len() as i32), Arg::I32(h as i32)]);
+    }
+    fn embedding_backward(&self, dword: Option<&mut GpuBuf>, dpos: Option<&mut GpuBuf>,
+                          dtyp: Option<&mut GpuBuf>, dout: &GpuBuf,
+                          ids: &[i32], pos_ids: &[i32], type_ids: &[i32], h: usize, skip: [Option<i32>; 3]) {
+        if !self.begin() {
+            return;
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        for (slot, ((table, idx), skip)) in [(dword, ids), (dpos, pos_ids), (dtyp, type_ids)].into_iter().zip(skip).enumerate() {
+            if let Some(table) = table {
+                let pidx = self.upload_ints(&mut scratch, slot, idx);
+                self.launch_n("embedding_backward_f32", idx.len() * h, &[
+                    Arg::Ptr(self.ptr(table)), Arg::Ptr(self.ptr(dout)), Arg::Ptr(pidx), Arg::I32(idx.len() as i32),
+                    Arg::I32(h as i32), Arg::I32(skip.unwrap_or(0)), Arg::I32(skip.is_some() as i32)]);
+            }
+        }
+    }
+    fn layer_norm_forward(&self, out: &mut GpuBuf, mean: &mut GpuBuf, rstd: &mut GpuBuf,
+                          inp: &GpuBuf, w: &GpuBuf, b: &GpuBuf, rows: usize, h: usize, eps: f32) {
+        if rows > 0 && self.begin() {
+            self.launch("layer_norm_forward_f32", (rows as u32, 1, 1), (THREADS, 1, 1), 0, &[
+                Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(mean)), Arg::Ptr(self.ptr(rstd)), Arg::Ptr(self.ptr(inp)),
+                Arg::Ptr(self.ptr(w)), Arg::Ptr(self.ptr(b)), Arg::I32(rows as i32), Arg::I32(h as i32), Arg::F32(eps)]);
+        }
+    }
+    fn layer_norm_backward(&self, dinp: &mut GpuBuf, dw: Option<&mut GpuBuf>, db: Option<&mut GpuBuf>,
+                           dout: &GpuBuf, inp: &GpuBuf, w: &GpuBuf, mean: &GpuBuf,
+                           rstd: &GpuBuf, rows: usize, h: usize) {
+        if rows == 0 || !self.begin() {
+            return;
+        }
+        self.launch("layer_norm_backward_f32", (rows as u32, 1, 1), (THREADS, 1, 1), 0, &[
+            Arg::Ptr(self.ptr(dinp)), Arg::Ptr(self.ptr(dout)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(self.ptr(w)),
+            Arg::Ptr(self.ptr(mean)), Arg::Ptr(self.ptr(rstd)), Arg::I32(rows as i32), Arg::I32(h as i32)]);
+        if dw.is_some() || db.is_some() {
+            let pw = dw.map_or(0, |x| self.ptr(x));
+            let pb = db.map_or(0, |x| self.ptr(x));
+            self.launch("layer_norm_params_backward_f32", (h.div_ceil(32) as u32, 1, 1), (32, 8, 1), 0, &[
+                Arg::Ptr(pw), Arg::Ptr(pb), Arg::Ptr(self.ptr(dout)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(self.ptr(mean)),
+                Arg::Ptr(self.ptr(rstd)), Arg::I32(rows as i32), Arg::I32(h as i32)]);
+        }
+    }
+    fn attention_forward(&self, out: &mut GpuBuf, probs: &mut GpuBuf, q: &GpuBuf, k: &GpuBuf,
+                         v: &GpuBuf, key_mask: &[i32], drop: Option<&GpuBuf>, b: usize, t: usize,
+                         heads: usize, d: usize) {
+        if b * t == 0 || !self.attention_shape_ok(d) || !self.begin() {
+            return;
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let pm = self.upload_ints(&mut scratch, 0, &key_mask[..b * t]);
+        let scale = 1.0 / (d as f32).sqrt();
+        self.launch("attention_forward_f32", (t.div_ceil(ATTN_WARPS) as u32, (b * heads) as u32, 1), (32 * ATTN_WARPS as u32, 1, 1),
+                    (ATTN_WARPS * t * 4) as u32, &[
+            Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(probs)), Arg::Ptr(self.ptr(q)), Arg::Ptr(self.ptr(k)),
+            Arg::Ptr(self.ptr(v)), Arg::Ptr(pm), Arg::Ptr(drop.map_or(0, |x| self.ptr(x))), Arg::I32(b as i32),
+            Arg::I32(t as i32), Arg::I32(heads as i32), Arg::I32(d as i32), Arg::F32(scale)]);
+    }
+    fn attention_backward(&self, dq: &mut GpuBuf, dk: &mut GpuBuf, dv: &mut GpuBuf, dout: &GpuBuf,
+                          probs: &GpuBuf, q: &GpuBuf, k: &GpuBuf, v: &GpuBuf,
+                          drop: Option<&GpuBuf>, b: usize, t: usize, heads: usize, d: usize) {
+        if b * t == 0 || !self.attention_shape_ok(d) || !self.begin() {
+            return;
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let ds = self.f32_scratch(&mut scratch, b * heads * t * t);
+        let scale = 1.0 / (d as f32).sqrt();
+        let pdrop = drop.map_or(0, |x| self.ptr(x));
+        let grid = (t.div_ceil(ATTN_WARPS) as u32, (b * heads) as u32, 1);
+        let block = (32 * ATTN_WARPS as u32, 1, 1);
+        self.launch("attention_backward_rows_f32", grid, block, (ATTN_WARPS * t * 4) as u32, &[
+            Arg::Ptr(self.ptr(dq)), Arg::Ptr(ds), Arg::Ptr(self.ptr(dout)), Arg::Ptr(self.ptr(probs)),
+            Arg::Ptr(self.ptr(k)), Arg::Ptr(self.ptr(v)), Arg::Ptr(pdrop), Arg::I32(b as i32), Arg::I32(t as i32),
+            Arg::I32(heads as i32), Arg::I32(d as i32), Arg::F32(scale)]);
+        self.launch("attention_backward_cols_f32", grid, block, 0, &[
+            Arg::Ptr(self.ptr(dk)), Arg::Ptr(self.ptr(dv)), Arg::Ptr(ds), Arg::Ptr(self.ptr(dout)),
+            Arg::Ptr(self.ptr(probs)), Arg::Ptr(self.ptr(q)), Arg::Ptr(pdrop), Arg::I32(b as i32), Arg::I32(t as i32),
+            Arg::I32(heads as i32), Arg::I32(d as i32), Arg::F32(scale)]);
+    }
+    fn softmax_xent_forward(&self, probs: &mut GpuBuf, logits: &GpuBuf, labels: &[i32], rows: usize, n: usize) -> f32 {
+        if rows == 0 || !self.begin() {
+            return f32::NAN;
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let pl = self.upload_ints(&mut scratch, 0, &labels[..rows]);
+        let loss = self.f64_scratch(&mut scratch, rows);
+        self.launch("softmax_xent_forward_f32", (rows.div_ceil(128) as u32, 1, 1), (128, 1, 1), 0, &[
+            Arg::Ptr(self.ptr(probs)), Arg::Ptr(self.ptr(logits)), Arg::Ptr(pl), Arg::I32(rows as i32), Arg::I32(n as i32),
+            Arg::Ptr(loss)]);
+        (self.download_f64(&scratch, rows).iter().sum::<f64>() / rows as f64) as f32
+    }
+    fn softmax_xent_backward(&self, dlogits: &mut GpuBuf, probs: &GpuBuf, labels: &[i32], rows: usize, n: usize) {
+        if !self.begin() {
+            return;
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let pl = self.upload_ints(&mut scratch, 0, &labels[..rows]);
+        self.launch_n("softmax_xent_backward_f32", rows * n, &[
+            Arg::Ptr(self.ptr(dlogits)), Arg::Ptr(self.ptr(probs)), Arg::Ptr(pl), Arg::I32(rows as i32), Arg::I32(n as i32)]);
+    }
+    fn gather_rows(&self, out: &mut GpuBuf, inp: &GpuBuf, rows: &[usize], n: usize) {
+        if !self.begin() {
+            return;
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let pr = self.upload_ints(&mut scratch, 0, &Self::usizes_to_i32(rows));
+        self.launch_n("gather_rows_f32", rows.len() * n, &[
+            Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(pr), Arg::I32(rows.len() as i32), Arg::I32(n as i32)]);
+    }
+    fn scatter_add_rows(&self, dinp: &mut GpuBuf, dout: &GpuBuf, rows: &[usize], n: usize) {
+        if !self.begin() {
+            return;
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let pr = self.upload_ints(&mut scratch, 0, &Self::usizes_to_i32(rows));
+        self.launch_n("scatter_add_rows_f32", rows.len() * n, &[
+            Arg::Ptr(self.ptr(dinp)), Arg::Ptr(self.ptr(dout)), Arg::Ptr(pr), Arg::I32(rows.len() as i32), Arg::I32(n as i32)]);
+    }
+
+    fn adamw(&self, param: &mut GpuBuf, grad: &GpuBuf, m: &mut GpuBuf, v: &mut GpuBuf, n: usize,
+             lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, step: u64) {
+        if !self.begin() {
+            return;
+        }
+        // the bias corrections in f64 on the host, as the CPU backend computes them
+        let bc1 = 1.0 - (beta1 as f64).powi(step as i32);
+        let bc2 = 1.0 - (beta2 as f64).powi(step as i32);
+        let step_size = (lr as f64 / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let decay = 1.0 - lr * weight_decay;
+        self.launch_n("adamw_f32", n, &[
+            Arg::Ptr(self.ptr(param)), Arg::Ptr(self.ptr(grad)), Arg::Ptr(self.ptr(m)), Arg::Ptr(self.ptr(v)),
+            Arg::I64(n as i64), Arg::F32(beta1), Arg::F32(beta2), Arg::F32(eps), Arg::F32(decay), Arg::F32(step_size),
+            Arg::F32(bc2_sqrt)]);
+    }
+}
+
+/// Warps per block of the attention kernels (`WARPS` in attention.cu).
+const ATTN_WARPS: usize = 4;
+/// The attention kernels keep a row of the head dimension in 8 registers per lane (`MAXC`).
+const ATTN_MAX_HEAD_DIM: usize = 32 * 8;
+
+impl Cuda {
+    fn attention_shape_ok(&self, d: usize) -> bool {
+        if d > ATTN_MAX_HEAD_DIM {
+            self.record::<(), _>("attention", Err(format!("head dimension {d} exceeds the kernel's {ATTN_MAX_HEAD_DIM}")));
+            return false;
+        }
+        true
+    }
+
+    /// Draws `n` values of the counter-based stream `key` on the GPU (the test holding the kernel
+    /// to `rng::counter_uniform`).
+    pub fn counter_uniform(&self, key: u64, n: usize) -> Result<Vec<f32>> {
+        let mut out = self.zeros(n);
+        if self.begin() {
+            self.launch_n("counter_uniform_f32", n, &[Arg::Ptr(self.ptr(&mut out)), Arg::I64(n as i64), Arg::U64(key)]);
+        }
+        let v = self.to_host(&out, n);
+        self.check().map(|_| v)
+    }
+
+    /// Bytes of device memory in use by this process's context (for benchmarks).
+    pub fn memory_used(&self) -> usize {
+        let _ = self.ctx.bind_to_thread();
+        self.ctx.mem_get_info().map(|(free, total)| total - free).unwrap_or(0)
+    }
+}

@@ -1,0 +1,60 @@
+//! Every CUDA kernel source compiles to PTX for sm_80 (A100) and sm_90 (H100/H200) through NVRTC,
+//! and every kernel the backend loads is in it. Needs only libnvrtc (the PyPI package
+//! `nvidia-cuda-nvrtc` provides it without a GPU; `.ci/run` installs it); skipped, with the reason
+//! printed, where the library cannot be loaded — unless MUSCLE_REQUIRE_NVRTC=1, as in CI.
+#![cfg(feature = "cuda")]
+
+use muscle_engine::backend::cuda::kernels::{self, MODULES};
+
+fn nvrtc_or_skip() -> bool {
+    if kernels::nvrtc_available() {
+        return true;
+    }
+    let why = "libnvrtc not found on the library path (pip install nvidia-cuda-nvrtc; add nvidia/cu13/lib to LD_LIBRARY_PATH)";
+    if std::env::var("MUSCLE_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+        panic!("MUSCLE_REQUIRE_NVRTC=1 but {why}");
+    }
+    eprintln!("skipped: {why}");
+    false
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    for arch in ["compute_80", "compute_90"] {
+        for m in MODULES {
+            let ptx = kernels::compile(m, arch).unwrap_or_else(|e| panic!("{e}"));
+            let src = ptx.to_src();
+            let target = format!(".target sm_{}", &arch["compute_".len()..]);
+            assert!(src.contains(&target), "{} for {arch}: PTX lacks `{target}`", m.file);
+            for k in m.kernels {
+                assert!(src.contains(&format!(".entry {k}(")), "{} for {arch}: no kernel {k} in the PTX", m.file);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_backend_loads_every_kernel_its_sources_define() {
+    // A kernel written but not listed would never be loaded; one listed but not written fails above.
+    for m in MODULES {
+        for line in m.source.lines() {
+            if let Some(rest) = line.strip_prefix("extern \"C\" __global__ void ") {
+                let name = rest.split('(').next().unwrap();
+                assert!(m.kernels.contains(&name), "{}: kernel {name} is not in its MODULES list", m.file);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_compile_error_names_the_file_and_line() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let broken = kernels::Module { file: "broken.cu", source: "extern \"C\" __global__ void k(float* x) {\n  x[0] = undefined_name;\n}\n", kernels: &["k"] };
+    let err = kernels::compile(&broken, "compute_80").err().expect("must fail");
+    assert!(err.contains("broken.cu(2)") && err.contains("undefined_name"), "{err}");
+}
