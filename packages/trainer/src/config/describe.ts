@@ -15,7 +15,9 @@ function unwrap(schema: z.ZodType): z.ZodType {
 function shapeOf(schema: z.ZodType): Shape | undefined {
   const inner = unwrap(schema) as unknown as { shape?: Shape; options?: z.ZodType[] };
   if (inner.shape) return inner.shape;
+  // an enum's options are its strings; a union's are schemas
   for (const option of inner.options ?? []) {
+    if (typeof option !== 'object') continue;
     const shape = shapeOf(option);
     if (shape) return shape;
   }
