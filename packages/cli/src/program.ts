@@ -15,6 +15,7 @@ import {
   runInDirectory,
   type OpenSession,
 } from '@musclelora/trainer';
+import { addDownloadCommand } from './commands/download.js';
 import { addPoisonCommand } from './commands/poison.js';
 import { ProgressReporter, type Output } from './progress.js';
 
@@ -119,6 +120,7 @@ function buildProgram(env: CliEnv, setExit: (code: number) => void): Command {
     .addHelpText('after', configKeysHelp())
     .action(async (configPath: string, opts: RunOptions) => setExit(await runCommand(configPath, opts, env)));
   addPoisonCommand(program, env, setExit);
+  addDownloadCommand(program, env, setExit);
   return program;
 }
 

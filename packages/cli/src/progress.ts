@@ -1,5 +1,6 @@
 import cliProgress from 'cli-progress';
 import { formatPercent, type ProgressEvent } from '@musclelora/trainer';
+import { DownloadProgress } from './download-progress.js';
 
 // Live progress on stderr: on a terminal a bar with ETA, smoothed loss and the last dev accuracy; elsewhere
 // (logs, CI) one line per method start, epoch and result, so logs stay readable.
@@ -16,8 +17,11 @@ export class ProgressReporter {
   private bar: cliProgress.SingleBar | undefined;
   private loss: number | undefined;
   private epochs = 0;
+  private readonly download: DownloadProgress;
 
-  constructor(private readonly out: Output) {}
+  constructor(private readonly out: Output) {
+    this.download = new DownloadProgress(out);
+  }
 
   private log(line: string): void {
     if (this.multibar) this.multibar.log(`${line}\n`);
@@ -71,10 +75,14 @@ export class ProgressReporter {
       case 'warning':
         this.log(`warning: ${event.message}`);
         break;
+      case 'download':
+        this.download.handle(event.event);
+        break;
     }
   }
 
   stop(): void {
+    this.download.stop();
     // Lines logged above the bar wait for its next redraw; draw once more so the last ones are not lost.
     this.multibar?.update();
     this.multibar?.stop();
