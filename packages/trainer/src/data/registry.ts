@@ -1,6 +1,4 @@
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
-import { hubCacheDir } from '../config/model.js';
+import { cachedHubSnapshot, hubCacheDir } from '../hub/cache.js';
 import { DataError } from './errors.js';
 import { loadCleanSplits, matchFiles, type CleanSplits, type DatasetFiles, type LoadOptions, type SplitName } from './loaders.js';
 
@@ -81,30 +79,9 @@ export function isRegistryName(name: string): name is RegistryName {
   return (REGISTRY_NAMES as readonly string[]).includes(name);
 }
 
-function isDir(path: string): boolean {
-  try {
-    return statSync(path).isDirectory();
-  } catch {
-    return false;
-  }
-}
-
-/**
- * A dataset repo's snapshot in the hub cache (datasets--org--name/snapshots/<commit>): the one `refs/<revision>`
- * names, or the only snapshot when no ref exists (a cache filled by a download of a commit).
- */
+/** A dataset repo's snapshot in the hub cache (datasets--org--name/snapshots/<commit>), if there. */
 export function cachedDatasetSnapshot(repo: string, revision: string | undefined, env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const repoDir = join(hubCacheDir(env), `datasets--${repo.split('/').join('--')}`);
-  const rev = revision ?? 'main';
-  if (/^[0-9a-f]{40}$/.test(rev)) return isDir(join(repoDir, 'snapshots', rev)) ? join(repoDir, 'snapshots', rev) : undefined;
-  const ref = join(repoDir, 'refs', rev);
-  if (existsSync(ref)) {
-    const dir = join(repoDir, 'snapshots', readFileSync(ref, 'utf8').trim());
-    return isDir(dir) ? dir : undefined;
-  }
-  if (revision !== undefined) return undefined;
-  const snapshots = isDir(join(repoDir, 'snapshots')) ? readdirSync(join(repoDir, 'snapshots')) : [];
-  return snapshots.length === 1 ? join(repoDir, 'snapshots', snapshots[0]!) : undefined;
+  return cachedHubSnapshot(repo, env, { type: 'dataset', ...(revision !== undefined && { revision }) });
 }
 
 /** The split files an entry needs that a snapshot lacks. */
