@@ -4,6 +4,7 @@ import type { Attack } from '../config/schema.js';
 import { poisonedTrainFile, sampleRows, type AttackData, type DataOptions } from '../data/layout.js';
 import type { Example } from '../data/table.js';
 import { readCleanDataset } from './clean.js';
+import type { CleanDataset } from './poison.js';
 import { isParaphraseAttack } from './paraphrase.js';
 import { poisonAttack } from './poisoners.js';
 
@@ -25,7 +26,11 @@ export function canPoisonInMemory(options: DataOptions, attack: Attack): boolean
 
 /** Every split of one attack, poisoned in memory, each cut to a seeded random `limit` rows where set. */
 export function poisonInMemory(options: DataOptions, attack: Attack): AttackData {
-  const clean = readCleanDataset(options.dataset, options.numLabels);
+  return poisonClean(readCleanDataset(options.dataset, options.numLabels), options, attack);
+}
+
+/** The same from clean splits already read (a registry dataset, or the user's own files in any format). */
+export function poisonClean(clean: CleanDataset, options: Omit<DataOptions, 'dataset'>, attack: Attack): AttackData {
   const seed = options.seed ?? 0;
   const data = poisonAttack(clean, attack, options.poison ?? {}, { rate: options.poisonRate, targetLabel: options.targetLabel ?? DEFAULT_TARGET_LABEL, seed });
   // `limit` draws its sample by file name: take the names `muscle poison` would write, so both routes agree
