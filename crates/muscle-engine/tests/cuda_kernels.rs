@@ -1,16 +1,20 @@
 //! Every CUDA kernel source compiles to PTX for sm_80 (A100) and sm_90 (H100/H200) through NVRTC,
 //! and every kernel the backend loads is in it. Needs only libnvrtc (the PyPI package
-//! `nvidia-cuda-nvrtc` provides it without a GPU; `.ci/run` installs it); skipped, with the reason
+//! `nvidia-cuda-nvrtc` provides it without a GPU; `scripts/fetch_nvrtc.sh` fetches it, `.ci/run` runs
+//! that script); skipped, with the reason
 //! printed, where the library cannot be loaded — unless MUSCLE_REQUIRE_NVRTC=1, as in CI.
 #![cfg(feature = "cuda")]
 
 use muscle_engine::backend::cuda::kernels::{self, MODULES};
 
 fn nvrtc_or_skip() -> bool {
+    // where scripts/fetch_nvrtc.sh (and CI) put the PyPI wheel's library
+    let wheel = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/nvrtc/nvidia/cu13/lib");
+    muscle_engine::backend::cuda::libs::preload(&[wheel]);
     if kernels::nvrtc_available() {
         return true;
     }
-    let why = "libnvrtc not found on the library path (pip install nvidia-cuda-nvrtc; add nvidia/cu13/lib to LD_LIBRARY_PATH)";
+    let why = "libnvrtc not found (run scripts/fetch_nvrtc.sh, or put the folder of libnvrtc.so.13 in MUSCLE_CUDA_LIB_DIRS or LD_LIBRARY_PATH)";
     if std::env::var("MUSCLE_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
         panic!("MUSCLE_REQUIRE_NVRTC=1 but {why}");
     }

@@ -67,9 +67,10 @@ pub fn compile(module: &Module, arch: &str) -> Result<Ptx, String> {
     })
 }
 
-/// True when libnvrtc can be loaded (it is found through the loader's search path,
-/// `LD_LIBRARY_PATH` included).
+/// True when libnvrtc can be loaded: from the loader's search path (`LD_LIBRARY_PATH` included) or
+/// a folder `libs::search_dirs` names.
 pub fn nvrtc_available() -> bool {
+    super::libs::preload_default();
     // SAFETY: only tries to dlopen the library by its candidate names.
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }

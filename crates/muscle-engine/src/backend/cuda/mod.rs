@@ -10,6 +10,7 @@
 //! caller, which checks after each step. Nothing here panics on a CUDA failure.
 
 pub mod kernels;
+pub mod libs;
 
 use super::{Backend, Mat};
 use crate::error::{EngineError, Result};
@@ -88,6 +89,7 @@ fn driver_error(what: &str, e: impl std::fmt::Debug) -> String {
 impl Cuda {
     /// How many GPUs this machine's driver offers; else why none can be used, in one line.
     pub fn probe() -> std::result::Result<usize, String> {
+        libs::preload_default();
         // SAFETY: only tries to dlopen the driver library by its candidate names.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err("no NVIDIA driver found (libcuda.so could not be loaded)".into());
