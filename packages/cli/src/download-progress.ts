@@ -32,7 +32,7 @@ export class DownloadProgress {
       case 'plan': {
         const what = event.repoType === 'dataset' ? `dataset ${event.repo}` : event.repo;
         const cached = event.cachedFiles > 0 ? `, ${event.cachedFiles} already cached` : '';
-        this.log(`${what} at ${event.revision} (${event.commit.slice(0, 12)}): ${event.files} files${cached}, ${formatBytes(event.bytes)} to download`);
+        this.log(`${what} at ${event.revision} (${event.commit.slice(0, 12)}): ${event.files} ${event.files === 1 ? 'file' : 'files'}${cached}, ${formatBytes(event.bytes)} to download`);
         break;
       }
       case 'file':
@@ -54,7 +54,7 @@ export class DownloadProgress {
         this.stopBar();
         break;
       case 'retry':
-        this.log(`retrying ${event.path ?? 'the hub API'} (try ${event.attempt + 1}): ${event.reason}`);
+        this.log(`retrying ${event.path ?? 'the hub API'} (try ${event.attempt + 1}) after: ${event.reason}`);
         break;
       case 'cacheOnly':
         this.log(event.reason === 'offline' ? `HF_HUB_OFFLINE is set: ${event.repo} from the cache` : `the hub is unreachable: ${event.repo} from the cache (the revision is cached whole)`);

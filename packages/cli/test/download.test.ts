@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { OpenSession } from '@musclelora/trainer';
 import { main, EXIT } from '../src/program.js';
 import { newLog, scriptedEngine, scriptedRows } from '../../trainer/test/fake-session.js';
 import { tempDir, writeDataset, writeFiles } from '../../trainer/test/helpers.js';
@@ -33,7 +34,7 @@ afterEach(async () => {
   await hub.close();
 });
 
-async function muscle(args: string[], openSession?: Parameters<typeof main>[1]['openSession']) {
+async function muscle(args: string[], openSession?: OpenSession) {
   let stdout = '';
   let stderr = '';
   const code = await main(['node', 'muscle', ...args], {

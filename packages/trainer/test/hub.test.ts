@@ -369,8 +369,8 @@ describe('errors', () => {
     expect(err.code).toBe('network');
     expect(err.message).toBe(`cannot download model org/tiny-bert (revision main): the hub at ${endpoint} is unreachable or dropped the connection (ECONNREFUSED; 3 tries); check the network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use only the cache`);
     expect(events.filter((e) => e.type === 'retry')).toEqual([
-      { type: 'retry', path: undefined, attempt: 0, reason: 'ECONNREFUSED' },
-      { type: 'retry', path: undefined, attempt: 0, reason: 'ECONNREFUSED' },
+      { type: 'retry', path: undefined, attempt: 1, reason: 'ECONNREFUSED' },
+      { type: 'retry', path: undefined, attempt: 2, reason: 'ECONNREFUSED' },
     ]);
   });
 

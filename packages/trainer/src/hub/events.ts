@@ -9,7 +9,7 @@ export type HubProgressEvent =
   | { type: 'bytes'; path: string; received: number; size: number }
   /** The file is verified and in the cache. */
   | { type: 'fileDone'; path: string; size: number }
-  /** A dropped connection or a transient status; the request is tried again. */
+  /** A dropped connection or a transient status; the request is tried again. `attempt`: the tries failed so far. */
   | { type: 'retry'; path: string | undefined; attempt: number; reason: string }
   /** Served from the cache without the hub: HF_HUB_OFFLINE=1, or the hub unreachable with the revision cached. */
   | { type: 'cacheOnly'; repo: string; reason: 'offline' | 'unreachable'; dir: string }

@@ -127,7 +127,7 @@ export function backoff(policy: RetryPolicy, attempt: number, signal?: AbortSign
  * other failed response becomes a HubError here, with the repo and revision named, before the library
  * sees it.
  */
-export function apiFetch(t: Target, policy: RetryPolicy, signal?: AbortSignal, onRetry?: (reason: string) => void): typeof fetch {
+export function apiFetch(t: Target, policy: RetryPolicy, signal?: AbortSignal, onRetry?: (reason: string, attempt: number) => void): typeof fetch {
   return async (input, init) => {
     for (let attempt = 0; ; attempt++) {
       let res: Response;
@@ -136,14 +136,14 @@ export function apiFetch(t: Target, policy: RetryPolicy, signal?: AbortSignal, o
       } catch (err) {
         if (isAbort(err, signal)) throw signal?.reason ?? err;
         if (attempt + 1 >= policy.attempts) throw networkError(t, networkReason(err), attempt + 1);
-        onRetry?.(networkReason(err));
+        onRetry?.(networkReason(err), attempt + 1);
         await backoff(policy, attempt, signal);
         continue;
       }
       if (res.ok) return res;
       if (isTransientStatus(res.status) && attempt + 1 < policy.attempts) {
         await res.body?.cancel();
-        onRetry?.(`HTTP ${res.status}`);
+        onRetry?.(`HTTP ${res.status}`, attempt + 1);
         await backoff(policy, attempt, signal);
         continue;
       }

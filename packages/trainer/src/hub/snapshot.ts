@@ -110,7 +110,7 @@ export async function snapshotDownload(options: SnapshotDownloadOptions): Promis
 
   const policy: RetryPolicy = { ...DEFAULT_RETRY, ...options.retry };
   const target: Target = { repo, revision, endpoint: settings.endpoint, tokenSet: settings.token !== undefined };
-  const onRetry = (path: string | undefined) => (reason: string, attempt = 0) => emit({ type: 'retry', path, attempt, reason });
+  const onRetry = (path: string | undefined) => (reason: string, attempt: number) => emit({ type: 'retry', path, attempt, reason });
   const common = {
     name: repo.id,
     hubUrl: settings.endpoint,
