@@ -62,7 +62,7 @@ describe('bad configs: one line naming the file, the key, the value and what is 
     ['a list for a mapping', { ...base, optimizer: [0.9] }, 'bad.yaml: optimizer: got [0.9], expected a mapping'],
     ['unknown family', { ...base, family: 'gpt3' }, 'bad.yaml: family: got "gpt3", expected one of bert, roberta, llama, gpt2'],
     ['name with a space', { ...base, name: 'my run' }, 'bad.yaml: name: got "my run", expected letters, digits, ., _ or -, starting with a letter or digit'],
-    ['undetectable family', { ...base, model: 'my-org/classifier' }, 'bad.yaml: family: cannot tell the family of "my-org/classifier" (no config.json here, no family in its name); set family: bert | roberta | llama | gpt2'],
+    ['undetectable family', { ...base, model: 'my-org/classifier' }, 'bad.yaml: family: cannot tell the family of "my-org/classifier" (not in the hub cache yet, no family in its name); set family: bert | roberta | llama | gpt2, or run muscle download my-org/classifier first'],
     ['not a mapping', [1, 2], 'bad.yaml: got [1,2], expected a mapping of config keys (name, model, dataset, attacks, ...)'],
   ];
   it.each(cases)('%s', (_, raw, message) => {

@@ -67,7 +67,10 @@ export function detectFamily(model: string, filesDir: string | undefined): Famil
   }
   const name = model.toLowerCase();
   for (const family of ['roberta', 'llama', 'gpt2', 'bert'] as const) if (name.includes(family)) return { family };
-  return { error: `cannot tell the family of ${JSON.stringify(model)} (no config.json here, no family in its name); set family: ${Object.keys(MODEL_TYPES).join(' | ')}` };
+  const families = Object.keys(MODEL_TYPES).join(' | ');
+  // A hub id not downloaded yet: its config.json would tell, once `muscle download` has fetched it.
+  if (!looksLikePath(model) && filesDir === undefined) return { error: `cannot tell the family of ${JSON.stringify(model)} (not in the hub cache yet, no family in its name); set family: ${families}, or run muscle download ${model} first` };
+  return { error: `cannot tell the family of ${JSON.stringify(model)} (no config.json here, no family in its name); set family: ${families}` };
 }
 
 /** The model's files are not on this machine. */
