@@ -1,5 +1,6 @@
 import * as z from 'zod';
 import { poisonSectionSchema, type PoisonSection } from '../attacks/options.js';
+import { datasetSchema, type DatasetSpec } from './dataset.js';
 
 // The run configuration as a user writes it (YAML). Every key but the first four is optional: what is left
 // out comes from the model family's defaults (defaults.ts), so `model: roberta-base` alone picks the paper's
@@ -58,7 +59,7 @@ export const rawConfigSchema = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, { error: 'expected letters, digits, ., _ or -, starting with a letter or digit' }).describe('run name: results go to <out>/<name>/ (letters, digits, . _ -)'),
   model: z.string().min(1).describe('Hugging Face hub id or local model directory (relative paths are relative to the config file)'),
   family: z.enum(FAMILIES).optional().describe("model family; detected from config.json's model_type or the model name when left out"),
-  dataset: z.string().min(1).describe('dataset directory: clean/{train,dev,test}.tsv and <attack>/*.csv (relative to the config file)'),
+  dataset: datasetSchema,
   attacks: z.array(z.enum(ATTACKS)).min(1).describe('attacks to defend against, one poisoned training set each'),
   methods: z.array(z.enum(METHODS)).min(1).optional().describe('methods to train, each on every attack (musclelora)'),
   poisonRate: z.number().gt(0).max(1).optional().describe('poisoned share of the training set; selects <attack>/train-poison-<rate>.csv, 1 = train-poison-all.csv (0.1)'),
@@ -87,7 +88,9 @@ export type RawConfig = z.infer<typeof rawConfigSchema>;
 type Filled<T> = { [K in keyof T]-?: Exclude<T[K], undefined> };
 
 /** The fully resolved configuration: every key present (but `limit`), paths absolute. */
-export interface RunConfig extends Omit<Filled<RawConfig>, 'lora' | 'mslr' | 'ga' | 'optimizer' | 'limit' | 'methodLr' | 'poison'> {
+export interface RunConfig extends Omit<Filled<RawConfig>, 'dataset' | 'lora' | 'mslr' | 'ga' | 'optimizer' | 'limit' | 'methodLr' | 'poison'> {
+  /** A layout directory, a registry dataset, or the user's clean files (paths absolute). */
+  dataset: DatasetSpec;
   limit?: number;
   poison?: PoisonSection;
   methodLr: Partial<Record<Method, number>>;

@@ -13,3 +13,4 @@ export { loadTable, loadCleanSplits, readRawTable, matchFiles, type DatasetFiles
 export { splitDev } from './split.js';
 export { countDuplicates, duplicateWarning, normaliseText, type DuplicateCounts } from './duplicates.js';
 export { REGISTRY, REGISTRY_NAMES, isRegistryName, registryFiles, loadRegistryDataset, cachedDatasetSnapshot, type RegistryName, type RegistryEntry, type RegistryOptions, type DatasetDownload } from './registry.js';
+export { loadRunData, loadDatasetSplits, type RunData, type RunDataConfig, type RunDataOptions } from './source.js';

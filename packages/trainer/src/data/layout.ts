@@ -12,8 +12,8 @@ import { ATTACK_CSV, CLEAN_TSV, readTable, type Example } from './table.js';
 //   <attack>/{dev,test}-clean.csv                  clean sets (clean/{dev,test}.tsv where absent) -> CACC
 //   <attack>/{dev,test}-poison.csv                 triggered non-target rows, labelled target -> ASR
 
-/** `seed` draws the `limit` sample; with `targetLabel` and `poison` it also poisons a clean dataset in memory. */
-export type DataOptions = Pick<RunConfig, 'dataset' | 'poisonRate' | 'numLabels' | 'limit'> & Partial<Pick<RunConfig, 'targetLabel' | 'poison'>> & { seed?: number };
+/** `dataset` is the layout directory; `seed` draws the `limit` sample; with `targetLabel` and `poison` it also poisons a clean dataset in memory. */
+export type DataOptions = { dataset: string } & Pick<RunConfig, 'poisonRate' | 'numLabels' | 'limit'> & Partial<Pick<RunConfig, 'targetLabel' | 'poison'>> & { seed?: number };
 
 export interface AttackFiles {
   train: string;

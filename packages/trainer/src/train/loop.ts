@@ -1,12 +1,14 @@
 import type { Attack, Method, RunConfig } from '../config/schema.js';
 import { chunks, makeBatch } from '../data/batch.js';
 import { DataError } from '../data/errors.js';
-import { checkDataset, loadAttackData } from '../data/layout.js';
+import type { AttackData } from '../data/layout.js';
 import { rngFor, range, shuffled } from '../data/random.js';
 import { splitReference } from '../data/reference.js';
+import { loadRunData } from '../data/source.js';
 import type { Example } from '../data/table.js';
 import { openNativeSession } from '../engine/native.js';
 import { ensureModelDir } from '../hub/model.js';
+import { snapshotDownload } from '../hub/snapshot.js';
 import type { Batch, EncodedTexts, OpenSession, Session, SessionOptions } from '../engine/session.js';
 import { accuracy, asrRows, attackSuccessRate, confusion } from '../eval/metrics.js';
 import { Aborted, predictLabels } from '../eval/predict.js';
@@ -39,8 +41,7 @@ interface AttackSplits {
 
 type Encoded = { [K in keyof AttackSplits]: EncodedTexts };
 
-function prepareAttack(config: RunConfig, attack: Attack): AttackSplits {
-  const data = loadAttackData(config, attack);
+function prepareAttack(config: RunConfig, data: AttackData): AttackSplits {
   const needsReference = config.methods.some((m) => STRATEGIES[m].ga);
   // The reference set is drawn for every method when any uses GA, so all rows are selected on the same dev set.
   if (needsReference && config.ga.refSize >= data.devClean.length) {
@@ -201,7 +202,6 @@ function referenceBatches(config: RunConfig, attack: Attack, epoch: number, enco
  * results. Inputs are checked before anything trains, so a typo in the last attack's files fails at once.
  */
 export async function train(config: RunConfig, options: TrainOptions = {}): Promise<RunResults> {
-  checkDataset(config, config.attacks);
   const results: MethodResult[] = [];
   const run = (aborted: boolean): RunResults => ({
     name: config.name,
@@ -212,9 +212,17 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     aborted,
     results,
   });
+  // Every attack's data is read (a registry dataset downloaded first) and checked before the model is fetched.
   // A hub id that is not cached yet is downloaded now (not under HF_HUB_OFFLINE=1); Ctrl-C during it stops the run.
   let modelDir: string;
+  const prepared = new Map<Attack, AttackSplits>();
   try {
+    const data = await loadRunData(config, {
+      download: (request) => snapshotDownload({ ...request, onProgress: (event) => options.onProgress?.({ type: 'download', event }) }),
+      ...(options.signal && { signal: options.signal }),
+    });
+    for (const message of data.warnings) options.onProgress?.({ type: 'warning', message });
+    for (const [attack, attackData] of data.attacks) prepared.set(attack, prepareAttack(config, attackData));
     modelDir = await ensureModelDir(config.model, { onProgress: (event) => options.onProgress?.({ type: 'download', event }), ...(options.signal && { signal: options.signal }) });
   } catch (err) {
     if (options.signal?.aborted) return run(true);
@@ -223,7 +231,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   const open = options.openSession ?? openNativeSession;
 
   for (const attack of config.attacks) {
-    const splits = prepareAttack(config, attack);
+    const splits = prepared.get(attack)!;
     let encoded: Encoded | undefined; // the tokenizer is the model's: encode once per attack, reuse for every method
     for (const method of config.methods) {
       if (options.signal?.aborted) return run(true);
