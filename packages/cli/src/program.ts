@@ -5,6 +5,7 @@ import {
   ConfigError,
   DataError,
   DEVICES,
+  HubError,
   ModelNotFoundError,
   NativeEngineError,
   RUN_FILES,
@@ -141,7 +142,7 @@ export async function main(argv: readonly string[], env: CliEnv = { stdout: proc
       return EXIT.usage;
     }
     const message = err instanceof Error ? err.message : String(err);
-    env.stderr.write(`muscle: ${err instanceof NativeEngineError ? message : `error: ${message}`}\n`);
+    env.stderr.write(`muscle: ${err instanceof NativeEngineError || err instanceof HubError ? message : `error: ${message}`}\n`);
     if (process.env['MUSCLE_DEBUG'] && err instanceof Error && err.stack) env.stderr.write(`${err.stack}\n`);
     return EXIT.failure;
   }

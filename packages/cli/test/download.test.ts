@@ -155,12 +155,23 @@ describe('muscle run with a hub model', () => {
     const dir = snapshot('models', 'org/tiny-bert');
     expect(log.opened.map((o) => o.modelDir)).toEqual([dir]);
     expect(lstatSync(join(dir, 'model.safetensors')).isSymbolicLink()).toBe(true);
-    expect(stderr.split('\n').slice(0, 5)).toEqual([
+    // (The data layer may warn about the scripted rows first; the download lines are what this checks.)
+    expect(stderr.split('\n').filter((l) => !l.startsWith('warning: ')).slice(0, 5)).toEqual([
       `org/tiny-bert at main (${C1.slice(0, 12)}): 3 files, 1.1 kB to download`,
       'fetching config.json (37 B)',
       'fetching tokenizer.json (12 B)',
       'fetching model.safetensors (1.1 kB)',
       'badnets/lora: 1 epochs of 2 steps, 10 trainable parameters',
     ]);
+  });
+
+  it('a hub model that cannot be downloaded fails before training: exit 1, the hub error in one line', async () => {
+    const dataset = writeDataset({ train: scriptedRows('mixed', 8), devClean: scriptedRows('mixed', 4), devPoison: scriptedRows('trig', 4), testClean: scriptedRows('mixed', 4), testPoison: scriptedRows('trig', 4) });
+    const config = join(writeFiles(tempDir(), { 'run.yaml': `name: hub\nmodel: org/missing-bert\ndataset: ${dataset}\nattacks: [badnets]\nmethods: [lora]\n` }), 'run.yaml');
+    const log = newLog();
+    const { code, stdout, stderr } = await muscle(['run', config, '--out', tempDir()], scriptedEngine({ devAcc: [0.5], devAsr: [0.5], stepsPerEpoch: 2 }, log));
+    expect({ code, stdout }).toEqual({ code: EXIT.failure, stdout: '' });
+    expect(stderr.split('\n').filter((l) => !l.startsWith('warning: '))).toEqual([`muscle: model org/missing-bert not found on ${hub.url} (HTTP 404): check the repo id (a dataset repo needs --dataset)`, '']);
+    expect(log.opened).toEqual([]);
   });
 });

@@ -22,6 +22,8 @@ export interface Misbehaviour {
   /** Send this many bytes of the body, then cut the connection; `drops` times (1 by default). */
   dropAfter?: number;
   drops?: number;
+  /** Send this many bytes of the body, then nothing more (the connection stays open); once. */
+  stallAfter?: number;
   /** Answer every request with the whole file (200), Range or not. */
   ignoreRange?: boolean;
   /** Flip one byte in the middle of what is served. */
@@ -70,6 +72,7 @@ export async function startFakeHub(repos: FakeRepo[], options: { token?: string 
   const requests: LoggedRequest[] = [];
   const misbehave = new Map<string, Misbehaviour>();
   const dropped = new Map<string, number>();
+  const stalled = new Set<string>();
   /** The LFS content with this sha256, from any commit of any repo (commits may be added while it runs). */
   const cdnObject = (sha: string) => {
     for (const repo of repos) for (const c of repo.commits) for (const [path, content] of Object.entries(c.files)) if (isLfs(path) && sha256(bytes(content)) === sha) return { key: `${repo.id}:${path}`, data: bytes(content) };
@@ -104,6 +107,10 @@ export async function startFakeHub(repos: FakeRepo[], options: { token?: string 
       'content-length': String(body.length),
       ...(range && !m.ignoreRange && { 'content-range': `bytes ${start}-${data.length - 1}/${data.length}` }),
     });
+    if (m.stallAfter !== undefined && !stalled.has(key)) {
+      stalled.add(key);
+      return void res.write(body.subarray(0, m.stallAfter));
+    }
     const drops = dropped.get(key) ?? 0;
     if (m.dropAfter !== undefined && drops < (m.drops ?? 1)) {
       dropped.set(key, drops + 1);

@@ -232,7 +232,7 @@ describe('broken downloads', () => {
     const from = Number(/^bytes=(\d+)-$/.exec(second ?? '')?.[1]);
     expect(from).toBeGreaterThan(0);
     expect(from).toBeLessThanOrEqual(half);
-    expect(events.filter((e) => e.type === 'retry')).toEqual([{ type: 'retry', path: 'model.safetensors', attempt: 1, reason: `the connection dropped after ${from} of ${WEIGHTS.length} bytes (other side closed)` }]);
+    expect(events.filter((e) => e.type === 'retry')).toEqual([{ type: 'retry', path: 'model.safetensors', attempt: 1, reason: `after ${from} of ${WEIGHTS.length} bytes: other side closed` }]);
     expect(events.filter((e) => e.type === 'file' && e.path === 'model.safetensors')).toEqual([
       { type: 'file', path: 'model.safetensors', size: WEIGHTS.length, from: 0 },
       { type: 'file', path: 'model.safetensors', size: WEIGHTS.length, from },
@@ -267,9 +267,9 @@ describe('broken downloads', () => {
     const env = envFor(h);
     const err = await failure(download({ repo: 'org/tiny-bert', env, retry: { attempts: 3, delayMs: 1 } }));
     expect(err.code).toBe('network');
-    const kept = Number(/dropped after (\d+) of/.exec(err.message)?.[1]);
+    const kept = Number(/\(after (\d+) of/.exec(err.message)?.[1]);
     expect(err.message).toBe(
-      `cannot download model.safetensors of model org/tiny-bert (revision ${C1}): the hub at ${h.url} is unreachable or dropped the connection (the connection dropped after ${kept} of ${WEIGHTS.length} bytes (other side closed); 3 tries); check the network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use only the cache`,
+      `cannot download model.safetensors of model org/tiny-bert (revision ${C1}): the hub at ${h.url} is unreachable or dropped the connection (after ${kept} of ${WEIGHTS.length} bytes: other side closed; 3 tries); check the network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use only the cache`,
     );
     // Each try resumes where the last one's bytes end: 100 more bytes a try.
     expect(kept).toBe(300);
@@ -277,6 +277,16 @@ describe('broken downloads', () => {
     const blobs = join(env['HF_HOME']!, 'hub', 'models--org--tiny-bert', 'blobs');
     expect(existsSync(join(blobs, sha256(WEIGHTS)))).toBe(false);
     expect(readFileSync(join(blobs, `${sha256(WEIGHTS)}.incomplete`))).toEqual(Buffer.from(WEIGHTS.subarray(0, kept)));
+  });
+
+  it('a connection that stalls counts as dropped: the download resumes on a new one', async () => {
+    const h = await serve([tinyBert()]);
+    h.misbehave.set(key, { stallAfter: 1000 });
+    const events: HubProgressEvent[] = [];
+    const dir = await download({ repo: 'org/tiny-bert', env: envFor(h), retry: { delayMs: 1, stallMs: 500 } }, events);
+    expect(readFileSync(join(dir, 'model.safetensors'))).toEqual(Buffer.from(WEIGHTS));
+    expect(events.filter((e) => e.type === 'retry')).toEqual([{ type: 'retry', path: 'model.safetensors', attempt: 1, reason: `after 1000 of ${WEIGHTS.length} bytes: no data for 0.5 s` }]);
+    expect(h.downloads(key).map((r) => r.range)).toEqual([undefined, 'bytes=1000-']);
   });
 
   it('bytes that do not hash to the LFS sha256 are discarded: nothing under the final name, no .incomplete', async () => {
@@ -310,7 +320,7 @@ describe('broken downloads', () => {
 
     h.misbehave.set(key, { listedSize: WEIGHTS.length + 10 });
     const shorter = await failure(download({ repo: 'org/tiny-bert', env, retry: { attempts: 2, delayMs: 1 } }));
-    expect(shorter.message).toContain(`(the connection closed after ${WEIGHTS.length} of ${WEIGHTS.length + 10} bytes; 2 tries)`);
+    expect(shorter.message).toContain(`(after ${WEIGHTS.length} of ${WEIGHTS.length + 10} bytes: the connection closed early; 2 tries)`);
   });
 
   it('an abort stops the download and leaves only the .incomplete file', async () => {

@@ -28,8 +28,27 @@ export interface BlobDownload {
   onRetry?: (reason: string, attempt: number) => void;
 }
 
-/** A failure worth another try: the connection dropped, a transient status, an inconsistent range. */
+/** A failure worth another try: the connection dropped or stalled, a transient status, an inconsistent range. */
 class Dropped extends Error {}
+
+/** Aborts a request that receives nothing for `ms`: a stalled connection is retried like a dropped one. */
+class Watchdog {
+  readonly controller = new AbortController();
+  private timer: NodeJS.Timeout | undefined;
+  constructor(private readonly ms: number) {
+    this.kick();
+  }
+  kick(): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.controller.abort(), this.ms);
+  }
+  get fired(): boolean {
+    return this.controller.signal.aborted;
+  }
+  stop(): void {
+    clearTimeout(this.timer);
+  }
+}
 
 async function hashFile(path: string, hash: BlobDownload['hash'], size: number): Promise<string> {
   const h = createHash(hash.algorithm === 'sha256' ? 'sha256' : 'sha1');
@@ -47,13 +66,31 @@ async function fetchInto(job: BlobDownload, partial: string): Promise<void> {
   }
   if (have === job.size && have > 0) return; // an earlier run got every byte but stopped before the rename
 
+  const watchdog = new Watchdog(job.policy.stallMs);
+  try {
+    return await fetchBody(job, partial, have, watchdog);
+  } finally {
+    watchdog.stop();
+  }
+}
+
+async function fetchBody(job: BlobDownload, partial: string, have: number, watchdog: Watchdog): Promise<void> {
+  const signal = job.signal ? AbortSignal.any([job.signal, watchdog.controller.signal]) : watchdog.controller.signal;
+  /** The error to throw for a failed request or body: the caller's abort, or a Dropped worth a retry. */
+  const failed = (err: unknown, what: string): unknown => {
+    if (job.signal?.aborted) return job.signal.reason;
+    if (watchdog.fired) return new Dropped(`${what}no data for ${job.policy.stallMs / 1000} s`);
+    if (isAbort(err)) return err;
+    return new Dropped(`${what}${networkReason(err)}`, { cause: err });
+  };
   let res: Response;
   try {
-    res = await fetch(job.url, { headers: { ...job.headers, ...(have > 0 && { Range: `bytes=${have}-` }) }, ...(job.signal && { signal: job.signal }) });
+    // identity: the byte counts, ranges and hashes are of the file itself, never of a compressed stream.
+    res = await fetch(job.url, { headers: { ...job.headers, 'Accept-Encoding': 'identity', ...(have > 0 && { Range: `bytes=${have}-` }) }, signal });
   } catch (err) {
-    if (isAbort(err, job.signal)) throw job.signal?.reason ?? err;
-    throw new Dropped(networkReason(err), { cause: err });
+    throw failed(err, '');
   }
+  watchdog.kick();
   let from = 0;
   if (res.status === 206) {
     // Appending is right only when the server sends exactly the bytes after ours.
@@ -86,6 +123,7 @@ async function fetchInto(job: BlobDownload, partial: string): Promise<void> {
         if (received + chunk.length > job.size) {
           throw new HubError('integrity', `${describeTarget(job.target)}: the server sent more than the ${job.size} bytes the hub lists for it; the download was discarded, run again`);
         }
+        watchdog.kick();
         await handle.write(chunk);
         received += chunk.length;
         job.onBytes?.(received);
@@ -97,12 +135,11 @@ async function fetchInto(job: BlobDownload, partial: string): Promise<void> {
       await rm(partial, { force: true });
       throw err;
     }
-    if (isAbort(err, job.signal)) throw job.signal?.reason ?? err;
-    throw new Dropped(`the connection dropped after ${received} of ${job.size} bytes (${networkReason(err)})`, { cause: err });
+    throw failed(err, `after ${received} of ${job.size} bytes: `);
   } finally {
     await handle.close().catch(() => undefined);
   }
-  if (received < job.size) throw new Dropped(`the connection closed after ${received} of ${job.size} bytes`);
+  if (received < job.size) throw new Dropped(`after ${received} of ${job.size} bytes: the connection closed early`);
 }
 
 /** Downloads, verifies and renames one blob into place; the final name holds verified bytes or nothing. */

@@ -9,9 +9,11 @@ export interface RetryPolicy {
   attempts: number;
   /** Wait before the second try; doubled before each further one. */
   delayMs: number;
+  /** A download that receives nothing for this long counts as dropped (and resumes). */
+  stallMs: number;
 }
 
-export const DEFAULT_RETRY: RetryPolicy = { attempts: 4, delayMs: 500 };
+export const DEFAULT_RETRY: RetryPolicy = { attempts: 4, delayMs: 500, stallMs: 30_000 };
 
 /** What a request is for, so an error can say so. */
 export interface Target {
