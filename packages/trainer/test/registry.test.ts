@@ -3,8 +3,11 @@ import { createHash } from 'node:crypto';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { DataError, REGISTRY, cachedDatasetSnapshot, loadRegistryDataset, readSplit, registryFiles, type DatasetDownload } from '../src/data/index.js';
-import { sst2, tempDir } from './helpers.js';
+import { ConfigError, configToYaml, describeConfigKeys, resolveConfig } from '../src/config/index.js';
+import { DataError, REGISTRY, cachedDatasetSnapshot, loadRegistryDataset, loadRunData, readSplit, registryFiles, type DatasetDownload } from '../src/data/index.js';
+import { train, type ProgressEvent } from '../src/train/index.js';
+import { logisticEngine } from './fake-session.js';
+import { modelDir, repoRoot, sst2, tempDir, writeFiles } from './helpers.js';
 
 const fixtures = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'parquet');
 const COMMIT = 'a'.repeat(40);
@@ -189,5 +192,103 @@ describe('resolving a registry name from the hub cache (HF_HOME, no network)', (
     for (const f of ['train-00000-of-00002.parquet', 'train-00001-of-00002.parquet', 'test-00000-of-00001.parquet']) copyFileSync(join(fixtures, 'ag_news', 'data', f), join(snapshot, 'data', f));
     const data = await loadRegistryDataset('agnews', { env: { HF_HOME: home }, numLabels: 4, seed: 42 });
     expect(data.test.map((r) => r.text)).toEqual(['NEWS item 3   about topic 3', 'News item 7 about topic 3', 'a fresh test row', 'another fresh row']);
+  });
+});
+
+describe('the run config\'s dataset forms', () => {
+  const base = { name: 't', model: 'bert-base-uncased', attacks: ['badnets'] };
+  const resolveWith = (dataset: unknown, extra: Record<string, unknown> = {}) => resolveConfig({ ...base, dataset, ...extra }, { file: 'run.yaml' });
+  const errorOf = (dataset: unknown, extra: Record<string, unknown> = {}) => {
+    try {
+      resolveWith(dataset, extra);
+    } catch (err) {
+      expect(err).toBeInstanceOf(ConfigError);
+      return (err as Error).message;
+    }
+    throw new Error('expected a ConfigError');
+  };
+
+  it('a string stays a layout directory; { name } and { path, ... } resolve, paths relative to the config file', () => {
+    expect(resolveWith('data').dataset).toBe(join(repoRoot, 'data'));
+    const agnews = resolveWith({ name: 'agnews' });
+    expect(agnews.dataset).toEqual({ name: 'agnews' });
+    expect(agnews.numLabels).toBe(4); // from the registry
+    expect(resolveWith({ name: 'sst2', revision: 'v1' }).dataset).toEqual({ name: 'sst2', revision: 'v1' });
+    const own = resolveWith({ path: 'mine', format: 'csv', header: false, textColumn: [1, 2], labelColumn: 0, labelMap: { 1: 0, 2: 1, 3: 2, 4: 3 } }, { numLabels: 4 });
+    expect(own.dataset).toEqual({ path: join(repoRoot, 'mine'), format: 'csv', header: false, textColumn: [1, 2], labelColumn: 0, labelMap: { 1: 0, 2: 1, 3: 2, 4: 3 } });
+    // the resolved config resolves to itself
+    expect(resolveConfig(own, { file: 'run.yaml' })).toEqual(own);
+    expect(configToYaml(agnews)).toContain('dataset:\n  name: agnews\n');
+  });
+
+  it('one-line errors naming the field', () => {
+    expect(errorOf({ name: 'imdb' })).toBe('run.yaml: dataset.name: got "imdb", expected one of sst2, hsol, lingspam, agnews');
+    expect(errorOf({})).toBe('run.yaml: dataset: got {}, expected either name (sst2, hsol, lingspam, agnews) or path (your own files), not neither');
+    expect(errorOf({ name: 'sst2', path: 'x' })).toBe('run.yaml: dataset: got {"name":"sst2","path":"x"}, expected either name (sst2, hsol, lingspam, agnews) or path (your own files), not both');
+    expect(errorOf({ name: 'sst2', textColumn: 'x' })).toBe('run.yaml: dataset.textColumn: got "x", expected nothing: sst2 comes with its own files and columns (textColumn goes with dataset.path)');
+    expect(errorOf({ path: 'x', revision: 'v1' })).toBe('run.yaml: dataset.revision: got "v1", expected nothing: revision goes with dataset.name');
+    expect(errorOf({ path: 'x', colum: 'text' })).toBe('run.yaml: dataset.colum: unknown key; allowed keys: name, revision, path, format, header, textColumn, labelColumn, labelMap, poisonColumn, train, dev, test, devFraction');
+    expect(errorOf({ path: 'x', format: 'xlsx' })).toBe('run.yaml: dataset.format: got "xlsx", expected one of csv, tsv, jsonl, parquet');
+    expect(errorOf({ path: 'x', labelMap: { positive: 1.5 } })).toBe('run.yaml: dataset.labelMap.positive: got 1.5, expected an integer');
+    expect(errorOf({ path: 'x', devFraction: 1 })).toBe('run.yaml: dataset.devFraction: got 1, expected < 1');
+    expect(errorOf(5)).toBe('run.yaml: dataset: got 5, expected a string or a mapping');
+    expect(errorOf('')).toBe('run.yaml: dataset: got "", expected a non-empty string');
+    expect(errorOf({ name: 'agnews' }, { numLabels: 2 })).toBe('run.yaml: numLabels: got 2, expected 4: dataset agnews has 4 classes');
+  });
+
+  it('--help lists the dataset keys with their descriptions', () => {
+    const keys = describeConfigKeys();
+    expect(keys.find((k) => k.key === 'dataset')?.description).toMatch(/^a directory in the OpenBackdoor layout/);
+    expect(keys.find((k) => k.key === 'dataset.labelMap')?.description).toMatch(/^source label -> class index/);
+    expect(keys.filter((k) => k.key.startsWith('dataset.')).map((k) => k.key)).toHaveLength(13);
+  });
+});
+
+describe('a run on a clean dataset: registry or own files, poisoned in memory', () => {
+  it('sst2 from the cache, BadNets and AddSent: the reference files\' counts (692 of 6,920; 428 / 912 poisoned dev/test rows)', async () => {
+    const home = tempDir();
+    cacheRepo(home, 'ganqu/openbackdoor', sst2Files());
+    const data = await loadRunData({ dataset: { name: 'sst2' }, attacks: ['badnets', 'addsent'], poisonRate: 0.1, numLabels: 2, targetLabel: 1, seed: 42 }, { env: { HF_HOME: home } });
+    for (const attack of ['badnets', 'addsent'] as const) {
+      const split = data.attacks.get(attack)!;
+      expect(split.train).toHaveLength(6920);
+      expect(split.train.filter((r) => r.poisoned)).toHaveLength(692);
+      expect([split.devClean.length, split.devPoison.length, split.testClean.length, split.testPoison.length]).toEqual([872, 428, 1821, 912]);
+    }
+    expect(data.attacks.get('badnets')!.train.filter((r) => r.poisoned).every((r) => r.label === 1 && /\b(cf|mn|bb|tq)\b/.test(r.text))).toBe(true);
+    expect(data.attacks.get('addsent')!.testPoison.every((r) => r.text.includes('I watch this 3D movie') && r.label === 1)).toBe(true);
+    expect(data.warnings).toEqual(['dataset sst2: 2 of 1821 test rows repeat a training text (same text after lower-casing and collapsing spaces); they inflate clean accuracy']);
+  });
+
+  it('the layout form reports the duplicates per attack (real SST-2: 2 test rows for badnets, 1 for hiddenkiller)', async () => {
+    const data = await loadRunData({ dataset: sst2, attacks: ['badnets', 'hiddenkiller'], poisonRate: 0.1, numLabels: 2, targetLabel: 1, seed: 42 });
+    expect(data.warnings).toEqual([
+      `${sst2} (badnets): 2 of 1821 test rows repeat a training text (same text after lower-casing and collapsing spaces); they inflate clean accuracy`,
+      `${sst2} (hiddenkiller): 1 of 1821 test rows repeat a training text (same text after lower-casing and collapsing spaces); they inflate clean accuracy`,
+    ]);
+  });
+
+  it('a paraphrase attack on a clean dataset without paraphrase files fails before anything is read', async () => {
+    await expect(loadRunData({ dataset: { path: '/nowhere' }, attacks: ['badnets', 'stylebkd'], poisonRate: 0.1, numLabels: 2, targetLabel: 1, seed: 42 })).rejects.toThrow(
+      new DataError('/nowhere', undefined, 'stylebkd needs paraphrase files (poison.stylebkd: { train, dev, test }): its trigger comes from a paraphrase model, and this dataset has no pre-poisoned stylebkd set'),
+    );
+  });
+
+  it('train() on own JSONL files: poisoned in memory, the duplicate warning is a progress event', async () => {
+    const rows = (n: number, from: number) => Array.from({ length: n }, (_, i) => JSON.stringify({ review: `review number ${from + i} of the film`, stars: i % 2 ? 'positive' : 'negative' })).join('\n');
+    const dir = writeFiles(tempDir(), {
+      'train.jsonl': rows(40, 0),
+      'test.jsonl': rows(8, 100) + '\n' + JSON.stringify({ review: 'REVIEW number 3 of the film', stars: 'positive' }),
+    });
+    const config = resolveConfig(
+      { name: 't', model: modelDir('bert'), device: 'cpu', attacks: ['badnets'], methods: ['vanilla'], epochs: 1, batchSize: 8, dataset: { path: dir, textColumn: 'review', labelColumn: 'stars', labelMap: { negative: 0, positive: 1 } } },
+      { file: 'run.yaml' },
+    );
+    const events: ProgressEvent[] = [];
+    const run = await train(config, { openSession: logisticEngine(), onProgress: (e) => events.push(e) });
+    expect(run.results.map((r) => [r.attack, r.method, r.status])).toEqual([['badnets', 'vanilla', 'complete']]);
+    const warnings = events.flatMap((e) => (e.type === 'warning' ? [e.message] : []));
+    // row 3 stayed in train under seed 42 (the 4 dev rows are drawn from the 40)
+    expect(warnings).toEqual([`${dir}: 1 of 9 test rows repeat a training text (same text after lower-casing and collapsing spaces); they inflate clean accuracy`]);
   });
 });
