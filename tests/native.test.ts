@@ -78,6 +78,19 @@ describe('@musclelora/core-native', () => {
     s.free();
   });
 
+  it('says where it runs; auto takes the CPU where no GPU is found, cuda refuses with the reason', async () => {
+    const cpu = await native.openSession(options({ device: 'cpu' }));
+    expect(cpu.device).toMatch(/^cpu \(\d+ threads\)$/);
+    cpu.free();
+    const auto = await native.openSession(options({ device: 'auto' }));
+    const hasGpu = auto.device.startsWith('cuda:');
+    if (!hasGpu) expect(auto.device).toMatch(/^cpu /);
+    auto.free();
+    if (!hasGpu) {
+      await expect(native.openSession(options({ device: 'cuda' }))).rejects.toThrow(/^device `cuda`: .+; use device: cpu \(or auto, which falls back to the CPU\)$/);
+    }
+  });
+
   it('turns bad input into an Error with a clear message', async () => {
     await expect(native.openSession(options({ modelDir: path.join(repo, 'no/such/model') }))).rejects.toThrow(/no\/such\/model: model folder not found; give a folder with config.json/);
     await expect(native.openSession(options({ device: 'tpu' }))).rejects.toThrow('device `tpu` is not one of cpu, cuda, auto');

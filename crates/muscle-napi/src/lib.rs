@@ -7,8 +7,8 @@
 
 use muscle_engine::io::tokenizer::TextTokenizer;
 use muscle_engine::{
-    AdamWConfig, BatchRef, Classifier, Cpu, GaBranch, GaRule, LoraSpec, MslrSpec, StepSettings as EngineStep, TrainMode,
-    TrainSpec,
+    AdamWConfig, Backend, BatchRef, Classifier, Cpu, Cuda, GaBranch, GaRule, LoraSpec, MslrSpec, StepSettings as EngineStep,
+    TrainMode, TrainSpec,
 };
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -210,12 +210,57 @@ static THREADS: Once = Once::new();
 
 // ---- the session --------------------------------------------------------------------------
 
+/// The classifier on whichever backend the session opened.
+enum Engine {
+    Cpu(Classifier<Cpu>),
+    Cuda(Classifier<Cuda>),
+}
+
+/// `dispatch!(engine, c => expr)`: `expr` with `c` bound to the classifier, whatever its backend.
+macro_rules! dispatch {
+    ($e:expr, $c:ident => $body:expr) => {
+        match $e {
+            Engine::Cpu($c) => $body,
+            Engine::Cuda($c) => $body,
+        }
+    };
+}
+
+impl Engine {
+    fn open<B: Backend>(be: B, dir: &std::path::Path, o: &SessionOptions, spec: &TrainSpec, adamw: AdamWConfig)
+                        -> Result<Classifier<B>> {
+        let mut clf = Classifier::open(be, dir, o.num_labels as usize, spec, o.seed as u64, adamw).map_err(engine_err)?;
+        clf.model.set_dropout(o.dropout);
+        Ok(clf)
+    }
+
+    fn pad_id(&self) -> i32 {
+        dispatch!(self, c => c.model.cfg.pad_token_id.unwrap_or(0))
+    }
+
+    fn num_trainable(&self) -> usize {
+        dispatch!(self, c => c.model.params.num_trainable_elements())
+    }
+}
+
+/// The device a session asks for, resolved: `auto` takes the GPU when the driver offers one.
+fn choose_device(device: &str) -> Result<bool> {
+    match device {
+        "cpu" => Ok(false),
+        "auto" => Ok(Cuda::probe().is_ok()),
+        "cuda" => Cuda::probe()
+            .map(|_| true)
+            .map_err(|why| invalid(format!("device `cuda`: {why}; use device: cpu (or auto, which falls back to the CPU)"))),
+        other => Err(invalid(format!("device `{other}` is not one of cpu, cuda, auto"))),
+    }
+}
+
 struct Inner {
-    clf: Option<Classifier<Cpu>>,
+    clf: Option<Engine>,
 }
 
 impl Inner {
-    fn get(&mut self) -> Result<&mut Classifier<Cpu>> {
+    fn get(&mut self) -> Result<&mut Engine> {
         self.clf.as_mut().ok_or_else(|| Error::new(Status::GenericFailure, "the session was freed".to_string()))
     }
 }
@@ -224,6 +269,7 @@ impl Inner {
 #[napi]
 pub struct Session {
     inner: Arc<Mutex<Inner>>,
+    device: String,
     tokenizer: Arc<TextTokenizer>,
     pad_id: i32,
     num_labels: u32,
@@ -242,7 +288,8 @@ pub struct OpenTask {
 }
 
 pub struct Opened {
-    clf: Classifier<Cpu>,
+    clf: Engine,
+    device: String,
     tokenizer: TextTokenizer,
     pad_id: i32,
     num_labels: u32,
@@ -256,11 +303,7 @@ impl Task for OpenTask {
     fn compute(&mut self) -> Result<Opened> {
         let o = self.opts.take().ok_or_else(|| invalid("session options already used"))?;
         guarded("openSession", || {
-            match o.device.as_str() {
-                "cpu" | "auto" => {}
-                "cuda" => return Err(invalid("device `cuda`: this build has no CUDA backend yet; use device: cpu or auto")),
-                other => return Err(invalid(format!("device `{other}` is not one of cpu, cuda, auto"))),
-            }
+            let gpu = choose_device(&o.device)?;
             if let Some(n) = o.threads {
                 THREADS.call_once(|| {
                     // fails only if a pool already exists, in which case that one is used
@@ -281,18 +324,26 @@ impl Task for OpenTask {
                 weight_decay: o.optimizer.weight_decay as f32,
             };
             let tokenizer = TextTokenizer::open(&dir, o.max_length as usize).map_err(engine_err)?;
-            let mut clf = Classifier::open(Cpu::new(), &dir, o.num_labels as usize, &spec, o.seed as u64, adamw)
-                .map_err(engine_err)?;
-            clf.model.set_dropout(o.dropout);
-            let pad_id = clf.model.cfg.pad_token_id.unwrap_or(0);
-            Ok(Opened { clf, tokenizer, pad_id, num_labels: o.num_labels, max_grad_norm: o.optimizer.max_grad_norm as f32 })
+            let (clf, device) = if gpu {
+                let be = Cuda::new(0).map_err(engine_err)?;
+                let info = be.info().clone();
+                let device = format!("cuda:{} ({}, sm_{}{})", info.ordinal, info.name, info.compute_capability.0, info.compute_capability.1);
+                (Engine::Cuda(Engine::open(be, &dir, &o, &spec, adamw)?), device)
+            } else {
+                let be = Cpu::new();
+                let device = format!("cpu ({} threads)", be.threads());
+                (Engine::Cpu(Engine::open(be, &dir, &o, &spec, adamw)?), device)
+            };
+            let pad_id = clf.pad_id();
+            Ok(Opened { clf, device, tokenizer, pad_id, num_labels: o.num_labels, max_grad_norm: o.optimizer.max_grad_norm as f32 })
         })
     }
 
     fn resolve(&mut self, _env: Env, out: Opened) -> Result<Session> {
-        let num_trainable = out.clf.model.params.num_trainable_elements() as u32;
+        let num_trainable = out.clf.num_trainable() as u32;
         Ok(Session {
             inner: Arc::new(Mutex::new(Inner { clf: Some(out.clf) })),
+            device: out.device,
             tokenizer: Arc::new(out.tokenizer),
             pad_id: out.pad_id,
             num_labels: out.num_labels,
@@ -344,9 +395,8 @@ impl Task for StepTask {
     fn compute(&mut self) -> Result<Self::Output> {
         guarded("trainStep", || {
             let mut inner = lock(&self.inner);
-            let clf = inner.get()?;
             let reference = self.reference.as_ref().map(|r| r.as_ref());
-            clf.train_step(&self.batch.as_ref(), reference.as_ref(), &self.settings).map_err(engine_err)
+            dispatch!(inner.get()?, c => c.train_step(&self.batch.as_ref(), reference.as_ref(), &self.settings)).map_err(engine_err)
         })
     }
 
@@ -382,7 +432,7 @@ impl Task for PredictTask {
     fn compute(&mut self) -> Result<Vec<f32>> {
         guarded("predict", || {
             let mut inner = lock(&self.inner);
-            inner.get()?.predict(&self.batch.as_ref()).map_err(engine_err)
+            dispatch!(inner.get()?, c => c.predict(&self.batch.as_ref())).map_err(engine_err)
         })
     }
 
@@ -411,13 +461,13 @@ impl Task for StateTask {
     fn compute(&mut self) -> Result<()> {
         guarded("a state operation", || {
             let mut inner = lock(&self.inner);
-            let clf = inner.get()?;
+            let engine = inner.get()?;
             match self.op {
                 StateOp::Snapshot => {
-                    clf.snapshot();
+                    dispatch!(engine, c => c.snapshot());
                     Ok(())
                 }
-                StateOp::Restore => clf.restore().map_err(engine_err),
+                StateOp::Restore => dispatch!(engine, c => c.restore()).map_err(engine_err),
                 StateOp::Panic => panic!("deliberate panic for the test suite"),
             }
         })
@@ -434,6 +484,12 @@ impl Session {
     #[napi(getter)]
     pub fn pad_id(&self) -> i32 {
         self.pad_id
+    }
+
+    /// Where the session runs, e.g. `cpu (16 threads)` or `cuda:0 (NVIDIA H100 80GB HBM3, sm_90)`.
+    #[napi(getter)]
+    pub fn device(&self) -> String {
+        self.device.clone()
     }
 
     #[napi(getter)]
@@ -488,7 +544,10 @@ impl Session {
     /// Writes the trainable tensors to a safetensors file (atomically).
     #[napi]
     pub fn save_trainable(&self, path: String) -> Result<()> {
-        guarded("saveTrainable", || lock(&self.inner).get()?.save_trainable(&PathBuf::from(&path)).map_err(engine_err))
+        guarded("saveTrainable", || {
+            let mut inner = lock(&self.inner);
+            dispatch!(inner.get()?, c => c.save_trainable(&PathBuf::from(&path))).map_err(engine_err)
+        })
     }
 
     /// Releases the model's memory now rather than at garbage collection.
