@@ -24,12 +24,13 @@ struct Args {
     json: Option<String>,
     gemms: bool,
     kernels: bool,
+    cuda: bool,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
     let mut a = Args { layers: 12, hidden: 768, batch: 32, seq: 64, iters: 3,
                        modes: vec!["lora".into(), "musclelora".into(), "full".into(), "eval".into()], json: None,
-                       gemms: false, kernels: false };
+                       gemms: false, kernels: false, cuda: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -43,16 +44,26 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--json" => a.json = Some(val()?),
             "--gemms" => a.gemms = true,
             "--kernels" => a.kernels = true,
+            "--device" => a.cuda = match val()?.as_str() {
+                "cpu" => false,
+                "cuda" => true,
+                other => return Err(format!("--device: `{other}` is not one of cpu, cuda")),
+            },
             "-h" | "--help" => {
                 println!("muscle-bench [--layers 12] [--hidden 768] [--batch 32] [--seq 64] [--iters 3] \
-                          [--modes lora,musclelora,full,eval] [--json out.json] [--gemms] [--kernels]\n\n\
+                          [--modes lora,musclelora,full,eval] [--device cpu|cuda] [--json out.json] [--gemms] [--kernels]\n\n\
                           Times training steps of a random BERT-shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
-                          dropout 0.1) against the same run's SGEMM peak at 2048^3.\n\
-                          --gemms: GFLOP/s of each layer GEMM shape; --kernels: ms of the non-GEMM kernels per layer.");
+                          dropout 0.1) against the same run's SGEMM peak (2048^3 on the CPU, with numpy's beside it;\n\
+                          cuBLAS f32 at 8192^3 on a GPU).\n\
+                          --device cuda: the CUDA backend on GPU 0 (f32), with the device memory in use after the steps.\n\
+                          --gemms: GFLOP/s of each layer GEMM shape; --kernels: ms of the non-GEMM kernels per layer (CPU).");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other}; see --help")),
         }
+    }
+    if a.cuda && (a.gemms || a.kernels) {
+        return Err("--gemms and --kernels measure the CPU backend; leave them out with --device cuda".into());
     }
     for m in &a.modes {
         if !["lora", "musclelora", "full", "eval"].contains(&m.as_str()) {
@@ -67,17 +78,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Best-of-5 GFLOP/s of our GEMM on 2048^3, both operands row-major, as the layers call it.
-fn sgemm_peak(be: &Cpu) -> f64 {
-    let n = 2048;
-    let a: Vec<f32> = (0..n * n).map(|i| ((i % 97) as f32 - 48.0) * 0.01).collect();
-    let b = a.clone();
-    let mut c = vec![0.0f32; n * n];
+/// Best-of-5 GFLOP/s of the backend's GEMM on n^3, B transposed as the layers' forward calls it
+/// (`check` waits for a GPU to finish).
+fn sgemm_peak<B: Backend>(be: &B, n: usize) -> f64 {
+    let host: Vec<f32> = (0..n * n).map(|i| ((i % 97) as f32 - 48.0) * 0.01).collect();
+    let (a, b) = (be.from_host(&host), be.from_host(&host));
+    let mut c = be.zeros(n * n);
     let mut best = f64::MAX;
-    for _ in 0..5 {
+    for _ in 0..6 {
         let t = Instant::now();
         be.matmul(&mut c, 0, n, Mat { buf: &a, offset: 0, ld: n, trans: false },
                   Mat { buf: &b, offset: 0, ld: n, trans: true }, n, n, n, 1.0, false);
+        be.check().expect("GEMM");
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * (n as f64).powi(3) / best / 1e9
@@ -185,13 +197,51 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if args.cuda {
+        #[cfg(feature = "cuda")]
+        {
+            let open = || Cuda::new(0).unwrap_or_else(|e| {
+                eprintln!("muscle-bench: {e}");
+                std::process::exit(1)
+            });
+            let be = open();
+            let info = be.info().clone();
+            let device = format!("{} (sm_{}{}), f32", info.name, info.compute_capability.0, info.compute_capability.1);
+            eprintln!("measuring cuBLAS SGEMM peak on {device}...");
+            let peak = sgemm_peak(&be, 8192);
+            drop(be);
+            let peaks = [(format!("SGEMM 8192^3, cuBLAS f32 ({})", info.name), peak)];
+            return bench(&args, open, &device, &peaks, peak, |be| be.memory_used());
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            eprintln!("muscle-bench: built without the `cuda` feature");
+            std::process::exit(2);
+        }
+    }
     let be = Cpu::new();
     let threads = be.threads();
     eprintln!("measuring SGEMM peak ({threads} threads)...");
-    let peak = sgemm_peak(&be);
+    let peak = sgemm_peak(&be, 2048);
     let np_peak = numpy_peak();
     let peak_ref = np_peak.map_or(peak, |p| p.max(peak));
+    if args.gemms {
+        gemm_shapes(&be, args.batch * args.seq, args.hidden);
+    }
+    if args.kernels {
+        kernel_times(&be, args.batch, args.seq, args.hidden);
+    }
+    let mut peaks = vec![(format!("SGEMM 2048^3, muscle-engine ({:?})", muscle_engine::backend::cpu::gemm_kernel()), peak)];
+    match np_peak {
+        Some(p) => peaks.push(("SGEMM 2048^3, numpy (OpenBLAS)".into(), p)),
+        None => eprintln!("numpy SGEMM not measured: numpy is not importable by python3"),
+    }
+    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), &peaks, peak_ref, |_| 0);
+}
 
+/// Times each mode's step on backends from `open` and prints the table (and the JSON).
+fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks: &[(String, f64)], peak_ref: f64,
+                     memory: impl Fn(&B) -> usize) {
     let heads = (args.hidden / 64).max(1);
     let cfg: EncoderConfig = serde_json::from_value(serde_json::json!({
         "model_type": "bert", "vocab_size": 30522, "hidden_size": args.hidden, "num_hidden_layers": args.layers,
@@ -211,12 +261,6 @@ fn main() {
     let reference = BatchRef { ids: &ref_ids, mask: &mask, labels: Some(&labels), b, t };
     let band: Vec<f32> = vec![1.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0];
 
-    if args.gemms {
-        gemm_shapes(&be, args.batch * args.seq, args.hidden);
-    }
-    if args.kernels {
-        kernel_times(&be, args.batch, args.seq, args.hidden);
-    }
     let mut rows = Vec::new();
     for mode in &args.modes {
         let lora = LoraSpec { r: 8, alpha: 32.0, dropout: 0.0, targets: vec!["query".into(), "value".into()] };
@@ -230,13 +274,15 @@ fn main() {
             "full" => (TrainSpec::full(), flops::Kind::Full, false),
             _ => (TrainSpec::full(), flops::Kind::Eval, false),
         };
+        let be = open();
         let model = BertClassifier::from_weights(&be, cfg.clone(), Family::Bert, &weights, 2, &spec, 1).expect("model");
-        let mut clf = Classifier::new(be.clone(), model, AdamWConfig::default());
+        let mut clf = Classifier::new(be, model, AdamWConfig::default());
         let settings = StepSettings {
             lr: 2e-5, max_grad_norm: 1.0,
             ga: ga.then_some(GaRule::Gated { min_ref_loss: 0.4, min_ref_grad_norm: 5e-7, rho: None }),
         };
-        let run = |clf: &mut Classifier<Cpu>| {
+        // both end by reading results back (logits, or the step's loss and norms), so a GPU has finished
+        let run = |clf: &mut Classifier<B>| {
             if mode == "eval" {
                 clf.predict(&batch).expect("predict");
             } else {
@@ -257,32 +303,34 @@ fn main() {
         let secs = median(times);
         let gflop = flops::step(&shape, kind, ga) / 1e9;
         let rate = gflop / secs;
-        eprintln!("{mode}: {:.0} ms", secs * 1e3);
-        rows.push((mode.clone(), secs * 1e3, gflop, rate, rate / peak_ref));
+        let mem = memory(&clf.be);
+        eprintln!("{mode}: {:.1} ms", secs * 1e3);
+        rows.push((mode.clone(), secs * 1e3, gflop, rate, rate / peak_ref, mem));
     }
 
-    println!("| measurement | ms | GFLOP | GFLOP/s | of peak |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    println!("| SGEMM 2048^3, muscle-engine ({:?}) | | | {peak:.1} | {:.0}% |", muscle_engine::backend::cpu::gemm_kernel(),
-             100.0 * peak / peak_ref);
-    match np_peak {
-        Some(p) => println!("| SGEMM 2048^3, numpy (OpenBLAS) | | | {p:.1} | {:.0}% |", 100.0 * p / peak_ref),
-        None => println!("| SGEMM 2048^3, numpy | not measured: numpy is not importable by python3 | | | |"),
+    println!("Device: {device}\n");
+    println!("| measurement | ms | GFLOP | GFLOP/s | of peak |{}", if args.cuda { " device memory |" } else { "" });
+    println!("| --- | ---: | ---: | ---: | ---: |{}", if args.cuda { " ---: |" } else { "" });
+    for (name, p) in peaks {
+        println!("| {name} | | | {p:.1} | {:.0}% |{}", 100.0 * p / peak_ref, if args.cuda { " |" } else { "" });
     }
-    for (m, ms, gflop, rate, ratio) in &rows {
-        println!("| {m} step, {b} x {t}, {}L/{}H | {ms:.0} | {gflop:.1} | {rate:.1} | {:.0}% |", args.layers, args.hidden,
-                 100.0 * ratio);
+    for (m, ms, gflop, rate, ratio, mem) in &rows {
+        let mem = if args.cuda { format!(" {:.2} GiB |", *mem as f64 / (1u64 << 30) as f64) } else { String::new() };
+        println!("| {m} step, {b} x {t}, {}L/{}H | {ms:.1} | {gflop:.1} | {rate:.1} | {:.0}% |{mem}", args.layers,
+                 args.hidden, 100.0 * ratio);
     }
-    println!("\npeak = the best SGEMM above; {threads} threads; step times are medians of {} after one warm-up.", args.iters);
-    if let Some(path) = args.json {
+    println!("\npeak = the best SGEMM above; step times are medians of {} after one warm-up.", args.iters);
+    if let Some(path) = &args.json {
         let json = serde_json::json!({
-            "threads": threads, "sgemm_gflops": peak, "numpy_sgemm_gflops": np_peak, "peak_gflops": peak_ref,
+            "device": device, "peaks": peaks.iter().map(|(n, p)| serde_json::json!({"name": n, "gflops": p})).collect::<Vec<_>>(),
+            "peak_gflops": peak_ref,
             "shape": {"layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
-            "steps": rows.iter().map(|(m, ms, gflop, rate, ratio)| serde_json::json!({
-                "mode": m, "ms": ms, "gflop": gflop, "gflops": rate, "ratio_to_peak": ratio})).collect::<Vec<_>>(),
+            "steps": rows.iter().map(|(m, ms, gflop, rate, ratio, mem)| serde_json::json!({
+                "mode": m, "ms": ms, "gflop": gflop, "gflops": rate, "ratio_to_peak": ratio,
+                "device_memory_bytes": if args.cuda { Some(*mem) } else { None }})).collect::<Vec<_>>(),
         });
         let tmp = format!("{path}.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&json).unwrap()).and_then(|_| std::fs::rename(&tmp, &path))
+        std::fs::write(&tmp, serde_json::to_string_pretty(&json).unwrap()).and_then(|_| std::fs::rename(&tmp, path))
             .unwrap_or_else(|e| { eprintln!("muscle-bench: cannot write {path}: {e}"); std::process::exit(1) });
     }
 }
