@@ -119,8 +119,9 @@ describe('muscle run', () => {
     for (const file of ['config.resolved.yaml', 'metrics.jsonl', 'results.json', 'results.md']) expect(existsSync(join(dir, file))).toBe(true);
     expect(stdout).toBe(`${readFileSync(join(dir, 'results.md'), 'utf8')}\nResults in ${dir}/\n`);
     expect(stdout).toContain('| vanilla | defender | 90.00 | 25.00 |');
-    // Not a terminal: plain progress lines.
+    // Not a terminal: plain progress lines. The scripted splits repeat texts, which the duplicate check reports.
     expect(stderr.split('\n')).toEqual([
+      expect.stringMatching(/^warning: \S+ \(badnets\): 10 of 100 dev rows and 10 of 100 test rows repeat a training text; 100 of 100 test rows repeat a dev text \(same text after lower-casing and collapsing spaces\); they inflate clean accuracy$/),
       'badnets/vanilla: 2 epochs of 3 steps, 10 trainable parameters',
       'badnets/vanilla epoch 1/2: dev acc 60.00%, dev ASR 50.00% (best so far)',
       'badnets/vanilla epoch 2/2: dev acc 90.00%, dev ASR 25.00% (best so far)',
