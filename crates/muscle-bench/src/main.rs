@@ -25,12 +25,13 @@ struct Args {
     gemms: bool,
     kernels: bool,
     cuda: bool,
+    roberta: bool,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
     let mut a = Args { layers: 12, hidden: 768, batch: 32, seq: 64, iters: 3,
                        modes: vec!["lora".into(), "musclelora".into(), "full".into(), "eval".into()], json: None,
-                       gemms: false, kernels: false, cuda: false };
+                       gemms: false, kernels: false, cuda: false, roberta: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -44,6 +45,11 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--json" => a.json = Some(val()?),
             "--gemms" => a.gemms = true,
             "--kernels" => a.kernels = true,
+            "--family" => a.roberta = match val()?.as_str() {
+                "bert" => false,
+                "roberta" => true,
+                other => return Err(format!("--family: `{other}` is not one of bert, roberta")),
+            },
             "--device" => a.cuda = match val()?.as_str() {
                 "cpu" => false,
                 "cuda" => true,
@@ -51,8 +57,8 @@ fn parse_args() -> std::result::Result<Args, String> {
             },
             "-h" | "--help" => {
                 println!("muscle-bench [--layers 12] [--hidden 768] [--batch 32] [--seq 64] [--iters 3] \
-                          [--modes lora,musclelora,full,eval] [--device cpu|cuda] [--json out.json] [--gemms] [--kernels]\n\n\
-                          Times training steps of a random BERT-shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
+                          [--modes lora,musclelora,full,eval] [--device cpu|cuda] [--family bert|roberta] [--json out.json] [--gemms] [--kernels]\n\n\
+                          Times training steps of a random BERT- (or RoBERTa-) shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
                           dropout 0.1) against the same run's SGEMM peak (2048^3 on the CPU, with numpy's beside it;\n\
                           cuBLAS f32 at 8192^3 on a GPU).\n\
                           --device cuda: the CUDA backend on GPU 0 (f32), with the device memory in use after the steps.\n\
@@ -243,13 +249,16 @@ fn main() {
 fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks: &[(String, f64)], peak_ref: f64,
                      memory: impl Fn(&B) -> usize) {
     let heads = (args.hidden / 64).max(1);
+    // RoBERTa: its vocabulary, position offset (514 = 512 + padding index + 1) and single token type
+    let (family, kind, vocab, positions, types, pad) =
+        if args.roberta { (Family::Roberta, "roberta", 50265, 514, 1, 1) } else { (Family::Bert, "bert", 30522, 512, 2, 0) };
     let cfg: EncoderConfig = serde_json::from_value(serde_json::json!({
-        "model_type": "bert", "vocab_size": 30522, "hidden_size": args.hidden, "num_hidden_layers": args.layers,
-        "num_attention_heads": heads, "intermediate_size": 4 * args.hidden, "max_position_embeddings": 512,
-        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+        "model_type": kind, "vocab_size": vocab, "hidden_size": args.hidden, "num_hidden_layers": args.layers,
+        "num_attention_heads": heads, "intermediate_size": 4 * args.hidden, "max_position_embeddings": positions,
+        "type_vocab_size": types, "pad_token_id": pad, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
     })).expect("valid config");
-    eprintln!("building a random {}-layer, hidden-{} model...", args.layers, args.hidden);
-    let weights = Weights::from_tensors(&random_tensors(&cfg, Family::Bert, 2, 0.02, 1, true)).expect("in-memory weights");
+    eprintln!("building a random {}-layer, hidden-{} {kind} model...", args.layers, args.hidden);
+    let weights = Weights::from_tensors(&random_tensors(&cfg, family, 2, 0.02, 1, true)).expect("in-memory weights");
     let shape = flops::Shape { layers: args.layers, hidden: args.hidden, inter: 4 * args.hidden, batch: args.batch,
                                seq: args.seq, labels: 2 };
     let (b, t) = (args.batch, args.seq);
@@ -275,7 +284,7 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks: &[(
             _ => (TrainSpec::full(), flops::Kind::Eval, false),
         };
         let be = open();
-        let model = BertClassifier::from_weights(&be, cfg.clone(), Family::Bert, &weights, 2, &spec, 1).expect("model");
+        let model = BertClassifier::from_weights(&be, cfg.clone(), family, &weights, 2, &spec, 1).expect("model");
         let mut clf = Classifier::new(be, model, AdamWConfig::default());
         let settings = StepSettings {
             lr: 2e-5, max_grad_norm: 1.0,
@@ -316,7 +325,7 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks: &[(
     }
     for (m, ms, gflop, rate, ratio, mem) in &rows {
         let mem = if args.cuda { format!(" {:.2} GiB |", *mem as f64 / (1u64 << 30) as f64) } else { String::new() };
-        println!("| {m} step, {b} x {t}, {}L/{}H | {ms:.1} | {gflop:.1} | {rate:.1} | {:.0}% |{mem}", args.layers,
+        println!("| {kind} {m} step, {b} x {t}, {}L/{}H | {ms:.1} | {gflop:.1} | {rate:.1} | {:.0}% |{mem}", args.layers,
                  args.hidden, 100.0 * ratio);
     }
     println!("\npeak = the best SGEMM above; step times are medians of {} after one warm-up.", args.iters);
@@ -324,7 +333,7 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks: &[(
         let json = serde_json::json!({
             "device": device, "peaks": peaks.iter().map(|(n, p)| serde_json::json!({"name": n, "gflops": p})).collect::<Vec<_>>(),
             "peak_gflops": peak_ref,
-            "shape": {"layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
+            "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
             "steps": rows.iter().map(|(m, ms, gflop, rate, ratio, mem)| serde_json::json!({
                 "mode": m, "ms": ms, "gflop": gflop, "gflops": rate, "ratio_to_peak": ratio,
                 "device_memory_bytes": if args.cuda { Some(*mem) } else { None }})).collect::<Vec<_>>(),

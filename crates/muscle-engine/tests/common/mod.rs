@@ -7,7 +7,12 @@ use muscle_engine::models::bert::random_tensors;
 use muscle_engine::models::config::EncoderConfig;
 use std::path::{Path, PathBuf};
 
+/// The repository root: where this crate was built, or `MUSCLE_REPO_ROOT` when a prebuilt test
+/// binary runs in another checkout (scripts/gpu_check.sh on a machine without cargo).
 pub fn repo_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("MUSCLE_REPO_ROOT") {
+        return PathBuf::from(root);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
