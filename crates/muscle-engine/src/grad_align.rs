@@ -72,13 +72,20 @@ pub fn decide(rule: GaRule, ref_loss: f32, n_ref: f64) -> (GaBranch, Option<f32>
 /// trainable tensors) take part.
 pub fn align<B: Backend>(be: &B, grads: &mut [Option<B::Buf>], g: &[Option<B::Buf>], numel: &[usize], rule: GaRule,
                          ref_loss: f32) -> GaOutcome {
-    // dot products first: the decision needs n_ref over all tensors
-    let mut stats = Vec::with_capacity(grads.len());
-    let (mut sum_norm, mut nonzero, mut rr_total) = (0.0f64, 0usize, 0.0f64);
+    // dot products first, all in one batch: the decision needs n_ref over all tensors
+    let mut pairs = Vec::new();
     for i in 0..grads.len() {
         if let (Some(r), Some(gi)) = (grads[i].as_ref(), g[i].as_ref()) {
             let n = numel[i];
-            let (gr, gg, rr) = (be.dot(gi, r, n), be.dot(gi, gi, n), be.dot(r, r, n));
+            pairs.extend([(gi, r, n), (gi, gi, n), (r, r, n)]);
+        }
+    }
+    let mut dots = be.dots(&pairs).into_iter();
+    let mut stats = Vec::with_capacity(grads.len());
+    let (mut sum_norm, mut nonzero, mut rr_total) = (0.0f64, 0usize, 0.0f64);
+    for i in 0..grads.len() {
+        if grads[i].is_some() && g[i].is_some() {
+            let (gr, gg, rr) = (dots.next().unwrap_or(0.0), dots.next().unwrap_or(0.0), dots.next().unwrap_or(0.0));
             if rr > 0.0 {
                 sum_norm += rr.sqrt();
                 nonzero += 1;

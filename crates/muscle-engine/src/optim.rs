@@ -48,13 +48,10 @@ impl<B: Backend> AdamW<B> {
 
 /// Global L2 norm of the trainable gradients.
 pub fn grad_norm<B: Backend>(be: &B, params: &ParamStore<B>) -> f64 {
-    let mut total = 0.0;
-    for (i, g) in params.grads.iter().enumerate() {
-        if let Some(g) = g {
-            total += be.dot(g, g, params.meta[i].numel());
-        }
-    }
-    total.sqrt()
+    let pairs: Vec<_> = params.grads.iter().enumerate()
+        .filter_map(|(i, g)| g.as_ref().map(|g| (g, g, params.meta[i].numel())))
+        .collect();
+    be.dots(&pairs).iter().sum::<f64>().sqrt()
 }
 
 /// Scales the gradients so their global norm is at most `max_norm` (torch's `clip_grad_norm_`:

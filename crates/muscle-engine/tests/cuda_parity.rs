@@ -120,6 +120,11 @@ fn every_verb_matches_the_cpu() {
     worst = worst.max(p.same("fill", &oc, &og, n));
     let (d_cpu, d_gpu) = (p.cpu.dot(&xc, &yc, n), p.gpu.dot(&xg, &yg, n));
     assert!((d_cpu - d_gpu).abs() <= 1e-9 * d_cpu.abs().max(1.0), "dot: cpu {d_cpu}, gpu {d_gpu}");
+    let many_c = p.cpu.dots(&[(&xc, &yc, n), (&xc, &xc, 17), (&yc, &yc, 0), (&yc, &xc, n - 1)]);
+    let many_g = p.gpu.dots(&[(&xg, &yg, n), (&xg, &xg, 17), (&yg, &yg, 0), (&yg, &xg, n - 1)]);
+    for (i, (c, g)) in many_c.iter().zip(&many_g).enumerate() {
+        assert!((c - g).abs() <= 1e-9 * c.abs().max(1.0), "dots[{i}]: cpu {c}, gpu {g}");
+    }
     p.cpu.dropout_mask(&mut oc, n, 0.1, 9, &[2, 7]);
     p.gpu.dropout_mask(&mut og, n, 0.1, 9, &[2, 7]);
     assert_eq!(p.gpu.to_host(&og, n), oc[..n], "dropout masks differ");

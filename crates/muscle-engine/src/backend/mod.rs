@@ -59,6 +59,12 @@ pub trait Backend: Send + Sync + 'static {
     /// `x[r, j] *= s[j]` (MSLR's radial scaling of the low-rank components).
     fn scale_cols(&self, x: &mut Self::Buf, s: &[f32], rows: usize, n: usize);
     fn dot(&self, a: &Self::Buf, b: &Self::Buf, n: usize) -> f64;
+    /// Many dot products at once, `(a, b, n)` each: the gradient alignment and the global norm
+    /// need one per trainable tensor, and a GPU answers them all with one round trip instead of
+    /// one per tensor.
+    fn dots(&self, pairs: &[(&Self::Buf, &Self::Buf, usize)]) -> Vec<f64> {
+        pairs.iter().map(|&(a, b, n)| self.dot(a, b, n)).collect()
+    }
 
     // ---- element-wise ---------------------------------------------------------------------------
     fn gelu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, n: usize);

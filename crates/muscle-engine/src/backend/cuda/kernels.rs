@@ -31,7 +31,7 @@ pub const MODULES: &[Module] = &[
         file: "reduce.cu",
         source: include_str!("kernels/reduce.cu"),
         kernels: &[
-            "column_sums_f32", "dot_partial_f32", "layer_norm_forward_f32", "layer_norm_backward_f32",
+            "column_sums_f32", "dot_partial_f32", "fill_f64", "layer_norm_forward_f32", "layer_norm_backward_f32",
             "layer_norm_params_backward_f32",
         ],
     },

@@ -397,6 +397,27 @@ impl Backend for Cuda {
         self.download_f64(&scratch, blocks as usize).iter().sum()
     }
 
+    fn dots(&self, pairs: &[(&GpuBuf, &GpuBuf, usize)]) -> Vec<f64> {
+        if pairs.is_empty() || !self.begin() {
+            return vec![0.0; pairs.len()];
+        }
+        // each pair's partial sums in its own stretch of the scratch; one download for all
+        const PER: usize = 64;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let partial = self.f64_scratch(&mut scratch, pairs.len() * PER);
+        for (i, &(a, b, n)) in pairs.iter().enumerate() {
+            let blocks = blocks_for(n).min(PER as u32);
+            // a pair with fewer blocks leaves the rest of its stretch: zero it first
+            self.launch("fill_f64", (1, 1, 1), (PER as u32, 1, 1), 0, &[Arg::Ptr(partial + (i * PER * 8) as u64), Arg::I64(PER as i64)]);
+            if n > 0 {
+                self.launch("dot_partial_f32", (blocks, 1, 1), (THREADS, 1, 1), 0, &[
+                    Arg::Ptr(self.ptr(a)), Arg::Ptr(self.ptr(b)), Arg::I64(n as i64), Arg::Ptr(partial + (i * PER * 8) as u64)]);
+            }
+        }
+        let all = self.download_f64(&scratch, pairs.len() * PER);
+        all.chunks(PER).map(|c| c.iter().sum()).collect()
+    }
+
     fn gelu_forward(&self, out: &mut GpuBuf, inp: &GpuBuf, n: usize) {
         if self.begin() {
             self.launch_n("gelu_forward_f32", n, &[Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(inp)), Arg::I64(n as i64)]);

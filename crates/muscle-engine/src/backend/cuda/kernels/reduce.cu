@@ -34,6 +34,10 @@ extern "C" __global__ void dot_partial_f32(const float* a, const float* b, i64 n
     }
 }
 
+extern "C" __global__ void fill_f64(double* x, i64 n) {
+    FOR_EACH(i, n) x[i] = 0.0;
+}
+
 // One block per row: mean and variance in two passes over the row (kept in registers where h is
 // small, re-read from L1/L2 otherwise), then the affine normalisation.
 extern "C" __global__ void layer_norm_forward_f32(float* out, float* mean, float* rstd, const float* inp,
