@@ -30,7 +30,7 @@ async function muscleRun(yaml: string): Promise<{ code: number; out: string; dir
   return { code, out: path.join(dir, 'runs'), dir, stderr };
 }
 
-interface Row { method: string; attack: string; cacc: number; asr: number; status: string; steps: number; numTrainable: number }
+interface Row { method: string; attack: string; cacc: number; asr: number; status: string; steps: number; numTrainable: number; device: string | null }
 
 describe('muscle run, end to end on the Rust engine', () => {
   it('runs every method on a tiny BERT over real SST-2 BadNets rows and writes its files', async () => {
@@ -51,6 +51,7 @@ describe('muscle run, end to end on the Rust engine', () => {
     ].join('\n');
     const { code, out, stderr } = await muscleRun(yaml);
     expect(code, stderr).toBe(EXIT.ok);
+    expect(stderr).toMatch(/^badnets\/musclelora on cpu \(\d+ threads?\): 2 epochs of 19 steps, [\d,]+ trainable parameters$/m);
     const run = path.join(out, 'tiny-all');
     for (const f of ['config.resolved.yaml', 'metrics.jsonl', 'results.json', 'results.md']) {
       expect(existsSync(path.join(run, f)), f).toBe(true);
@@ -79,7 +80,9 @@ describe('muscle run, end to end on the Rust engine', () => {
     }
     const plain = steps.filter((s) => s['type'] === 'step' && s['method'] === 'lora');
     expect(plain.every((s) => s['gaBranch'] === 'none' && s['refLoss'] === null)).toBe(true);
-    expect(readFileSync(path.join(run, 'results.md'), 'utf8')).toMatch(/\| musclelora \| defender \| \d+\.\d\d \| \d+\.\d\d \|/);
+    // the engine says where each method ran (device: cpu)
+    for (const r of results.results) expect(r.device).toMatch(/^cpu \(\d+ threads?\)$/);
+    expect(readFileSync(path.join(run, 'results.md'), 'utf8')).toMatch(/\| musclelora \| defender \| cpu \(\d+ threads?\) \| \d+\.\d\d \| \d+\.\d\d \|/);
   }, 600_000);
 
   it.runIf(haveMinilm)('learns SST-2 with MuScleLoRA on the real all-MiniLM-L6-v2', async () => {

@@ -33,7 +33,7 @@ export class ProgressReporter {
       case 'start': {
         this.loss = undefined;
         this.epochs = event.epochs;
-        this.log(`${event.attack}/${event.method}: ${event.epochs} epochs of ${event.stepsPerEpoch} steps, ${event.numTrainable.toLocaleString('en')} trainable parameters`);
+        this.log(`${event.attack}/${event.method}${event.device ? ` on ${event.device}` : ''}: ${event.epochs} epochs of ${event.stepsPerEpoch} steps, ${event.numTrainable.toLocaleString('en')} trainable parameters`);
         if (this.out.isTTY) {
           this.multibar = new cliProgress.MultiBar(
             {

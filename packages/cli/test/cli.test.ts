@@ -113,20 +113,20 @@ describe('bad input: one line, exit code 2, no stack trace', () => {
 describe('muscle run', () => {
   it('trains, writes the run directory and prints the table', async () => {
     const out = tempDir();
-    const { code, stdout, stderr } = await muscle(['run', scriptedConfig(), '--out', out], { openSession: scriptedEngine(script) });
+    const { code, stdout, stderr } = await muscle(['run', scriptedConfig(), '--out', out], { openSession: scriptedEngine({ ...script, device: 'cpu (2 threads)' }) });
     expect(code).toBe(EXIT.ok);
     const dir = join(out, 'cli');
     for (const file of ['config.resolved.yaml', 'metrics.jsonl', 'results.json', 'results.md']) expect(existsSync(join(dir, file))).toBe(true);
     expect(stdout).toBe(`${readFileSync(join(dir, 'results.md'), 'utf8')}\nResults in ${dir}/\n`);
-    expect(stdout).toContain('| vanilla | defender | 90.00 | 25.00 |');
+    expect(stdout).toContain('| vanilla | defender | cpu (2 threads) | 90.00 | 25.00 |');
     // Not a terminal: plain progress lines. The scripted splits repeat texts, which the duplicate check reports.
     expect(stderr.split('\n')).toEqual([
       expect.stringMatching(/^warning: \S+ \(badnets\): 10 of 100 dev rows and 10 of 100 test rows repeat a training text; 100 of 100 test rows repeat a dev text \(same text after lower-casing and collapsing spaces\); they inflate clean accuracy$/),
-      'badnets/vanilla: 2 epochs of 3 steps, 10 trainable parameters',
+      'badnets/vanilla on cpu (2 threads): 2 epochs of 3 steps, 10 trainable parameters',
       'badnets/vanilla epoch 1/2: dev acc 60.00%, dev ASR 50.00% (best so far)',
       'badnets/vanilla epoch 2/2: dev acc 90.00%, dev ASR 25.00% (best so far)',
       expect.stringMatching(/^badnets\/vanilla: CACC 90\.00%, ASR 25\.00% \(epoch 2, defender selection, \d+ s\)$/),
-      'badnets/lora: 2 epochs of 3 steps, 10 trainable parameters',
+      'badnets/lora on cpu (2 threads): 2 epochs of 3 steps, 10 trainable parameters',
       'badnets/lora epoch 1/2: dev acc 60.00%, dev ASR 50.00% (best so far)',
       'badnets/lora epoch 2/2: dev acc 90.00%, dev ASR 25.00% (best so far)',
       expect.stringMatching(/^badnets\/lora: CACC 90\.00%, ASR 25\.00% \(epoch 2, defender selection, \d+ s\)$/),
@@ -154,7 +154,7 @@ describe('muscle run', () => {
     expect(stderr).toContain('\nStopping after the current step (Ctrl-C again to quit at once)...\n');
     expect(stderr).toContain('badnets/lora: stopped after 2 steps\n');
     expect(stderr.endsWith(`Stopped. Partial results in ${join(dir, 'results.md')} (and results.json, metrics.jsonl)\n`)).toBe(true);
-    expect(readFileSync(join(dir, 'results.md'), 'utf8')).toContain('| lora | defender | _stopped_ | _stopped_ |');
+    expect(readFileSync(join(dir, 'results.md'), 'utf8')).toContain('| lora | defender | – | _stopped_ | _stopped_ |');
     expect(signals.listenerCount('SIGINT')).toBe(0);
   });
 

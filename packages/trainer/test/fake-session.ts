@@ -46,6 +46,7 @@ class LogisticSession implements Session {
   readonly padId = PAD;
   readonly numLabels: number;
   readonly numTrainable: number;
+  readonly device?: string;
   private params: Float64Array;
   private saved: Float64Array | null = null;
   private freed = false;
@@ -54,8 +55,10 @@ class LogisticSession implements Session {
     private readonly opts: SessionOptions,
     private readonly log: EngineLog,
     private readonly vocab: number,
+    device?: string,
   ) {
     this.numLabels = opts.numLabels;
+    if (device !== undefined) this.device = device;
     this.params = new Float64Array(opts.numLabels * (vocab + 1));
     const rng = mulberry32(opts.seed);
     for (let i = 0; i < this.params.length; i++) this.params[i] = (rng() - 0.5) * 0.01;
@@ -165,11 +168,11 @@ class LogisticSession implements Session {
   }
 }
 
-/** An engine of logistic-regression sessions (`vocab` hash buckets). */
-export function logisticEngine(log: EngineLog = newLog(), vocab = 1024): OpenSession {
+/** An engine of logistic-regression sessions (`vocab` hash buckets); `device` is what its sessions report as Session.device (none when left out). */
+export function logisticEngine(log: EngineLog = newLog(), vocab = 1024, device?: string): OpenSession {
   return async (opts) => {
     log.opened.push(opts);
-    return new LogisticSession(opts, log, vocab);
+    return new LogisticSession(opts, log, vocab, device);
   };
 }
 
@@ -191,7 +194,7 @@ const KIND = { neg: 2, pos: 3, trig: 4 } as const;
  * `devAcc[e]` and the share of triggered rows classified as the target is `devAsr[e]`. Restoring a snapshot
  * brings back the scores of the epoch it was taken at, so the test metrics reveal which epoch was kept.
  */
-export function scriptedEngine(script: { devAcc: number[]; devAsr: number[]; stepsPerEpoch: number; targetLabel?: number }, log: EngineLog = newLog()): OpenSession {
+export function scriptedEngine(script: { devAcc: number[]; devAsr: number[]; stepsPerEpoch: number; targetLabel?: number; device?: string }, log: EngineLog = newLog()): OpenSession {
   const target = script.targetLabel ?? 1;
   return async (opts) => {
     log.opened.push(opts);
@@ -201,6 +204,7 @@ export function scriptedEngine(script: { devAcc: number[]; devAsr: number[]; ste
       padId: PAD,
       numLabels: opts.numLabels,
       numTrainable: 10,
+      ...(script.device !== undefined && { device: script.device }),
       async encode(texts) {
         log.encoded++;
         const ids = texts.flatMap((t) => {

@@ -46,6 +46,23 @@ describe('best-on-dev selection', () => {
     expect(log.snapshots).toBe(2);
     expect(log.restores).toBe(1);
     expect(log.freed).toBe(1);
+    // this fake names no device: the start event has none and the result records null
+    expect(events.find((e) => e.type === 'start')).toEqual({ type: 'start', attack: 'badnets', method: 'vanilla', epochs: 3, stepsPerEpoch: 3, totalSteps: 9, numTrainable: 10 });
+    expect(run.results[0]!.device).toBeNull();
+  });
+
+  it("carries the session's device into each method's start event and result", async () => {
+    const events: ProgressEvent[] = [];
+    const cfg = config({ dataset: scriptedDataset(), methods: ['vanilla', 'lora'], epochs: 1, batchSize: 4 });
+    const run = await train(cfg, { openSession: scriptedEngine({ devAcc: [0.6], devAsr: [0.5], stepsPerEpoch: 3, device: 'cpu (2 threads)' }), onProgress: (e) => events.push(e) });
+    expect(events.filter((e) => e.type === 'start')).toEqual([
+      { type: 'start', attack: 'badnets', method: 'vanilla', epochs: 1, stepsPerEpoch: 3, totalSteps: 3, numTrainable: 10, device: 'cpu (2 threads)' },
+      { type: 'start', attack: 'badnets', method: 'lora', epochs: 1, stepsPerEpoch: 3, totalSteps: 3, numTrainable: 10, device: 'cpu (2 threads)' },
+    ]);
+    expect(run.results.map((r) => [r.method, r.device])).toEqual([
+      ['vanilla', 'cpu (2 threads)'],
+      ['lora', 'cpu (2 threads)'],
+    ]);
   });
 
   it('when the last epoch is the best, it is tested without a restore', async () => {
@@ -218,17 +235,18 @@ describe('run directory', () => {
   it('writes the resolved config, metrics.jsonl and results, atomically', async () => {
     const dir = join(tempDir(), 'out');
     const cfg = config({ dataset: scriptedDataset(), methods: ['vanilla', 'lora'], epochs: 2, batchSize: 4 });
-    await runInDirectory(cfg, dir, { openSession: scriptedEngine({ devAcc: [0.6, 0.9], devAsr: [0.5, 0.25], stepsPerEpoch: 3 }) });
+    await runInDirectory(cfg, dir, { openSession: scriptedEngine({ devAcc: [0.6, 0.9], devAsr: [0.5, 0.25], stepsPerEpoch: 3, device: 'cuda:0 (NVIDIA H100 80GB HBM3, sm_90)' }) });
     expect(readdirSync(dir).sort()).toEqual(['config.resolved.yaml', 'metrics.jsonl', 'results.json', 'results.md']);
     expect(readFileSync(join(dir, 'config.resolved.yaml'), 'utf8')).toContain('methods: [ vanilla, lora ]');
     const lines = readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as MetricRecord);
     expect(lines.map((l) => l.type)).toEqual(['step', 'step', 'step', 'eval', 'step', 'step', 'step', 'eval', 'result', ...['step', 'step', 'step', 'eval', 'step', 'step', 'step', 'eval', 'result']]);
     const results = JSON.parse(readFileSync(join(dir, 'results.json'), 'utf8'));
-    expect(results.results.map((r: { method: string; cacc: number }) => [r.method, r.cacc])).toEqual([
-      ['vanilla', 0.9],
-      ['lora', 0.9],
+    expect(results.results.map((r: { method: string; cacc: number; device: string }) => [r.method, r.cacc, r.device])).toEqual([
+      ['vanilla', 0.9, 'cuda:0 (NVIDIA H100 80GB HBM3, sm_90)'],
+      ['lora', 0.9, 'cuda:0 (NVIDIA H100 80GB HBM3, sm_90)'],
     ]);
-    expect(readFileSync(join(dir, 'results.md'), 'utf8')).toContain('| vanilla | defender | 90.00 | 25.00 |');
+    expect(lines.filter((l) => l.type === 'result').map((l) => l.type === 'result' && l.device)).toEqual(['cuda:0 (NVIDIA H100 80GB HBM3, sm_90)', 'cuda:0 (NVIDIA H100 80GB HBM3, sm_90)']);
+    expect(readFileSync(join(dir, 'results.md'), 'utf8')).toContain('| vanilla | defender | cuda:0 (NVIDIA H100 80GB HBM3, sm_90) | 90.00 | 25.00 |');
   });
 
   it('an aborted run leaves partial results', async () => {
@@ -243,8 +261,8 @@ describe('run directory', () => {
     expect(run.aborted).toBe(true);
     const md = readFileSync(join(dir, 'results.md'), 'utf8');
     expect(md).toContain('**The run was stopped early; the table is partial.**');
-    expect(md).toContain('| vanilla | defender | 90.00 | 25.00 |');
-    expect(md).toContain('| lora | defender | _stopped_ | _stopped_ |');
+    expect(md).toContain('| vanilla | defender | – | 90.00 | 25.00 |');
+    expect(md).toContain('| lora | defender | – | _stopped_ | _stopped_ |');
     expect(existsSync(join(dir, 'metrics.jsonl'))).toBe(true);
     expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
   });

@@ -29,18 +29,20 @@ export function resultsMarkdown(run: RunResults): string {
     '',
     `Model \`${run.model}\` (${run.family}), poison rate ${run.poisonRate}, target label ${run.targetLabel}.${run.aborted ? ' **The run was stopped early; the table is partial.**' : ''}`,
     '',
-    `| Method | Selection | ${attacks.map((a) => `${a} CACC | ${a} ASR`).join(' | ')} |`,
-    `| --- | --- | ${attacks.map(() => '---: | ---:').join(' | ')} |`,
+    `| Method | Selection | Device | ${attacks.map((a) => `${a} CACC | ${a} ASR`).join(' | ')} |`,
+    `| --- | --- | --- | ${attacks.map(() => '---: | ---:').join(' | ')} |`,
   ];
   for (const method of methods) {
     const rows = attacks.map((a) => cell.get(`${a}/${method}`));
     const select = unique(rows.flatMap((r) => (r ? [r.select] : []))).join(', ');
+    // where the engine ran this method (one value unless its attacks ran on different devices); a dash when it did not say
+    const device = unique(rows.flatMap((r) => (r?.device ? [r.device.replaceAll('|', '\\|')] : []))).join(', ') || '–';
     const cells = rows.map((r: MethodResult | undefined) => {
       if (!r) return '– | –';
       if (r.status === 'aborted') return '_stopped_ | _stopped_';
       return `${formatPercent(r.cacc)} | ${formatPercent(r.asr)}`;
     });
-    lines.push(`| ${method} | ${select} | ${cells.join(' | ')} |`);
+    lines.push(`| ${method} | ${select} | ${device} | ${cells.join(' | ')} |`);
   }
   const selections = unique(run.results.map((r) => r.select));
   lines.push(

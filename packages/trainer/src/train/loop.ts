@@ -134,11 +134,12 @@ async function trainMethod(session: Session, ctx: MethodContext): Promise<Method
     epochsCompleted,
     steps: step,
     numTrainable: session.numTrainable,
+    device: session.device ?? null,
     seconds: (performance.now() - started) / 1000,
     confusion: test?.confusion ?? null,
   });
 
-  emit({ type: 'start', attack, method, epochs: config.epochs, stepsPerEpoch: batches, totalSteps, numTrainable: session.numTrainable });
+  emit({ type: 'start', attack, method, epochs: config.epochs, stepsPerEpoch: batches, totalSteps, numTrainable: session.numTrainable, ...(session.device !== undefined && { device: session.device }) });
   try {
     for (let epoch = 0; epoch < config.epochs; epoch++) {
       // The same training order for every method of an attack: methods differ only in what they are.

@@ -23,6 +23,8 @@ export interface MethodResult {
   epochsCompleted: number;
   steps: number;
   numTrainable: number;
+  /** Where the engine ran this method, as its session reports it (e.g. `cpu (2 threads)`); null when it does not say. */
+  device: string | null;
   seconds: number;
   /** Per-class view of the clean test predictions. */
   confusion: Confusion | null;
@@ -45,7 +47,8 @@ interface Where {
 }
 
 export type ProgressEvent =
-  | (Where & { type: 'start'; epochs: number; stepsPerEpoch: number; totalSteps: number; numTrainable: number })
+  /** `device`: where the session runs, when the engine says (Session.device). */
+  | (Where & { type: 'start'; epochs: number; stepsPerEpoch: number; totalSteps: number; numTrainable: number; device?: string })
   | (Where & { type: 'step'; epoch: number; step: number; totalSteps: number; loss: number; lr: number; gaBranch: GaBranch })
   | (Where & { type: 'evaluate'; epoch: number | null; split: 'dev' | 'test' })
   | (Where & { type: 'epochEnd'; epoch: number; devAcc: number; devAsr: number; score: number; best: boolean })
