@@ -1,4 +1,4 @@
-import { copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
@@ -15,6 +15,7 @@ import {
   loadAttackData,
   loadConfigFile,
   loadPoisonConfig,
+  loadRunData,
   makePoisonedDatasets,
   poisonAttack,
   poisonCount,
@@ -22,6 +23,7 @@ import {
   readCleanDataset,
   readParaphraseFile,
   readSplit,
+  resolveConfig,
   splitWords,
   writePoisonedDatasets,
   type CleanDataset,
@@ -29,7 +31,7 @@ import {
   type PoisonConfig,
   type PoisonedDataset,
 } from '../src/index.js';
-import { modelDir, sst2, tempDir, writeFiles } from './helpers.js';
+import { cacheRepo, modelDir, sst2, tempDir, writeFiles } from './helpers.js';
 
 // Shape checks run every attack on the real SST-2 clean splits with the settings of the shared reference files
 // (../shared/data/sst-2: rate 0.1, target 1; badnets clean-label, the others mix) and compare with those files.
@@ -511,6 +513,16 @@ describe('the muscle poison config', () => {
     expect(loadPoisonConfig(file, { out: '/elsewhere' }).out).toBe('/elsewhere');
   });
 
+  it("takes the run config's dataset forms: a registry name (numLabels from it) or own files (path relative to the config file)", () => {
+    const registry = load('dataset: { name: agnews, revision: v1 }\nout: o\nattacks: [badnets]\n');
+    expect(loadPoisonConfig(registry.file)).toMatchObject({ dataset: { name: 'agnews', revision: 'v1' }, numLabels: 4, targetLabel: 1 });
+    const own = load('dataset: { path: data/news.csv, header: false, textColumn: [1, 2], labelColumn: 0, labelMap: { 1: 0, 2: 1, 3: 2, 4: 3 } }\nout: o\nattacks: [addsent]\nnumLabels: 4\n');
+    expect(loadPoisonConfig(own.file)).toMatchObject({
+      dataset: { path: join(own.dir, 'data', 'news.csv'), header: false, textColumn: [1, 2], labelColumn: 0, labelMap: { 1: 0, 2: 1, 3: 2, 4: 3 } },
+      numLabels: 4,
+    });
+  });
+
   it.each([
     ['unknown key', 'dataset: d\nout: o\nattacks: [badnets]\nrates: 0.2\n', '<d>/p.yaml: rates: unknown key; allowed keys: dataset, out, attacks, rate, mode, targetLabel, numLabels, seed, badnets, addsent, hiddenkiller, stylebkd'],
     ['missing out', 'dataset: d\nattacks: [badnets]\n', '<d>/p.yaml: out: got nothing, expected a string'],
@@ -530,8 +542,87 @@ describe('the muscle poison config', () => {
     ],
     ['paraphrase file missing a split', 'dataset: d\nout: o\nattacks: [stylebkd]\nstylebkd: { train: t.txt, dev: d.txt }\n', '<d>/p.yaml: stylebkd.test: got nothing, expected a string'],
     ['not a mapping', '- dataset\n', '<d>/p.yaml: got ["dataset"], expected a mapping of config keys (dataset, out, attacks, ...)'],
+    ['dataset name and path', 'dataset: { name: sst2, path: x }\nout: o\nattacks: [badnets]\n', '<d>/p.yaml: dataset: got {"name":"sst2","path":"x"}, expected either name (sst2, hsol, lingspam, agnews) or path (your own files), not both'],
+    ['dataset unknown name', 'dataset: { name: imdb }\nout: o\nattacks: [badnets]\n', '<d>/p.yaml: dataset.name: got "imdb", expected one of sst2, hsol, lingspam, agnews'],
+    [
+      'dataset unknown key',
+      'dataset: { path: x, colum: text }\nout: o\nattacks: [badnets]\n',
+      '<d>/p.yaml: dataset.colum: unknown key; allowed keys: name, revision, path, format, header, textColumn, labelColumn, labelMap, poisonColumn, train, dev, test, devFraction',
+    ],
+    ['registry numLabels', 'dataset: { name: agnews }\nout: o\nattacks: [badnets]\nnumLabels: 2\n', '<d>/p.yaml: numLabels: got 2, expected 4: dataset agnews has 4 classes'],
     ['YAML syntax', 'dataset: d\nout: [o\n', '<d>/p.yaml:3:1: YAML syntax error: Flow sequence in block collection must be sufficiently indented and end with a ]'],
   ])('%s', (_, yaml, message) => {
     expect(messageOf(yaml)).toBe(message);
+  });
+});
+
+describe('muscle poison on own files and registry datasets', () => {
+  const plain = (rows: readonly Example[]) => rows.map((r) => [r.text, r.label, r.poisoned]);
+  /** JSON Lines reviews, labels written as words; texts with quotes, commas and tabs test the written TSV/CSV. */
+  const reviews = (n: number, from: number) =>
+    Array.from({ length: n }, (_, i) => JSON.stringify({ review: `review "${from + i}", of\tthe film`, stars: i % 2 ? 'positive' : 'negative' })).join('\n') + '\n';
+
+  it('JSONL with a label map: the clean splits as mapped, each attack poisoned, read back by the run loader as in memory', async () => {
+    const dir = writeFiles(tempDir(), {
+      'data/train.jsonl': reviews(40, 0),
+      'data/dev.jsonl': reviews(10, 100),
+      'data/test.jsonl': reviews(12, 200),
+      'p.yaml': 'dataset: { path: data, textColumn: review, labelColumn: stars, labelMap: { negative: 0, positive: 1 } }\nout: poisoned\nattacks: [badnets, addsent]\nrate: 0.25\n',
+    });
+    const config = loadPoisonConfig(join(dir, 'p.yaml'));
+    const made = await makePoisonedDatasets(config);
+    const out = join(dir, 'poisoned');
+    // badnets clean-label: 10 of the 20 positive rows; addsent mix: 10 of any; dev/test-poison: the negative rows
+    expect(made.poisoned.map((p) => [p.attack, p.options.mode, p.poisonedRows.length, p.devPoison.length, p.testPoison.length])).toEqual([
+      ['badnets', 'clean-label', 10, 5, 6],
+      ['addsent', 'mix', 10, 5, 6],
+    ]);
+    expect(made.trainRows).toBe(40);
+    expect(made.warnings).toEqual([]);
+    expect(made.written.clean.files).toEqual(['train.tsv', 'dev.tsv', 'test.tsv']);
+    const train = readSplit(join(out, 'clean', 'train.tsv'), 2);
+    expect(train.map((r) => [r.text, r.label])).toEqual(Array.from({ length: 40 }, (_, i) => [`review "${i}", of\tthe film`, i % 2]));
+
+    // muscle run reads the written layout; the same run config on the own files poisons in memory: the same rows
+    const runConfig = (dataset: unknown) => resolveConfig({ name: 'r', model: modelDir('bert'), dataset, attacks: ['badnets', 'addsent'], poisonRate: 0.25 }, { file: join(dir, 'run.yaml') });
+    const written = await loadRunData(runConfig('poisoned'));
+    const inMemory = await loadRunData(runConfig({ path: 'data', textColumn: 'review', labelColumn: 'stars', labelMap: { negative: 0, positive: 1 } }));
+    for (const attack of ['badnets', 'addsent'] as const) {
+      const data = written.attacks.get(attack)!;
+      expect(data.files.train).toBe(join(out, attack, 'train-poison-0.25.csv'));
+      expect([data.train.length, data.train.filter((r) => r.poisoned).length, data.devClean.length, data.devPoison.length, data.testClean.length, data.testPoison.length]).toEqual([40, 10, 10, 5, 12, 6]);
+      const memory = inMemory.attacks.get(attack)!;
+      for (const split of ['train', 'devClean', 'devPoison', 'testClean', 'testPoison'] as const) expect(plain(data[split])).toEqual(plain(memory[split]));
+    }
+    expect(written.attacks.get('addsent')!.train.filter((r) => r.poisoned).every((r) => r.label === 1 && r.text.includes(SENTENCE))).toBe(true);
+  });
+
+  it('own files that do not read: the one-line loader error, nothing written', async () => {
+    const dir = writeFiles(tempDir(), {
+      'data/train.jsonl': reviews(40, 0),
+      'data/test.jsonl': reviews(2, 200) + JSON.stringify({ review: 'meh', stars: 'neutral' }) + '\n',
+      'p.yaml': 'dataset: { path: data, textColumn: review, labelColumn: stars, labelMap: { negative: 0, positive: 1 } }\nout: poisoned\nattacks: [badnets]\n',
+    });
+    const err = await makePoisonedDatasets(loadPoisonConfig(join(dir, 'p.yaml'))).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DataError);
+    expect((err as Error).message).toBe(`${join(dir, 'data', 'test.jsonl')}:3: label "neutral" is not in labelMap (keys: "negative", "positive")`);
+    expect(existsSync(join(dir, 'poisoned'))).toBe(false);
+  });
+
+  it('a registry name from the hub cache (HF_HOME): SST-2 as the shared clean splits, poisoned as the directory form', async () => {
+    const home = tempDir();
+    cacheRepo(home, 'ganqu/openbackdoor', Object.fromEntries(['train', 'dev', 'test'].map((s) => [`sst2/${s}.tsv`, readFileSync(join(sst2, 'clean', `${s}.tsv`))])));
+    const dir = writeFiles(tempDir(), { 'p.yaml': 'dataset: { name: sst2 }\nout: poisoned\nattacks: [addsent]\n' });
+    const made = await makePoisonedDatasets(loadPoisonConfig(join(dir, 'p.yaml')), { env: { HF_HOME: home, HF_HUB_OFFLINE: '1' } });
+    expect([made.trainRows, made.poisoned[0]!.poisonedRows.length, made.poisoned[0]!.devPoison.length, made.poisoned[0]!.testPoison.length]).toEqual([6920, 692, 428, 912]);
+    expect(made.warnings).toEqual([expect.stringMatching(/^dataset sst2: 2 of 1821 test rows repeat a training text/)]);
+    const out = join(dir, 'poisoned');
+    for (const split of ['train', 'dev', 'test']) expect(readFileSync(join(out, 'clean', `${split}.tsv`), 'utf8')).toBe(readFileSync(join(sst2, 'clean', `${split}.tsv`), 'utf8'));
+    const data = loadAttackData({ dataset: out, poisonRate: 0.1, numLabels: 2 }, 'addsent');
+    expect(plain(data.train)).toEqual(plain(poisonAttack(clean, 'addsent', {}, settings).train));
+
+    const missing = await makePoisonedDatasets(loadPoisonConfig(join(dir, 'p.yaml')), { env: { HF_HOME: tempDir(), HF_HUB_OFFLINE: '1' }, force: true }).catch((e: unknown) => e);
+    expect(missing).toBeInstanceOf(DataError);
+    expect((missing as Error).message).toMatch(/^dataset sst2: ganqu\/openbackdoor: not in the hub cache \(\S+\/hub\); unset HF_HUB_OFFLINE to download it$/);
   });
 });

@@ -1,6 +1,7 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach } from 'vitest';
 
@@ -59,4 +60,31 @@ export function writeDataset(splits: { train: SyntheticRow[]; devClean: Syntheti
     'badnets/test-clean.csv': csv(splits.testClean),
     'badnets/test-poison.csv': csv(splits.testPoison),
   });
+}
+
+/** The commit of the hand-made hub cache's snapshots. */
+export const COMMIT = 'a'.repeat(40);
+
+/**
+ * A dataset repo in a hand-made Hugging Face cache under `home` (HF_HOME), laid out as huggingface_hub writes
+ * it: file contents in blobs/<sha256>, snapshots/<commit>/<path> symlinks to them, refs/<revision> -> commit.
+ */
+export function cacheRepo(home: string, repo: string, files: Record<string, string | Buffer>, options: { commit?: string; ref?: string | null } = {}): string {
+  const repoDir = join(home, 'hub', `datasets--${repo.replace('/', '--')}`);
+  const commit = options.commit ?? COMMIT;
+  const snapshot = join(repoDir, 'snapshots', commit);
+  for (const [path, content] of Object.entries(files)) {
+    const etag = createHash('sha256').update(content).digest('hex');
+    const blob = join(repoDir, 'blobs', etag);
+    mkdirSync(dirname(blob), { recursive: true });
+    writeFileSync(blob, content);
+    const link = join(snapshot, path);
+    mkdirSync(dirname(link), { recursive: true });
+    symlinkSync(relative(dirname(link), blob), link);
+  }
+  if (options.ref !== null) {
+    mkdirSync(join(repoDir, 'refs'), { recursive: true });
+    writeFileSync(join(repoDir, 'refs', options.ref ?? 'main'), commit);
+  }
+  return snapshot;
 }

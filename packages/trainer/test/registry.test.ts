@@ -1,40 +1,14 @@
-import { copyFileSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createHash } from 'node:crypto';
-import { dirname, join, relative } from 'node:path';
+import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, configToYaml, describeConfigKeys, resolveConfig } from '../src/config/index.js';
 import { DataError, REGISTRY, cachedDatasetSnapshot, loadRegistryDataset, loadRunData, readSplit, registryFiles, type DatasetDownload } from '../src/data/index.js';
 import { train, type ProgressEvent } from '../src/train/index.js';
 import { logisticEngine } from './fake-session.js';
-import { modelDir, repoRoot, sst2, tempDir, writeFiles } from './helpers.js';
+import { COMMIT, cacheRepo, modelDir, repoRoot, sst2, tempDir, writeFiles } from './helpers.js';
 
 const fixtures = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'parquet');
-const COMMIT = 'a'.repeat(40);
-
-/**
- * A dataset repo in a hand-made Hugging Face cache under `home` (HF_HOME), laid out as huggingface_hub writes
- * it: file contents in blobs/<sha256>, snapshots/<commit>/<path> symlinks to them, refs/<revision> -> commit.
- */
-function cacheRepo(home: string, repo: string, files: Record<string, string | Buffer>, options: { commit?: string; ref?: string | null } = {}): string {
-  const repoDir = join(home, 'hub', `datasets--${repo.replace('/', '--')}`);
-  const commit = options.commit ?? COMMIT;
-  const snapshot = join(repoDir, 'snapshots', commit);
-  for (const [path, content] of Object.entries(files)) {
-    const etag = createHash('sha256').update(content).digest('hex');
-    const blob = join(repoDir, 'blobs', etag);
-    mkdirSync(dirname(blob), { recursive: true });
-    writeFileSync(blob, content);
-    const link = join(snapshot, path);
-    mkdirSync(dirname(link), { recursive: true });
-    symlinkSync(relative(dirname(link), blob), link);
-  }
-  if (options.ref !== null) {
-    mkdirSync(join(repoDir, 'refs'), { recursive: true });
-    writeFileSync(join(repoDir, 'refs', options.ref ?? 'main'), commit);
-  }
-  return snapshot;
-}
 
 const sst2Files = () => ({
   'sst2/train.tsv': readFileSync(join(sst2, 'clean', 'train.tsv')),

@@ -10,7 +10,7 @@ export { makePoisoner, poisonAttack } from './poisoners.js';
 export { readCleanDataset, cleanFiles } from './clean.js';
 export { attackCsv, cleanTsv, attackFolderFiles, writePoisonedDatasets, type WriteSummary, type WrittenFolder } from './write.js';
 export { canPoisonInMemory, poisonInMemory } from './in-memory.js';
-export { makePoisonedDatasets, type MadeDatasets } from './make.js';
+export { makePoisonedDatasets, type MadeDatasets, type MakeOptions } from './make.js';
 export {
   poisonConfigSchema,
   loadPoisonConfig,

@@ -57,15 +57,16 @@ function holds(dir: string, files: Record<string, string>): boolean {
 }
 
 /**
- * Writes the clean splits and every attack's folder under `out`. Refuses, before writing anything, to replace
+ * Writes the clean splits and every attack's folder under `out` (`sourceDir`: the layout directory the clean
+ * splits came from, if they did). Refuses, before writing anything, to replace
  * an existing folder unless `force`; an existing clean/ that is the source's own or already holds the same
  * splits is left as it is. Every file goes to a temporary name and is renamed into place, so a reader sees a
  * whole file or none.
  */
-export async function writePoisonedDatasets(out: string, sourceDir: string, clean: CleanDataset, poisoned: readonly PoisonedDataset[], options: { force?: boolean } = {}): Promise<WriteSummary> {
+export async function writePoisonedDatasets(out: string, sourceDir: string | undefined, clean: CleanDataset, poisoned: readonly PoisonedDataset[], options: { force?: boolean } = {}): Promise<WriteSummary> {
   const cleanDir = join(out, 'clean');
   const cleanFiles = { 'train.tsv': cleanTsv(clean.train), 'dev.tsv': cleanTsv(clean.dev), 'test.tsv': cleanTsv(clean.test) };
-  const writeClean = !sameDir(cleanDir, join(sourceDir, 'clean')) && !holds(cleanDir, cleanFiles);
+  const writeClean = !(sourceDir !== undefined && sameDir(cleanDir, join(sourceDir, 'clean'))) && !holds(cleanDir, cleanFiles);
   const folders = [...(writeClean ? [cleanDir] : []), ...poisoned.map((p) => join(out, p.attack))];
   if (!options.force) {
     for (const dir of folders) {

@@ -49,6 +49,17 @@ export function datasetLabel(spec: DatasetSpec): string {
   return isRegistryDataset(spec) ? `dataset ${spec.name}` : spec.path;
 }
 
+/**
+ * The number of classes a config gets: a registry dataset's own (an explicit `numLabels` must agree; AG News
+ * has 4), else the config's `numLabels` (undefined when it sets none: the caller's default applies).
+ */
+export function datasetNumLabels(dataset: DatasetSpec, numLabels: number | undefined, file: string): number | undefined {
+  if (!isRegistryDataset(dataset)) return numLabels;
+  const own = REGISTRY[dataset.name].numLabels;
+  if (numLabels !== undefined && numLabels !== own) throw new ConfigError(file, 'numLabels', `got ${numLabels}, expected ${own}: dataset ${dataset.name} has ${own} classes`);
+  return own;
+}
+
 const FILE_KEYS = ['format', 'header', 'textColumn', 'labelColumn', 'labelMap', 'poisonColumn', 'train', 'dev', 'test', 'devFraction'] as const;
 
 /** Checks what the schema cannot (name or path, not both) and makes paths absolute, relative to `baseDir`. */

@@ -4,4 +4,4 @@ export { ConfigError } from './errors.js';
 export { detectFamily, modelFilesDir, cachedHubSnapshot, hubCacheDir, requireModelDir, ModelNotFoundError } from './model.js';
 export { resolveConfig, loadConfigFile, configToYaml, type ResolveOptions } from './resolve.js';
 export { describeConfigKeys } from './describe.js';
-export { datasetSchema, datasetObjectSchema, resolveDataset, isRegistryDataset, datasetLabel, type DatasetSpec, type RegistryDataset } from './dataset.js';
+export { datasetSchema, datasetObjectSchema, resolveDataset, isRegistryDataset, datasetLabel, datasetNumLabels, type DatasetSpec, type RegistryDataset } from './dataset.js';

@@ -4,8 +4,7 @@ import { defaultsFor } from './defaults.js';
 import { allowedKeysAt, isIntegerAt } from './describe.js';
 import { ConfigError, formatValue, issueToConfigError } from './errors.js';
 import { detectFamily, localModelDir, looksLikePath, modelFilesDir, modelPath } from './model.js';
-import { isRegistryDataset, resolveDataset } from './dataset.js';
-import { REGISTRY } from '../data/registry.js';
+import { datasetNumLabels, resolveDataset } from './dataset.js';
 import { rawConfigSchema, type RunConfig } from './schema.js';
 import { readYamlFile } from './yaml.js';
 import { resolvePoisonPaths } from '../attacks/options.js';
@@ -54,11 +53,7 @@ export function resolveConfig(raw: unknown, options: ResolveOptions): RunConfig 
   }
   const dataset = resolveDataset(cfg.dataset, file, baseDir);
   // A registry dataset knows its classes (AG News: 4); an explicit numLabels must agree.
-  const registryLabels = isRegistryDataset(dataset) ? REGISTRY[dataset.name].numLabels : undefined;
-  if (registryLabels !== undefined && cfg.numLabels !== undefined && cfg.numLabels !== registryLabels) {
-    throw new ConfigError(file, 'numLabels', `got ${cfg.numLabels}, expected ${registryLabels}: dataset ${(dataset as { name: string }).name} has ${registryLabels} classes`);
-  }
-  const numLabels = cfg.numLabels ?? registryLabels ?? defaults.numLabels;
+  const numLabels = datasetNumLabels(dataset, cfg.numLabels, file) ?? defaults.numLabels;
   const targetLabel = cfg.targetLabel ?? defaults.targetLabel;
   if (targetLabel >= numLabels) throw new ConfigError(file, 'targetLabel', `got ${targetLabel}, expected a label in [0, ${numLabels}) (numLabels is ${numLabels})`);
 

@@ -45,7 +45,7 @@ export async function loadDatasetSplits(spec: Exclude<DatasetSpec, string>, conf
 }
 
 /** The poisoners' view of clean splits: one file per split (the first shard; the train file where dev was drawn from it). */
-function asCleanDataset(splits: CleanSplits): CleanDataset {
+export function asCleanDataset(splits: CleanSplits): CleanDataset {
   const train = splits.files.train[0]!;
   return { train: splits.train, dev: splits.dev, test: splits.test, files: { train, dev: splits.files.dev?.[0] ?? train, test: splits.files.test[0]! } };
 }
