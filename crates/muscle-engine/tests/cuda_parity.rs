@@ -12,6 +12,7 @@ mod common;
 use common::{assert_close, fixtures, tiny_batch, tiny_checkpoint, TINY_LABELS};
 use muscle_engine::backend::Mat;
 use muscle_engine::rng::{counter_uniform, stream_key, Rng};
+use muscle_engine::backend::cuda::Precision;
 use muscle_engine::{AdamWConfig, Backend, BatchRef, BertClassifier, Classifier, Cpu, Cuda, GaRule, LoraSpec,
                     MslrSpec, StepSettings, TrainMode, TrainSpec};
 use std::path::Path;
@@ -315,6 +316,72 @@ fn train_trace<B: Backend>(be: B, dir: &Path, labels: usize, spec: &TrainSpec, d
         tr.params.push((meta.name.clone(), clf.model.get_param(&clf.be, &meta.name).unwrap()));
     }
     tr
+}
+
+/// Relative L2 distance |got - want| / |want|.
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn bf16_round(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()
+}
+
+/// A frozen weight in bf16 mode: stored as bf16 (read back rounded to nearest even), and every
+/// GEMM with it equals the CPU's f32 GEMM of the bf16-rounded operands (products of bf16 values are
+/// exact in f32; only the summation order differs).
+#[test]
+fn bf16_gemms_equal_f32_gemms_of_rounded_operands() {
+    let Some(_) = gpu_or_skip() else { return };
+    let gpu = Cuda::with_precision(0, Precision::Bf16).unwrap();
+    let cpu = Cpu::new();
+    let (m, n, k) = (45, 37, 70);
+    let w = random(n * k, 40, 1.0); // [n, k], as a linear weight [out, in]
+    let x = random(m * k, 41, 2.0);
+    let dy = random(m * n, 42, 1.0);
+    let mut wg = gpu.from_host(&w);
+    gpu.freeze_weight(&mut wg, n * k);
+    assert_eq!(gpu.to_host(&wg, n * k), bf16_round(&w), "frozen weight read back");
+    let (wr, xr, dyr) = (bf16_round(&w), bf16_round(&x), bf16_round(&dy));
+    let (xg, dyg) = (gpu.from_host(&x), gpu.from_host(&dy));
+    // forward y = x W^T, and the input gradient dx = dy W (accumulating into a bias of ones)
+    let mut yg = gpu.zeros(m * n);
+    gpu.matmul(&mut yg, 0, n, Mat { buf: &xg, offset: 0, ld: k, trans: false }, Mat { buf: &wg, offset: 0, ld: k, trans: true }, m, n, k, 1.0, false);
+    let mut yc = vec![0.0; m * n];
+    cpu.matmul(&mut yc, 0, n, Mat { buf: &xr, offset: 0, ld: k, trans: false }, Mat { buf: &wr, offset: 0, ld: k, trans: true }, m, n, k, 1.0, false);
+    let mut dxg = gpu.from_host(&vec![1.0; m * k]);
+    gpu.matmul(&mut dxg, 0, k, Mat { buf: &dyg, offset: 0, ld: n, trans: false }, Mat { buf: &wg, offset: 0, ld: k, trans: false }, m, k, n, 0.5, true);
+    let mut dxc = vec![1.0; m * k];
+    cpu.matmul(&mut dxc, 0, k, Mat { buf: &dyr, offset: 0, ld: n, trans: false }, Mat { buf: &wr, offset: 0, ld: k, trans: false }, m, k, n, 0.5, true);
+    let y = gpu.to_host(&yg, m * n);
+    let dx = gpu.to_host(&dxg, m * k);
+    gpu.check().unwrap();
+    let worst = assert_close("bf16 forward GEMM", &y, &yc).max(assert_close("bf16 input-gradient GEMM", &dx, &dxc));
+    eprintln!("bf16 GEMMs: equal to f32 GEMMs of the rounded operands; max abs diff {worst:.2e}");
+}
+
+/// Training in bf16 mode stays near the f32 CPU run: the documented bf16 tolerance is 3% relative
+/// L2 on losses, logits and every trained tensor after three steps.
+#[test]
+fn bf16_training_tracks_the_cpu() {
+    let Some(_) = gpu_or_skip() else { return };
+    for (name, roberta) in [("tiny-bert", false), ("tiny-roberta", true)] {
+        let dir = fixtures().join(name);
+        let spec = peft_spec(0.0);
+        let c = train_trace(Cpu::new(), &dir, 2, &spec, false, roberta);
+        let g = train_trace(Cuda::with_precision(0, Precision::Bf16).unwrap(), &dir, 2, &spec, false, roberta);
+        let mut worst = rel_l2(&g.losses, &c.losses).max(rel_l2(&g.logits, &c.logits));
+        assert!(worst < 3e-2, "{name} bf16: losses/logits {worst:.2e} from the CPU");
+        for ((n, gv), (_, cv)) in g.params.iter().zip(&c.params) {
+            let d = rel_l2(gv, cv);
+            assert!(d < 3e-2, "{name} bf16: {n} {d:.2e} from the CPU");
+            worst = worst.max(d);
+        }
+        eprintln!("{name} LoRA+MSLR bf16: 3 steps within {worst:.2e} relative L2 of the f32 CPU");
+    }
 }
 
 fn same_training(what: &str, dir: &Path, labels: usize, spec: &TrainSpec, dropout: bool, roberta: bool, gpu: Cuda) {

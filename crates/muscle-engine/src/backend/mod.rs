@@ -38,6 +38,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Grow `buf` to hold at least `n` elements (contents unspecified when it grows).
     fn ensure(&self, buf: &mut Self::Buf, n: usize);
     fn fill(&self, buf: &mut Self::Buf, n: usize, value: f32);
+    /// Declares `buf` (`n` elements) a frozen weight matrix that from now on is only an operand of
+    /// `matmul` and read back by `to_host`: a backend may keep it in a compact form (the CUDA
+    /// backend in bf16 mode keeps it in bf16 only). The CPU keeps f32.
+    fn freeze_weight(&self, _buf: &mut Self::Buf, _n: usize) {}
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf, n: usize);
 
     // ---- dense algebra ------------------------------------------------------------------------

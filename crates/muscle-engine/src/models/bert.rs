@@ -400,6 +400,17 @@ impl<B: Backend> BertClassifier<B> {
         if self.embeddings_train {
             self.lowest_trainable = 0;
         }
+        // Frozen linear weights are only ever GEMM operands: the backend may store them compactly.
+        let mut linear: Vec<usize> = self.layers.iter()
+            .flat_map(|l| l.qkv.iter().map(|q| q.0).chain([l.attn_out.0, l.inter.0, l.out.0]))
+            .collect();
+        linear.extend([self.head.dense.0, self.head.out.0]);
+        for i in linear {
+            if !self.params.meta[i].trainable {
+                let n = self.params.meta[i].numel();
+                be.freeze_weight(&mut self.params.values[i], n);
+            }
+        }
     }
 
     fn validate(&self, batch: &BatchRef) -> Result<()> {

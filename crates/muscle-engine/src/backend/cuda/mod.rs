@@ -20,10 +20,35 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
-/// A device buffer of f32. `None` only after an allocation failed (the error is then sticky).
+/// A device buffer: f32, or bf16 for a frozen weight in bf16 mode (`freeze_weight`).
 pub struct GpuBuf {
-    slice: Option<CudaSlice<f32>>,
+    store: Store,
     len: usize,
+}
+
+enum Store {
+    F32(CudaSlice<f32>),
+    /// bf16 bit patterns; only `matmul` and `to_host` read these
+    Bf16(CudaSlice<u16>),
+    /// an allocation failed (the error is then sticky)
+    Missing,
+}
+
+impl GpuBuf {
+    fn is_bf16(&self) -> bool {
+        matches!(self.store, Store::Bf16(_))
+    }
+}
+
+/// What the GEMMs with frozen weights compute in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 everywhere (no TF32): the CPU's numbers to 1e-4
+    F32,
+    /// frozen weight matrices stored in bf16 only; their GEMMs take bf16 operands on the tensor
+    /// cores with f32 accumulation and f32 results. Trainable tensors (master weights, adapters),
+    /// their gradients and the optimiser state stay f32, as does everything outside those GEMMs.
+    Bf16,
 }
 
 /// What a machine offers, as `Cuda::probe` found it.
@@ -41,6 +66,8 @@ struct Scratch {
     ints: Vec<CudaSlice<i32>>,
     f64s: Option<CudaSlice<f64>>,
     f32s: Option<CudaSlice<f32>>,
+    /// bf16 copies of the f32 operands of a mixed GEMM (A and B)
+    halves: [Option<CudaSlice<u16>>; 2],
 }
 
 pub struct Cuda {
@@ -51,6 +78,7 @@ pub struct Cuda {
     scratch: Mutex<Scratch>,
     error: Mutex<Option<String>>,
     info: DeviceInfo,
+    precision: Precision,
 }
 
 /// A kernel argument, passed to `cuLaunchKernel` from an 8-byte slot (the kernel reads the first
@@ -101,8 +129,14 @@ impl Cuda {
         Ok(count as usize)
     }
 
-    /// Opens GPU `ordinal`: context, stream, cuBLAS, and the kernels compiled for its architecture.
+    /// Opens GPU `ordinal` in f32: context, stream, cuBLAS, and the kernels compiled for its
+    /// architecture.
     pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_precision(ordinal, Precision::F32)
+    }
+
+    /// [`Cuda::new`] with the precision of the frozen-weight GEMMs.
+    pub fn with_precision(ordinal: usize, precision: Precision) -> Result<Self> {
         let fail = |what: &str, e: &dyn std::fmt::Debug| EngineError::Device(driver_error(what, e));
         let count = Self::probe().map_err(EngineError::Device)?;
         if ordinal >= count {
@@ -139,11 +173,16 @@ impl Cuda {
             }
         }
         let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| fail("creating the cuBLAS handle", &e))?;
-        Ok(Cuda { ctx, stream, blas, functions, scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info })
+        Ok(Cuda { ctx, stream, blas, functions, scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info,
+                  precision })
     }
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn failed(&self) -> bool {
@@ -171,14 +210,23 @@ impl Cuda {
         self.record("binding the context", self.ctx.bind_to_thread()).is_some()
     }
 
+    /// The device address of an f32 buffer (0, with the error kept, for anything else: a launch
+    /// checks `failed` first, so a 0 never reaches a kernel).
     fn ptr(&self, b: &GpuBuf) -> u64 {
-        match &b.slice {
-            Some(s) => s.device_ptr(&self.stream).0,
-            None => 0,
+        match &b.store {
+            Store::F32(s) => s.device_ptr(&self.stream).0,
+            Store::Bf16(_) => {
+                self.record::<(), _>("internal", Err("a bf16 weight was passed to an f32 kernel"));
+                0
+            }
+            Store::Missing => 0,
         }
     }
 
     fn launch(&self, name: &'static str, grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32, args: &[Arg]) {
+        if self.failed() {
+            return; // an argument may be a 0 address from the failure
+        }
         let Some(f) = self.functions.get(name) else {
             self.record::<(), _>("launch", Err(format!("kernel {name} was not loaded")));
             return;
@@ -254,7 +302,24 @@ impl Cuda {
 
     fn alloc(&self, n: usize) -> GpuBuf {
         let slice = if self.begin() { self.record("allocating device memory", self.stream.alloc_zeros::<f32>(n.max(1))) } else { None };
-        GpuBuf { slice, len: n }
+        GpuBuf { store: slice.map_or(Store::Missing, Store::F32), len: n }
+    }
+
+    /// The bf16 address of a GEMM operand: a frozen weight's own storage, or a bf16 copy (in
+    /// scratch `slot`) of the stored extent of an f32 operand of `rows x cols` with its `ld`.
+    fn bf16_operand(&self, scratch: &mut Scratch, slot: usize, m: &Mat<'_, Self>, rows: usize, cols: usize) -> u64 {
+        if let Store::Bf16(s) = &m.buf.store {
+            return s.device_ptr(&self.stream).0 + 2 * m.offset as u64;
+        }
+        let extent = (rows - 1) * m.ld + cols;
+        if scratch.halves[slot].as_ref().is_none_or(|h| h.len() < extent) {
+            scratch.halves[slot] = None;
+            scratch.halves[slot] = self.record("allocating bf16 scratch", self.stream.alloc_zeros::<u16>(extent.next_power_of_two()));
+        }
+        let Some(dst) = scratch.halves[slot].as_ref().map(|h| h.device_ptr(&self.stream).0) else { return 0 };
+        let src = self.ptr(m.buf) + 4 * m.offset as u64;
+        self.launch_n("f32_to_bf16", extent, &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I64(extent as i64)]);
+        dst
     }
 }
 
@@ -286,7 +351,7 @@ impl Backend for Cuda {
     }
     fn from_host(&self, data: &[f32]) -> GpuBuf {
         let mut b = self.alloc(data.len());
-        if let Some(s) = b.slice.as_mut() {
+        if let Store::F32(s) = &mut b.store {
             if !data.is_empty() {
                 let mut view = s.slice_mut(..data.len());
                 let r = self.stream.memcpy_htod(data, &mut view);
@@ -299,17 +364,33 @@ impl Backend for Cuda {
         if n == 0 || !self.begin() {
             return vec![0.0; n];
         }
-        let Some(s) = buf.slice.as_ref() else { return vec![0.0; n] };
-        self.record("downloading", self.stream.clone_dtoh(&s.slice(..n))).unwrap_or_else(|| vec![0.0; n])
+        match &buf.store {
+            Store::F32(s) => self.record("downloading", self.stream.clone_dtoh(&s.slice(..n))).unwrap_or_else(|| vec![0.0; n]),
+            Store::Bf16(s) => match self.record("downloading", self.stream.clone_dtoh(&s.slice(..n))) {
+                Some(bits) => bits.into_iter().map(|b| half::bf16::from_bits(b).to_f32()).collect(),
+                None => vec![0.0; n],
+            },
+            Store::Missing => vec![0.0; n],
+        }
     }
     fn len(&self, buf: &GpuBuf) -> usize {
         buf.len
     }
     fn ensure(&self, buf: &mut GpuBuf, n: usize) {
         if buf.len < n {
-            buf.slice = None; // free before allocating the larger one
+            buf.store = Store::Missing; // free before allocating the larger one
             *buf = self.alloc(n);
         }
+    }
+    fn freeze_weight(&self, buf: &mut GpuBuf, n: usize) {
+        if self.precision != Precision::Bf16 || buf.is_bf16() || !self.begin() {
+            return;
+        }
+        let Some(half) = self.record("allocating bf16 weights", self.stream.alloc_zeros::<u16>(n.max(1))) else { return };
+        let (dst, src) = (half.device_ptr(&self.stream).0, self.ptr(buf));
+        self.launch_n("f32_to_bf16", n, &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I64(n as i64)]);
+        // the f32 copy is freed in stream order, after the conversion has read it
+        buf.store = Store::Bf16(half);
     }
     fn fill(&self, buf: &mut GpuBuf, n: usize, value: f32) {
         if self.begin() {
@@ -334,6 +415,30 @@ impl Backend for Cuda {
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands and
         // keep each one's transpose flag (a row-major matrix read column-major is its transpose).
         let beta: f32 = if accumulate { 1.0 } else { 0.0 };
+        if a.buf.is_bf16() || b.buf.is_bf16() {
+            // a frozen bf16 weight: both operands in bf16 on the tensor cores, f32 accumulation and C
+            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            let (ar, ac) = if a.trans { (k, m) } else { (m, k) };
+            let (br, bc) = if b.trans { (n, k) } else { (k, n) };
+            let pa = self.bf16_operand(&mut scratch, 0, &a, ar, ac);
+            let pb = self.bf16_operand(&mut scratch, 1, &b, br, bc);
+            let pc = self.ptr(c) + 4 * c_off as u64;
+            if self.failed() {
+                return;
+            }
+            use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+            // SAFETY: as the f32 path; the bf16 operands hold the same extents as their f32 sources.
+            let r = unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    *self.blas.handle(), op(b.trans), op(a.trans), n as i32, m as i32, k as i32,
+                    &alpha as *const f32 as *const c_void, pb as *const c_void, cudaDataType::CUDA_R_16BF, b.ld as i32,
+                    pa as *const c_void, cudaDataType::CUDA_R_16BF, a.ld as i32, &beta as *const f32 as *const c_void,
+                    pc as *mut c_void, cudaDataType::CUDA_R_32F, ldc as i32, cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT)
+            };
+            self.record("cublasGemmEx (bf16)", r);
+            return;
+        }
         let (pa, pb, pc) = (self.ptr(a.buf) + 4 * a.offset as u64, self.ptr(b.buf) + 4 * b.offset as u64,
                             self.ptr(c) + 4 * c_off as u64);
         // SAFETY: operands and C are inside their buffers (the layers' shapes; checked on the CPU

@@ -92,3 +92,12 @@ extern "C" __global__ void adamw_f32(float* param, const float* grad, float* m, 
         param[i] = p - step_size * mi / denom;
     }
 }
+
+// f32 -> bf16 bit patterns, rounding to nearest even (as half::bf16::from_f32 on the host); NaN stays NaN.
+extern "C" __global__ void f32_to_bf16(unsigned short* dst, const float* src, i64 n) {
+    FOR_EACH(i, n) {
+        const unsigned int u = __float_as_uint(src[i]);
+        dst[i] = (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)0x7fc0
+                                                 : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+}
