@@ -4,7 +4,7 @@
 # carry .gpu there, run this from the repository root:
 #   1. every kernel compiles with the machine's NVRTC;
 #   2. CUDA against CPU: every Backend verb, then training steps on the tiny checkpoints (f32, 1e-4);
-#   3. muscle-bench --device cuda beside scripts/bench_torch.py (bf16 and f32), BERT- and
+#   3. muscle-bench --device cuda (bf16 and f32) beside scripts/bench_torch.py (bf16 and f32), BERT- and
 #      RoBERTa-base, 32 x 64 and 32 x 128; scripts/gpu_report.py prints the ratios.
 # Results go to $OUT (or .gpu/out). Each stage has its own time limit so one hang cannot eat the rest.
 set -uo pipefail
@@ -43,8 +43,10 @@ stage kernels 60 .gpu/bin/cuda_kernels --test-threads=1
 stage parity 120 .gpu/bin/cuda_parity --nocapture --test-threads=1
 for fam in bert roberta; do
   for seq in 64 128; do
-    stage "ours-$fam-$seq" 90 .gpu/bin/muscle-bench --device cuda --family "$fam" --seq "$seq" --iters 10 \
-      --modes lora,musclelora,eval --json "$out/ours-$fam-$seq.json"
+    for prec in bf16 f32; do
+      stage "ours-$fam-$seq-$prec" 90 .gpu/bin/muscle-bench --device cuda --precision "$prec" --family "$fam" \
+        --seq "$seq" --iters 10 --modes lora,musclelora,eval --json "$out/ours-$fam-$seq-$prec.json"
+    done
   done
   stage "torch-$fam-bf16" 120 "$py" scripts/bench_torch.py --model "$fam" --dtype bf16 --json "$out/torch-$fam-bf16.json"
   stage "torch-$fam-f32" 120 "$py" scripts/bench_torch.py --model "$fam" --dtype f32 --json "$out/torch-$fam-f32.json"

@@ -88,6 +88,13 @@ describe('@musclelora/core-native', () => {
     auto.free();
     if (!hasGpu) {
       await expect(native.openSession(options({ device: 'cuda' }))).rejects.toThrow(/^device `cuda`: .+; use device: cpu \(or auto, which falls back to the CPU\)$/);
+      await expect(native.openSession(options({ device: 'auto', precision: 'bf16' }))).rejects.toThrow('precision `bf16` needs the GPU (device: cuda, or auto on a machine with one); use precision: f32 or auto');
+    }
+    await expect(native.openSession(options({ precision: 'fp8' }))).rejects.toThrow('precision `fp8` is not one of auto, f32, bf16');
+    for (const precision of ['f32', 'auto', undefined]) {
+      const s = await native.openSession(options({ device: 'cpu', precision }));
+      expect(s.device).toMatch(/^cpu /);
+      s.free();
     }
   });
 

@@ -91,6 +91,11 @@ export interface SessionOptions {
   seed: number
   /** `cpu`, `cuda` or `auto` */
   device: string
+  /**
+   * `f32`, `bf16` (GPU only: frozen weights and their GEMMs in bf16) or `auto` (bf16 on a GPU,
+   * f32 on the CPU); absent = `auto`
+   */
+  precision?: string
   /** worker threads for the CPU backend (the first session of a process sets it) */
   threads?: number
   /** dropout in training steps (the checkpoint's probabilities) */

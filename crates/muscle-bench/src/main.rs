@@ -12,6 +12,8 @@ use muscle_engine::models::bert::{random_tensors, BatchRef, BertClassifier};
 use muscle_engine::models::config::{EncoderConfig, Family};
 use muscle_engine::io::safetensors::Weights;
 use muscle_engine::*;
+#[cfg(feature = "cuda")]
+use muscle_engine::backend::cuda::Precision;
 use std::time::Instant;
 
 struct Args {
@@ -26,12 +28,13 @@ struct Args {
     kernels: bool,
     cuda: bool,
     roberta: bool,
+    bf16: bool,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
     let mut a = Args { layers: 12, hidden: 768, batch: 32, seq: 64, iters: 3,
                        modes: vec!["lora".into(), "musclelora".into(), "full".into(), "eval".into()], json: None,
-                       gemms: false, kernels: false, cuda: false, roberta: false };
+                       gemms: false, kernels: false, cuda: false, roberta: false, bf16: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -45,6 +48,11 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--json" => a.json = Some(val()?),
             "--gemms" => a.gemms = true,
             "--kernels" => a.kernels = true,
+            "--precision" => a.bf16 = match val()?.as_str() {
+                "f32" => false,
+                "bf16" => true,
+                other => return Err(format!("--precision: `{other}` is not one of f32, bf16")),
+            },
             "--family" => a.roberta = match val()?.as_str() {
                 "bert" => false,
                 "roberta" => true,
@@ -57,16 +65,20 @@ fn parse_args() -> std::result::Result<Args, String> {
             },
             "-h" | "--help" => {
                 println!("muscle-bench [--layers 12] [--hidden 768] [--batch 32] [--seq 64] [--iters 3] \
-                          [--modes lora,musclelora,full,eval] [--device cpu|cuda] [--family bert|roberta] [--json out.json] [--gemms] [--kernels]\n\n\
+                          [--modes lora,musclelora,full,eval] [--device cpu|cuda] [--precision f32|bf16] [--family bert|roberta] [--json out.json] [--gemms] [--kernels]\n\n\
                           Times training steps of a random BERT- (or RoBERTa-) shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
                           dropout 0.1) against the same run's SGEMM peak (2048^3 on the CPU, with numpy's beside it;\n\
                           cuBLAS f32 at 8192^3 on a GPU).\n\
-                          --device cuda: the CUDA backend on GPU 0 (f32), with the device memory in use after the steps.\n\
+                          --device cuda: the CUDA backend on GPU 0, with the device memory in use after the steps;\n\
+                          --precision bf16 (GPU only): frozen weights and their GEMMs in bf16, f32 accumulation.\n\
                           --gemms: GFLOP/s of each layer GEMM shape; --kernels: ms of the non-GEMM kernels per layer (CPU).");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other}; see --help")),
         }
+    }
+    if a.bf16 && !a.cuda {
+        return Err("--precision bf16 needs --device cuda".into());
     }
     if a.cuda && (a.gemms || a.kernels) {
         return Err("--gemms and --kernels measure the CPU backend; leave them out with --device cuda".into());
@@ -206,13 +218,15 @@ fn main() {
     if args.cuda {
         #[cfg(feature = "cuda")]
         {
-            let open = || Cuda::new(0).unwrap_or_else(|e| {
+            let precision = if args.bf16 { Precision::Bf16 } else { Precision::F32 };
+            let open = || Cuda::with_precision(0, precision).unwrap_or_else(|e| {
                 eprintln!("muscle-bench: {e}");
                 std::process::exit(1)
             });
             let be = open();
             let info = be.info().clone();
-            let device = format!("{} (sm_{}{}), f32", info.name, info.compute_capability.0, info.compute_capability.1);
+            let device = format!("{} (sm_{}{}), {}", info.name, info.compute_capability.0, info.compute_capability.1,
+                                 if args.bf16 { "bf16" } else { "f32" });
             eprintln!("measuring cuBLAS SGEMM peak on {device}...");
             let peak = sgemm_peak(&be, 8192);
             drop(be);
@@ -333,6 +347,7 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks: &[(
         let json = serde_json::json!({
             "device": device, "peaks": peaks.iter().map(|(n, p)| serde_json::json!({"name": n, "gflops": p})).collect::<Vec<_>>(),
             "peak_gflops": peak_ref,
+            "precision": if args.bf16 { "bf16" } else { "f32" },
             "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
             "steps": rows.iter().map(|(m, ms, gflop, rate, ratio, mem)| serde_json::json!({
                 "mode": m, "ms": ms, "gflop": gflop, "gflops": rate, "ratio_to_peak": ratio,

@@ -10,6 +10,7 @@ use muscle_engine::{
     AdamWConfig, Backend, BatchRef, Classifier, Cpu, Cuda, GaBranch, GaRule, LoraSpec, MslrSpec, StepSettings as EngineStep,
     TrainMode, TrainSpec,
 };
+use muscle_engine::backend::cuda::Precision;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use std::path::PathBuf;
@@ -60,6 +61,9 @@ pub struct SessionOptions {
     pub seed: f64,
     /// `cpu`, `cuda` or `auto`
     pub device: String,
+    /// `f32`, `bf16` (GPU only: frozen weights and their GEMMs in bf16) or `auto` (bf16 on a GPU,
+    /// f32 on the CPU); absent = `auto`
+    pub precision: Option<String>,
     /// worker threads for the CPU backend (the first session of a process sets it)
     pub threads: Option<u32>,
     /// dropout in training steps (the checkpoint's probabilities)
@@ -243,6 +247,16 @@ impl Engine {
     }
 }
 
+/// The precision a session asks for, on the device chosen: bf16 exists on the GPU only.
+fn choose_precision(precision: Option<&str>, gpu: bool) -> Result<Precision> {
+    match (precision.unwrap_or("auto"), gpu) {
+        ("auto", true) | ("bf16", true) => Ok(Precision::Bf16),
+        ("auto", false) | ("f32", _) => Ok(Precision::F32),
+        ("bf16", false) => Err(invalid("precision `bf16` needs the GPU (device: cuda, or auto on a machine with one); use precision: f32 or auto")),
+        (other, _) => Err(invalid(format!("precision `{other}` is not one of auto, f32, bf16"))),
+    }
+}
+
 /// The device a session asks for, resolved: `auto` takes the GPU when the driver offers one.
 fn choose_device(device: &str) -> Result<bool> {
     match device {
@@ -304,6 +318,7 @@ impl Task for OpenTask {
         let o = self.opts.take().ok_or_else(|| invalid("session options already used"))?;
         guarded("openSession", || {
             let gpu = choose_device(&o.device)?;
+            let precision = choose_precision(o.precision.as_deref(), gpu)?;
             if let Some(n) = o.threads {
                 THREADS.call_once(|| {
                     // fails only if a pool already exists, in which case that one is used
@@ -325,9 +340,10 @@ impl Task for OpenTask {
             };
             let tokenizer = TextTokenizer::open(&dir, o.max_length as usize).map_err(engine_err)?;
             let (clf, device) = if gpu {
-                let be = Cuda::new(0).map_err(engine_err)?;
+                let be = Cuda::with_precision(0, precision).map_err(engine_err)?;
                 let info = be.info().clone();
-                let device = format!("cuda:{} ({}, sm_{}{})", info.ordinal, info.name, info.compute_capability.0, info.compute_capability.1);
+                let device = format!("cuda:{} ({}, sm_{}{}, {})", info.ordinal, info.name, info.compute_capability.0,
+                                     info.compute_capability.1, if precision == Precision::Bf16 { "bf16" } else { "f32" });
                 (Engine::Cuda(Engine::open(be, &dir, &o, &spec, adamw)?), device)
             } else {
                 let be = Cpu::new();

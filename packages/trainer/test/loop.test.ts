@@ -5,7 +5,7 @@ import { resolveConfig, type RawConfig } from '../src/config/index.js';
 import { DataError } from '../src/data/index.js';
 import { ModelNotFoundError } from '../src/config/model.js';
 import { runInDirectory } from '../src/report/index.js';
-import { train, type MetricRecord, type ProgressEvent } from '../src/train/index.js';
+import { sessionOptions, train, type MetricRecord, type ProgressEvent } from '../src/train/index.js';
 import { logisticEngine, newLog, scriptedEngine, scriptedRows } from './fake-session.js';
 import { modelDir, sst2, tempDir, writeDataset } from './helpers.js';
 
@@ -87,6 +87,13 @@ describe('best-on-dev selection', () => {
     const attacker = await train(config({ dataset, methods: ['vanilla'], epochs: 2, batchSize: 4, select: 'attacker' }), { openSession: scriptedEngine(script) });
     expect(defender.results[0]).toMatchObject({ select: 'defender', bestEpoch: 0, cacc: 0.8, asr: 0.2 });
     expect(attacker.results[0]).toMatchObject({ select: 'attacker', bestEpoch: 1, cacc: 0.7, asr: 0.9 });
+  });
+});
+
+describe('session options', () => {
+  it("pass the config's device and precision to the engine", () => {
+    expect(sessionOptions(config({ dataset: 'data' }), 'musclelora', '/m')).toMatchObject({ modelDir: '/m', device: 'cpu', precision: 'auto' });
+    expect(sessionOptions(config({ dataset: 'data', device: 'cuda', precision: 'bf16' }), 'lora', '/m')).toMatchObject({ device: 'cuda', precision: 'bf16' });
   });
 });
 

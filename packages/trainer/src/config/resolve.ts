@@ -75,6 +75,7 @@ export function resolveConfig(raw: unknown, options: ResolveOptions): RunConfig 
     methodLr: cfg.methodLr ?? {},
     seed: cfg.seed ?? defaults.seed,
     device: cfg.device ?? defaults.device,
+    precision: cfg.precision ?? defaults.precision,
     select: cfg.select ?? defaults.select,
     ...(cfg.limit !== undefined && { limit: cfg.limit }),
     lora: { ...defaults.lora, ...cfg.lora },

@@ -19,6 +19,9 @@ export type Family = (typeof FAMILIES)[number];
 export const DEVICES = ['cpu', 'cuda', 'auto'] as const;
 export type Device = (typeof DEVICES)[number];
 
+export const PRECISIONS = ['auto', 'f32', 'bf16'] as const;
+export type Precision = (typeof PRECISIONS)[number];
+
 const positive = () => z.number().gt(0);
 const probability = () => z.number().min(0).lt(1);
 
@@ -72,6 +75,7 @@ export const rawConfigSchema = z.strictObject({
   methodLr: z.partialRecord(z.enum(METHODS), positive()).optional().describe('peak learning rate per method, overriding lr (full fine-tuning usually needs a lower one than adapters), e.g. { vanilla: 5.0e-5 }'),
   seed: z.int().min(0).max(0xffffffff).optional().describe('seed of shuffling, reference draw and initialisation (42)'),
   device: z.enum(DEVICES).optional().describe("where the engine runs; 'auto' picks CUDA when a driver is found (auto)"),
+  precision: z.enum(PRECISIONS).optional().describe("GPU GEMMs with frozen weights: 'bf16' keeps those weights in bf16 (tensor cores, f32 accumulation; adapters, gradients and AdamW stay f32), 'f32' matches the CPU; 'auto' = bf16 on a GPU, f32 on the CPU (auto)"),
   select: z.enum(['defender', 'attacker']).optional().describe("checkpoint selection: 'defender' = best clean dev accuracy; 'attacker' = best mean of clean dev accuracy and poisoned dev ASR (defender)"),
   limit: z.int().min(1).optional().describe('use N rows of each split, drawn at random (seeded) so that poisoned rows keep their share (quick runs)'),
   lora: loraSchema.optional().describe('low-rank adaptation on the frozen backbone (LR)'),

@@ -80,6 +80,7 @@ export function sessionOptions(config: RunConfig, method: Method, modelDir: stri
     maxLength: config.maxLength,
     seed: config.seed,
     device: config.device,
+    precision: config.precision,
     dropout: config.dropout,
     train: trainSpec(method, config),
     optimizer: { ...config.optimizer },
