@@ -22,7 +22,7 @@ pub const MODULES: &[Module] = &[
         file: "elementwise.cu",
         source: include_str!("kernels/elementwise.cu"),
         kernels: &[
-            "fill_f32", "add_bias_f32", "axpby_f32", "scale_f32", "add_f32", "mul_f32", "scale_cols_f32",
+            "fill_f32", "add_bias_f32", "axpby_f32", "scale_f32", "add_f32", "mul_f32", "mul_into_f32", "scale_cols_f32",
             "gelu_forward_f32", "gelu_backward_f32", "tanh_forward_f32", "tanh_backward_f32",
             "dropout_mask_f32", "counter_uniform_f32", "adamw_f32", "f32_to_bf16",
         ],
@@ -46,7 +46,7 @@ pub const MODULES: &[Module] = &[
     Module {
         file: "attention.cu",
         source: include_str!("kernels/attention.cu"),
-        kernels: &["attention_forward_f32", "attention_backward_rows_f32", "attention_backward_cols_f32"],
+        kernels: &["to_heads_f32", "from_heads_f32", "attention_softmax_f32", "attention_dscores_f32"],
     },
 ];
 

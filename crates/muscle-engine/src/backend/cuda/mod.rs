@@ -68,6 +68,8 @@ struct Scratch {
     f32s: Option<CudaSlice<f32>>,
     /// bf16 copies of the f32 operands of a mixed GEMM (A and B)
     halves: [Option<CudaSlice<u16>>; 2],
+    /// attention's head-major copies and [b*heads, t, t] temporaries (see `attention`)
+    attn: Vec<CudaSlice<f32>>,
 }
 
 pub struct Cuda {
@@ -614,38 +616,62 @@ impl Backend for Cuda {
     fn attention_forward(&self, out: &mut GpuBuf, probs: &mut GpuBuf, q: &GpuBuf, k: &GpuBuf,
                          v: &GpuBuf, key_mask: &[i32], drop: Option<&GpuBuf>, b: usize, t: usize,
                          heads: usize, d: usize) {
-        if b * t == 0 || !self.attention_shape_ok(d) || !self.begin() {
+        if b * t == 0 || !self.begin() {
             return;
         }
+        let (bh, n) = (b * heads, b * t * heads * d);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let pm = self.upload_ints(&mut scratch, 0, &key_mask[..b * t]);
-        let scale = 1.0 / (d as f32).sqrt();
-        self.launch("attention_forward_f32", (t.div_ceil(ATTN_WARPS) as u32, (b * heads) as u32, 1), (32 * ATTN_WARPS as u32, 1, 1),
-                    (ATTN_WARPS * t * 4) as u32, &[
-            Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(probs)), Arg::Ptr(self.ptr(q)), Arg::Ptr(self.ptr(k)),
-            Arg::Ptr(self.ptr(v)), Arg::Ptr(pm), Arg::Ptr(drop.map_or(0, |x| self.ptr(x))), Arg::I32(b as i32),
-            Arg::I32(t as i32), Arg::I32(heads as i32), Arg::I32(d as i32), Arg::F32(scale)]);
+        let [qh, kh, vh, oh, pd] = self.attn_scratch(&mut scratch, [n, n, n, n, if drop.is_some() { bh * t * t } else { 1 }]);
+        for (dst, src) in [(qh, q), (kh, k), (vh, v)] {
+            self.heads(true, dst, self.ptr(src), b, t, heads, d);
+        }
+        let pp = self.ptr(probs);
+        // scores = scale Q K^T, straight into `probs`
+        self.gemm_batched(pp, t, t * t, (qh, d, t * d, false), (kh, d, t * d, true), t, t, d, 1.0 / (d as f32).sqrt(), bh);
+        let pdrop = drop.map_or(0, |x| self.ptr(x));
+        self.launch("attention_softmax_f32", ((bh * t).div_ceil(ATTN_WARPS) as u32, 1, 1), (32 * ATTN_WARPS as u32, 1, 1), 0, &[
+            Arg::Ptr(pp), Arg::Ptr(pd), Arg::Ptr(pdrop), Arg::Ptr(pm), Arg::I32((bh * t) as i32), Arg::I32(t as i32),
+            Arg::I32(heads as i32)]);
+        // out = P' V, P' the dropped-out probabilities
+        let used = if drop.is_some() { pd } else { pp };
+        self.gemm_batched(oh, d, t * d, (used, t, t * t, false), (vh, d, t * d, false), t, d, t, 1.0, bh);
+        self.heads(false, oh, self.ptr(out), b, t, heads, d);
     }
     fn attention_backward(&self, dq: &mut GpuBuf, dk: &mut GpuBuf, dv: &mut GpuBuf, dout: &GpuBuf,
                           probs: &GpuBuf, q: &GpuBuf, k: &GpuBuf, v: &GpuBuf,
                           drop: Option<&GpuBuf>, b: usize, t: usize, heads: usize, d: usize) {
-        if b * t == 0 || !self.attention_shape_ok(d) || !self.begin() {
+        if b * t == 0 || !self.begin() {
             return;
         }
+        let (bh, n) = (b * heads, b * t * heads * d);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let ds = self.f32_scratch(&mut scratch, b * heads * t * t);
+        let [qh, kh, vh, gh, pd, dp, xh] = self.attn_scratch(&mut scratch, [n, n, n, n, bh * t * t, bh * t * t, n]);
+        for (dst, src) in [(qh, q), (kh, k), (vh, v), (gh, dout)] {
+            self.heads(true, dst, self.ptr(src), b, t, heads, d);
+        }
+        let (pp, pdrop) = (self.ptr(probs), drop.map_or(0, |x| self.ptr(x)));
+        let used = match drop {
+            Some(_) => {
+                // P' = P * mask, as the forward multiplied V with
+                self.launch_n("mul_into_f32", bh * t * t, &[Arg::Ptr(pd), Arg::Ptr(pp), Arg::Ptr(pdrop), Arg::I64((bh * t * t) as i64)]);
+                pd
+            }
+            None => pp,
+        };
         let scale = 1.0 / (d as f32).sqrt();
-        let pdrop = drop.map_or(0, |x| self.ptr(x));
-        let grid = (t.div_ceil(ATTN_WARPS) as u32, (b * heads) as u32, 1);
-        let block = (32 * ATTN_WARPS as u32, 1, 1);
-        self.launch("attention_backward_rows_f32", grid, block, (ATTN_WARPS * t * 4) as u32, &[
-            Arg::Ptr(self.ptr(dq)), Arg::Ptr(ds), Arg::Ptr(self.ptr(dout)), Arg::Ptr(self.ptr(probs)),
-            Arg::Ptr(self.ptr(k)), Arg::Ptr(self.ptr(v)), Arg::Ptr(pdrop), Arg::I32(b as i32), Arg::I32(t as i32),
-            Arg::I32(heads as i32), Arg::I32(d as i32), Arg::F32(scale)]);
-        self.launch("attention_backward_cols_f32", grid, block, 0, &[
-            Arg::Ptr(self.ptr(dk)), Arg::Ptr(self.ptr(dv)), Arg::Ptr(ds), Arg::Ptr(self.ptr(dout)),
-            Arg::Ptr(self.ptr(probs)), Arg::Ptr(self.ptr(q)), Arg::Ptr(pdrop), Arg::I32(b as i32), Arg::I32(t as i32),
-            Arg::I32(heads as i32), Arg::I32(d as i32), Arg::F32(scale)]);
+        // dV = P'^T dOut
+        self.gemm_batched(xh, d, t * d, (used, t, t * t, true), (gh, d, t * d, false), t, d, t, 1.0, bh);
+        self.heads(false, xh, self.ptr(dv), b, t, heads, d);
+        // dP = dOut V^T, then dS in place
+        self.gemm_batched(dp, t, t * t, (gh, d, t * d, false), (vh, d, t * d, true), t, t, d, 1.0, bh);
+        self.launch("attention_dscores_f32", ((bh * t).div_ceil(ATTN_WARPS) as u32, 1, 1), (32 * ATTN_WARPS as u32, 1, 1), 0, &[
+            Arg::Ptr(dp), Arg::Ptr(pp), Arg::Ptr(pdrop), Arg::I32((bh * t) as i32), Arg::I32(t as i32)]);
+        // dQ = scale dS K ; dK = scale dS^T Q
+        self.gemm_batched(xh, d, t * d, (dp, t, t * t, false), (kh, d, t * d, false), t, d, t, scale, bh);
+        self.heads(false, xh, self.ptr(dq), b, t, heads, d);
+        self.gemm_batched(xh, d, t * d, (dp, t, t * t, true), (qh, d, t * d, false), t, d, t, scale, bh);
+        self.heads(false, xh, self.ptr(dk), b, t, heads, d);
     }
     fn softmax_xent_forward(&self, probs: &mut GpuBuf, logits: &GpuBuf, labels: &[i32], rows: usize, n: usize) -> f32 {
         if rows == 0 || !self.begin() {
@@ -705,18 +731,57 @@ impl Backend for Cuda {
     }
 }
 
-/// Warps per block of the attention kernels (`WARPS` in attention.cu).
+/// Rows (warps) per block of the attention row kernels.
 const ATTN_WARPS: usize = 4;
-/// The attention kernels keep a row of the head dimension in 8 registers per lane (`MAXC`).
-const ATTN_MAX_HEAD_DIM: usize = 32 * 8;
+
+/// A batched GEMM operand: (device address, leading dimension, stride between batch items, transposed).
+type BatchedMat = (u64, usize, usize, bool);
 
 impl Cuda {
-    fn attention_shape_ok(&self, d: usize) -> bool {
-        if d > ATTN_MAX_HEAD_DIM {
-            self.record::<(), _>("attention", Err(format!("head dimension {d} exceeds the kernel's {ATTN_MAX_HEAD_DIM}")));
-            return false;
+    /// Attention's scratch buffers, at least `sizes[i]` floats each; returns their addresses.
+    fn attn_scratch<const N: usize>(&self, scratch: &mut Scratch, sizes: [usize; N]) -> [u64; N] {
+        while scratch.attn.len() < N {
+            match self.record("allocating attention scratch", self.stream.alloc_zeros::<f32>(1)) {
+                Some(s) => scratch.attn.push(s),
+                None => return [0; N],
+            }
         }
-        true
+        std::array::from_fn(|i| {
+            if scratch.attn[i].len() < sizes[i] {
+                match self.record("allocating attention scratch", self.stream.alloc_zeros::<f32>(sizes[i])) {
+                    Some(s) => scratch.attn[i] = s,
+                    None => return 0,
+                }
+            }
+            scratch.attn[i].device_ptr(&self.stream).0
+        })
+    }
+
+    /// Copies between the projections' layout [b*t, heads*d] and head-major [b*heads, t, d].
+    #[allow(clippy::too_many_arguments)]
+    fn heads(&self, to_heads: bool, dst: u64, src: u64, b: usize, t: usize, heads: usize, d: usize) {
+        let name = if to_heads { "to_heads_f32" } else { "from_heads_f32" };
+        self.launch_n(name, b * t * heads * d, &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I32(b as i32), Arg::I32(t as i32),
+                                                 Arg::I32(heads as i32), Arg::I32(d as i32)]);
+    }
+
+    /// `C_i[m, n] = alpha op(A_i) op(B_i)` for `batch` row-major items at fixed strides (C not accumulated).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_batched(&self, c: u64, ldc: usize, stride_c: usize, a: BatchedMat, b: BatchedMat, m: usize, n: usize, k: usize,
+                    alpha: f32, batch: usize) {
+        if self.failed() {
+            return;
+        }
+        let beta = 0.0f32;
+        // the row-major to column-major swap of `matmul`
+        // SAFETY: every item lies inside the scratch or activation buffer its address came from.
+        let r = unsafe {
+            cudarc::cublas::result::sgemm_strided_batched(
+                *self.blas.handle(), op(b.3), op(a.3), n as i32, m as i32, k as i32, &alpha,
+                b.0 as *const f32, b.1 as i32, b.2 as i64, a.0 as *const f32, a.1 as i32, a.2 as i64, &beta,
+                c as *mut f32, ldc as i32, stride_c as i64, batch as i32)
+        };
+        self.record("cublasSgemmStridedBatched", r);
     }
 
     /// Draws `n` values of the counter-based stream `key` on the GPU (the test holding the kernel

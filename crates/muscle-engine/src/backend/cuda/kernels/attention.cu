@@ -1,157 +1,79 @@
-// Multi-head attention over q, k, v, out: [b*t, heads*d] row-major (heads interleaved in a row, as the
-// projections produce them; no transpose copies). One warp per query row (forward, dQ) or key row
-// (dK, dV); lanes split the head dimension d (d <= 32 * MAXC). The [t] row of scores lives in shared
-// memory. The softmax probabilities [b, heads, t, t] are saved because the backward needs them;
-// `drop` (nullable) is an inverted-dropout mask of the same shape applied to them after saving.
-// Semantics are the CPU backend's (backend/cpu/attention.rs) exactly.
+// Multi-head attention around cuBLAS's batched GEMMs. The projections are [b*t, heads*d] row-major
+// (heads interleaved in a row); the GEMMs want each (batch, head) as a contiguous [t, d] block, so
+// q, k, v (and the gradients) are copied to and from that head-major layout [b*heads, t, d]. The
+// kernels here are the rest: the copies, the masked row softmax (with the dropout mask applied to a
+// copy, since the backward needs the probabilities before dropout) and dS. Semantics are the CPU
+// backend's (backend/cpu/attention.rs) exactly.
 
-#define WARPS 4
-#define MAXC 8
-
-__device__ __forceinline__ void load_row(float (&r)[MAXC], const float* src, int d, int lane) {
-    #pragma unroll
-    for (int c = 0; c < MAXC; c++) {
-        const int idx = lane + 32 * c;
-        r[c] = idx < d ? src[idx] : 0.0f;
+// x [b*t, heads*d] -> xh [b*heads, t, d]
+extern "C" __global__ void to_heads_f32(float* xh, const float* x, int b, int t, int heads, int d) {
+    const i64 n = (i64)b * t * heads * d;
+    FOR_EACH(i, n) {
+        const int c = (int)(i % d);
+        const i64 r = i / d;                 // row of xh: (bh, j)
+        const int j = (int)(r % t);
+        const int bh = (int)(r / t);
+        const int bi = bh / heads, h = bh % heads;
+        xh[i] = x[((i64)bi * t + j) * heads * d + (i64)h * d + c];
     }
 }
 
-__device__ __forceinline__ float dot_row(const float (&r)[MAXC], const float* src, int d, int lane) {
-    float acc = 0.0f;
-    #pragma unroll
-    for (int c = 0; c < MAXC; c++) {
-        const int idx = lane + 32 * c;
-        if (idx < d) acc += r[c] * src[idx];
-    }
-    return warp_sum(acc);
-}
-
-__device__ __forceinline__ void axpy_row(float (&acc)[MAXC], float a, const float* src, int d, int lane) {
-    #pragma unroll
-    for (int c = 0; c < MAXC; c++) {
-        const int idx = lane + 32 * c;
-        if (idx < d) acc[c] += a * src[idx];
+// xh [b*heads, t, d] -> x [b*t, heads*d]
+extern "C" __global__ void from_heads_f32(float* x, const float* xh, int b, int t, int heads, int d) {
+    const i64 n = (i64)b * t * heads * d;
+    FOR_EACH(i, n) {
+        const int c = (int)(i % d);
+        const i64 r = i / d;
+        const int j = (int)(r % t);
+        const int bh = (int)(r / t);
+        const int bi = bh / heads, h = bh % heads;
+        x[((i64)bi * t + j) * heads * d + (i64)h * d + c] = xh[i];
     }
 }
 
-__device__ __forceinline__ void store_row(float* dst, const float (&r)[MAXC], float scale, int d, int lane) {
-    #pragma unroll
-    for (int c = 0; c < MAXC; c++) {
-        const int idx = lane + 32 * c;
-        if (idx < d) dst[idx] = r[c] * scale;
-    }
-}
-
-// grid (ceil(t / WARPS), b * heads), block 32 * WARPS, shared WARPS * t floats.
-extern "C" __global__ void attention_forward_f32(float* out, float* probs, const float* q, const float* k,
-                                                 const float* v, const int* key_mask, const float* drop,
-                                                 int b, int t, int heads, int d, float scale) {
-    extern __shared__ float smem[];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int bh = blockIdx.y, bi = bh / heads, hh = bh % heads;
-    const int i = blockIdx.x * WARPS + warp;
-    if (i >= t) return;  // the whole warp leaves; nothing below synchronises the block
-    const i64 hd = (i64)heads * d;
-    const i64 head = (i64)bi * t * hd + (i64)hh * d;  // row 0 of this (batch, head)
+// One warp per row of the scores [b*heads*t, t] (already scaled): softmax over the keys the mask keeps
+// (1 = token), 0 for the others, an all-zero row when every key is masked. `probs` is written in place;
+// with `drop`, `pd` gets probs * drop (what multiplies V), else `pd` may alias nothing and is unused.
+extern "C" __global__ void attention_softmax_f32(float* probs, float* pd, const float* drop, const int* key_mask,
+                                                 int rows, int t, int heads) {
+    const int lane = threadIdx.x & 31;
+    const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const int bi = (int)(row / t) / heads;
     const int* mask = key_mask + (i64)bi * t;
-    float* s = smem + warp * t;
-
-    float qi[MAXC];
-    load_row(qi, q + head + i * hd, d, lane);
+    float* p = probs + row * t;
     float mx = -INFINITY;
-    for (int j = 0; j < t; j++) {
-        const float score = dot_row(qi, k + head + j * hd, d, lane) * scale;
-        if (lane == 0) s[j] = score;
-        if (mask[j]) mx = fmaxf(mx, score);
-    }
-    __syncwarp();
+    for (int j = lane; j < t; j += 32) if (mask[j]) mx = fmaxf(mx, p[j]);
+    mx = warp_max(mx);
     float sum = 0.0f;
     for (int j = lane; j < t; j += 32) {
-        const float e = mask[j] ? expf(s[j] - mx) : 0.0f;
-        s[j] = e;
+        const float e = mask[j] ? expf(p[j] - mx) : 0.0f;
+        p[j] = e;
         sum += e;
     }
     sum = warp_sum(sum);
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a fully masked row is all 0
-    const i64 prow = ((i64)bh * t + i) * t;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     for (int j = lane; j < t; j += 32) {
-        const float p = s[j] * inv;
-        probs[prow + j] = p;
-        s[j] = drop ? p * drop[prow + j] : p;
+        const float v = p[j] * inv;
+        p[j] = v;
+        if (drop) pd[row * t + j] = v * drop[row * t + j];
     }
-    __syncwarp();
-    float acc[MAXC] = {};
-    for (int j = 0; j < t; j++) {
-        const float p = s[j];
-        if (p != 0.0f) axpy_row(acc, p, v + head + j * hd, d, lane);
-    }
-    store_row(out + head + i * hd, acc, 1.0f, d, lane);
 }
 
-// Per query row i: dP = dOut V^T (times the dropout mask), dS = P * (dP - rowsum(P * dP)) saved to
-// `ds` [b, heads, t, t], and dQ = scale * dS K. Same launch shape as the forward.
-extern "C" __global__ void attention_backward_rows_f32(float* dq, float* ds, const float* dout, const float* probs,
-                                                       const float* k, const float* v, const float* drop,
-                                                       int b, int t, int heads, int d, float scale) {
-    extern __shared__ float smem[];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int bh = blockIdx.y, bi = bh / heads, hh = bh % heads;
-    const int i = blockIdx.x * WARPS + warp;
-    if (i >= t) return;
-    const i64 hd = (i64)heads * d;
-    const i64 head = (i64)bi * t * hd + (i64)hh * d;
-    const i64 prow = ((i64)bh * t + i) * t;
-    float* dp = smem + warp * t;
-
-    float go[MAXC];
-    load_row(go, dout + head + i * hd, d, lane);
-    for (int j = 0; j < t; j++) {
-        const float x = dot_row(go, v + head + j * hd, d, lane);
-        if (lane == 0) dp[j] = x;
-    }
-    __syncwarp();
+// One warp per row: dP (from dOut V^T) times the dropout mask, then dS = P * (dP - rowsum(P * dP)),
+// in place over dP.
+extern "C" __global__ void attention_dscores_f32(float* dp, const float* probs, const float* drop, int rows, int t) {
+    const int lane = threadIdx.x & 31;
+    const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    float* g = dp + row * t;
+    const float* p = probs + row * t;
     float rs = 0.0f;
     for (int j = lane; j < t; j += 32) {
-        const float x = drop ? dp[j] * drop[prow + j] : dp[j];
-        dp[j] = x;
-        rs += probs[prow + j] * x;
+        const float x = drop ? g[j] * drop[row * t + j] : g[j];
+        g[j] = x;
+        rs += p[j] * x;
     }
     rs = warp_sum(rs);
-    for (int j = lane; j < t; j += 32) {
-        const float x = probs[prow + j] * (dp[j] - rs);
-        dp[j] = x;
-        ds[prow + j] = x;
-    }
-    __syncwarp();
-    float acc[MAXC] = {};
-    for (int j = 0; j < t; j++) {
-        const float x = dp[j];
-        if (x != 0.0f) axpy_row(acc, x, k + head + j * hd, d, lane);
-    }
-    store_row(dq + head + i * hd, acc, scale, d, lane);
-}
-
-// Per key row j: dV = P'^T dOut with P' the dropped-out probabilities, dK = scale * dS^T Q.
-// grid (ceil(t / WARPS), b * heads), block 32 * WARPS, no shared memory.
-extern "C" __global__ void attention_backward_cols_f32(float* dk, float* dv, const float* ds, const float* dout,
-                                                       const float* probs, const float* q, const float* drop,
-                                                       int b, int t, int heads, int d, float scale) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int bh = blockIdx.y, bi = bh / heads, hh = bh % heads;
-    const int j = blockIdx.x * WARPS + warp;
-    if (j >= t) return;
-    const i64 hd = (i64)heads * d;
-    const i64 head = (i64)bi * t * hd + (i64)hh * d;
-    const i64 pbase = (i64)bh * t * t;
-    float av[MAXC] = {};
-    float ak[MAXC] = {};
-    for (int i = 0; i < t; i++) {
-        const i64 at = pbase + (i64)i * t + j;
-        const float p = drop ? probs[at] * drop[at] : probs[at];
-        const float x = ds[at];
-        if (p != 0.0f) axpy_row(av, p, dout + head + i * hd, d, lane);
-        if (x != 0.0f) axpy_row(ak, x, q + head + i * hd, d, lane);
-    }
-    store_row(dv + head + j * hd, av, 1.0f, d, lane);
-    store_row(dk + head + j * hd, ak, scale, d, lane);
+    for (int j = lane; j < t; j += 32) g[j] = p[j] * (g[j] - rs);
 }

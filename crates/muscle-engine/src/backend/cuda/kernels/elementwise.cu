@@ -24,6 +24,10 @@ extern "C" __global__ void mul_f32(float* x, const float* m, i64 n) {
     FOR_EACH(i, n) x[i] *= m[i];
 }
 
+extern "C" __global__ void mul_into_f32(float* out, const float* a, const float* b, i64 n) {
+    FOR_EACH(i, n) out[i] = a[i] * b[i];
+}
+
 extern "C" __global__ void scale_cols_f32(float* x, const float* s, i64 rows, int n) {
     FOR_EACH(i, rows * n) x[i] *= s[i % n];
 }
