@@ -12,13 +12,14 @@ export interface DelimitedOptions {
   header: boolean;
 }
 
-interface ParsedRecord {
+/** A csv-parse record with `info: true`. */
+export interface ParsedRecord {
   record: string[];
   info: { lines: number };
 }
 
 /** The line a record starts on (csv-parse reports the line it ends on; quoted fields may span lines). */
-function startLine({ record, info }: ParsedRecord): number {
+export function startLine({ record, info }: ParsedRecord): number {
   let breaks = 0;
   for (const field of record) for (const ch of field) if (ch === '\n') breaks++;
   return info.lines - breaks;

@@ -146,15 +146,10 @@ function defaultTextColumn(table: RawTable): ColumnRef {
   throw new DataError(table.file, table.headerLine, `no "text" or "sentence" column; set dataset.textColumn (${columns})`);
 }
 
-export interface TableOptions {
-  format?: DataFormat;
-  header?: boolean;
-  textColumn?: ColumnRef | ColumnRef[];
-  labelColumn?: ColumnRef;
-  labelMap?: Record<string, number>;
-  poisonColumn?: ColumnRef;
+/** How to read one table: the dataset's column mapping, and the number of classes to check labels against. */
+export type TableOptions = Pick<DatasetFiles, 'format' | 'header' | 'textColumn' | 'labelColumn' | 'labelMap' | 'poisonColumn'> & {
   numLabels: number;
-}
+};
 
 /** One file of examples, in any format, through the column mapping. */
 export async function loadTable(file: string, options: TableOptions): Promise<Example[]> {

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parse } from 'csv-parse/sync';
+import { startLine, type ParsedRecord } from './delimited.js';
 import { DataError } from './errors.js';
 
 // One text-classification table: a header line and one example per row. CSV and TSV share the quoting rules
@@ -44,17 +45,6 @@ export const ATTACK_CSV: TableFormat = {
   toExample: ([, text, label, poisoned], check) => ({ text: text!, label: check.label(label!, 'label'), poisoned: check.flag(poisoned!, 'poison_label') }),
 };
 
-interface ParsedRecord {
-  record: string[];
-  info: { lines: number };
-}
-
-/** The line a record starts on (csv-parse reports the line it ends on; quoted fields may span lines). */
-function startLine({ record, info }: ParsedRecord): number {
-  let breaks = 0;
-  for (const field of record) for (const ch of field) if (ch === '\n') breaks++;
-  return info.lines - breaks;
-}
 
 /** Parses a table and validates every row; errors name the file and line. */
 export function parseTable(file: string, text: string, format: TableFormat, numLabels: number): Example[] {
