@@ -58,7 +58,7 @@ impl<B: Backend> Classifier<B> {
     /// Forward + backward of one batch in training mode; leaves the gradient in the model.
     fn gradient(&mut self, batch: &BatchRef) -> Result<f32> {
         let labels = batch.labels.ok_or_else(|| EngineError::Batch("training batches need labels".into()))?;
-        self.model.forward(&self.be, batch, true)?;
+        self.model.forward_on_device(&self.be, batch, true)?;
         let loss = self.model.loss(&self.be, labels)?;
         self.model.backward(&self.be, batch)?;
         Ok(loss)

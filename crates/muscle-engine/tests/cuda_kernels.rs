@@ -1,5 +1,5 @@
-//! Every CUDA kernel source compiles to PTX for sm_80 (A100) and sm_90 (H100/H200) through NVRTC,
-//! and every kernel the backend loads is in it. Needs only libnvrtc (the PyPI package
+//! Every CUDA kernel source compiles, through NVRTC, to PTX and to machine code for sm_80 (A100) and
+//! sm_90 (H100/H200), and every kernel the backend loads is in it. Needs only libnvrtc (the PyPI package
 //! `nvidia-cuda-nvrtc` provides it without a GPU; `scripts/fetch_nvrtc.sh` fetches it, `.ci/run` runs
 //! that script); skipped, with the reason
 //! printed, where the library cannot be loaded — unless MUSCLE_REQUIRE_NVRTC=1, as in CI.
@@ -38,6 +38,26 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             }
         }
     }
+}
+
+/// What a session loads: machine code for the real architecture (an ELF image).
+#[test]
+fn every_module_compiles_to_machine_code_for_sm80_and_sm90() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    for arch in ["sm_80", "sm_90"] {
+        for m in MODULES {
+            let bin = kernels::compile_cubin(m, arch).unwrap_or_else(|e| panic!("{e}"));
+            assert!(bin.len() > 1000 && bin.starts_with(b"\x7fELF"), "{} for {arch}: not an ELF image", m.file);
+            for k in m.kernels {
+                assert!(bin.windows(k.len()).any(|w| w == k.as_bytes()), "{} for {arch}: no symbol {k}", m.file);
+            }
+        }
+    }
+    let err = kernels::compile_cubin(&kernels::Module { file: "bad.cu", source: "extern \"C\" __global__ void k() { oops; }", kernels: &[] }, "sm_90")
+        .err().expect("must fail");
+    assert!(err.contains("bad.cu(1)") && err.contains("oops"), "{err}");
 }
 
 #[test]

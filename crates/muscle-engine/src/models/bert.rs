@@ -497,6 +497,14 @@ impl<B: Backend> BertClassifier<B> {
     /// Runs the model on a batch and returns the logits `[b, num_labels]` (host). With `train`,
     /// dropout is on (fresh masks every call) and the activations are kept for [`Self::backward`].
     pub fn forward(&mut self, be: &B, batch: &BatchRef, train: bool) -> Result<Vec<f32>> {
+        self.forward_on_device(be, batch, train)?;
+        let (b, _, _) = self.last.expect("set by forward_on_device");
+        Ok(be.to_host(&self.acts.logits, b * self.num_labels))
+    }
+
+    /// [`forward`](Self::forward) without reading the logits back: a training step needs only the
+    /// loss, and on a GPU every read-back is a synchronisation.
+    pub fn forward_on_device(&mut self, be: &B, batch: &BatchRef, train: bool) -> Result<()> {
         self.validate(batch)?;
         let (b, t) = (batch.b, batch.t);
         self.ensure_buffers(be, b, t);
@@ -611,7 +619,7 @@ impl<B: Backend> BertClassifier<B> {
         }
         linear::linear_forward(be, &mut a.logits, &a.head_out, &pv[hd.out.0], Some(&pv[hd.out.1]), b, h, self.num_labels);
         self.last = Some((b, t, drop));
-        Ok(be.to_host(&a.logits, b * self.num_labels))
+        Ok(())
     }
 
     /// Mean cross-entropy of the last forward against `labels`; keeps the probabilities for the backward.

@@ -1,8 +1,8 @@
 //! The CUDA kernel sources (embedded in the crate) and their run-time compilation with NVRTC.
 //!
 //! Each `.cu` file is one NVRTC program (with `common.cuh` prepended: NVRTC has no file system to
-//! include from), compiled to PTX for the device's compute capability the first time a device is
-//! opened, and cached for the life of the process.
+//! include from), compiled for the device's architecture the first time a device is opened (machine
+//! code where NVRTC knows the architecture, else PTX), and cached for the life of the process.
 
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
@@ -67,6 +67,46 @@ pub fn compile(module: &Module, arch: &str) -> Result<Ptx, String> {
     })
 }
 
+/// Compiles one module to a CUBIN (machine code) for a real architecture (`sm_80`, `sm_90`, ...).
+/// Loading machine code needs no PTX JIT in the driver, so NVRTC from a newer CUDA 13.x than the
+/// driver's still works (a newer PTX ISA would be refused by an older driver).
+pub fn compile_cubin(module: &Module, arch: &str) -> Result<Vec<u8>, String> {
+    use cudarc::nvrtc::{result, sys};
+    use std::ffi::CString;
+    let src = CString::new(format!("{COMMON}\n#line 1 \"{}\"\n{}", module.file, module.source))
+        .map_err(|_| format!("{}: source holds a NUL byte", module.file))?;
+    let name = CString::new(module.file).map_err(|_| format!("{}: bad file name", module.file))?;
+    let prog = result::create_program(&src, Some(&name)).map_err(|e| format!("NVRTC: creating {}: {e:?}", module.file))?;
+    let options = [format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
+    // SAFETY: `prog` is live until destroyed below; `src` and `name` outlive it.
+    let out = unsafe {
+        match result::compile_program(prog, &options) {
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| std::ffi::CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Err(format!("NVRTC could not compile {} for {arch} ({e:?}):\n{log}", module.file))
+            }
+            Ok(()) => {
+                let mut size = 0usize;
+                match sys::nvrtcGetCUBINSize(prog, &mut size).result() {
+                    Err(e) => Err(format!("NVRTC: no machine code for {} on {arch}: {e:?}", module.file)),
+                    Ok(()) => {
+                        let mut bin = vec![0u8; size];
+                        sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut std::ffi::c_char)
+                            .result()
+                            .map(|_| bin)
+                            .map_err(|e| format!("NVRTC: reading the machine code of {}: {e:?}", module.file))
+                    }
+                }
+            }
+        }
+    };
+    // SAFETY: created above, destroyed once.
+    let _ = unsafe { result::destroy_program(prog) };
+    out
+}
+
 /// True when libnvrtc can be loaded: from the loader's search path (`LD_LIBRARY_PATH` included) or
 /// a folder `libs::search_dirs` names.
 pub fn nvrtc_available() -> bool {
@@ -75,17 +115,30 @@ pub fn nvrtc_available() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-/// The PTX of every module for `arch`, compiled once per process.
-pub fn ptx_for(arch: &str) -> Result<Vec<(&'static Module, String)>, String> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Vec<String>>>> = OnceLock::new();
+/// Every module compiled for a device of compute capability `(major, minor)`, once per process:
+/// machine code for `sm_XY` where this NVRTC knows the architecture, else PTX for `compute_XY`
+/// (the driver compiles it when loading).
+pub fn images_for(major: i32, minor: i32) -> Result<Vec<(&'static Module, Ptx)>, String> {
+    #[derive(Clone)]
+    enum Image {
+        Cubin(Vec<u8>),
+        Ptx(String),
+    }
+    static CACHE: OnceLock<Mutex<HashMap<(i32, i32), Vec<Image>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if !cache.contains_key(arch) {
-        let mut ptx = Vec::with_capacity(MODULES.len());
+    if !cache.contains_key(&(major, minor)) {
+        let mut images = Vec::with_capacity(MODULES.len());
         for m in MODULES {
-            ptx.push(compile(m, arch)?.to_src());
+            images.push(match compile_cubin(m, &format!("sm_{major}{minor}")) {
+                Ok(bin) => Image::Cubin(bin),
+                Err(_) => Image::Ptx(compile(m, &format!("compute_{major}{minor}"))?.to_src()),
+            });
         }
-        cache.insert(arch.to_string(), ptx);
+        cache.insert((major, minor), images);
     }
-    Ok(MODULES.iter().zip(cache[arch].iter().cloned()).collect())
+    Ok(MODULES.iter().zip(cache[&(major, minor)].iter().cloned()).map(|(m, img)| match img {
+        Image::Cubin(bin) => (m, Ptx::from_binary(bin)),
+        Image::Ptx(src) => (m, Ptx::from_src(src)),
+    }).collect())
 }

@@ -165,10 +165,9 @@ impl Cuda {
             compute_capability: (major, minor),
             total_memory: ctx.total_mem().unwrap_or(0),
         };
-        let arch = format!("compute_{major}{minor}");
         let mut functions = HashMap::new();
-        for (module, ptx) in kernels::ptx_for(&arch).map_err(EngineError::Device)? {
-            let loaded = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| fail(&format!("loading {}", module.file), &e))?;
+        for (module, image) in kernels::images_for(major, minor).map_err(EngineError::Device)? {
+            let loaded = ctx.load_module(image).map_err(|e| fail(&format!("loading {}", module.file), &e))?;
             for &name in module.kernels {
                 let f = loaded.load_function(name).map_err(|e| fail(&format!("finding kernel {name}"), &e))?;
                 functions.insert(name, f);
