@@ -363,6 +363,13 @@ unsafe fn kernel_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
         p += 1;
     }
     let acc = [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]];
+    store_tile(&acc, c, ldc, mr, nr, alpha, beta);
+}
+
+/// Writes the `mr x nr` valid part of a `6 x 16` accumulator tile: `C = alpha acc (+ C if beta)`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_tile(acc: &[[__m256; 2]; MR], c: *mut f32, ldc: usize, mr: usize, nr: usize, alpha: f32, beta: bool) {
     let va = _mm256_set1_ps(alpha);
     if mr == MR && nr == NR {
         for (i, row) in acc.iter().enumerate() {
@@ -392,6 +399,47 @@ unsafe fn kernel_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
             }
         }
     }
+}
+
+/// `C[m, n] = alpha A[m, k] B[k, n]` without packing, one thread: for attention's per-head products
+/// (64 x 64 x 64), where packing both operands costs about as much as multiplying them. A may have
+/// any strides; B's rows must be contiguous (`ldb` apart) and readable for `n.next_multiple_of(NR)`
+/// columns (the caller pads B where `n` is not a multiple of `NR`).
+///
+/// # Safety
+/// AVX2 and FMA present; every element read or written inside its buffer as described; `k > 0`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_direct(m: usize, n: usize, k: usize, a: View, b: *const f32, ldb: usize, c: Out, alpha: f32) {
+    for j0 in (0..n).step_by(NR) {
+        let nr = NR.min(n - j0);
+        for i0 in (0..m).step_by(MR) {
+            let mr = MR.min(m - i0);
+            // rows past `mr` repeat the last valid row (in bounds); their results are not stored
+            let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.add((i0 + i.min(mr - 1)) * a.rs));
+            kernel_direct(k, rows, a.cs, b.add(j0), ldb, c.ptr.add(i0 * c.ldc + j0), c.ldc, mr, nr, alpha);
+        }
+    }
+}
+
+/// The `6 x 16` tile of [`gemm_direct`]: A read through six row pointers with column stride `acs`,
+/// B through rows `ldb` apart.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_direct(kc: usize, rows: [*const f32; MR], acs: usize, b: *const f32, ldb: usize, c: *mut f32,
+                        ldc: usize, mr: usize, nr: usize, alpha: f32) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    for p in 0..kc {
+        let bp = b.add(p * ldb);
+        let b0 = _mm256_loadu_ps(bp);
+        let b1 = _mm256_loadu_ps(bp.add(8));
+        for (i, row) in rows.iter().enumerate() {
+            let x = _mm256_broadcast_ss(&*row.add(p * acs));
+            acc[i][0] = _mm256_fmadd_ps(x, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(x, b1, acc[i][1]);
+        }
+    }
+    store_tile(&acc, c, ldc, mr, nr, alpha, false);
 }
 
 #[cfg(test)]
@@ -525,6 +573,28 @@ mod tests {
             for threads in [1, 2, 3] {
                 check(case, &run(threads));
             }
+        }
+    }
+
+    /// The unpacked path, on A in both layouts, edge tiles in m and n (B padded as required).
+    #[test]
+    fn direct_matches_reference() {
+        if !available() {
+            return;
+        }
+        for &(m, n, k, ta) in &[(64, 64, 64, false), (37, 37, 64, true), (5, 16, 3, false), (13, 70, 9, true), (1, 1, 1, false)] {
+            let case = Case { m, n, k, ta, tb: false, pad: 0, off: 0, alpha: 0.125, accumulate: false };
+            check(case, &|c, cbuf, ldc, a, lda, b, ldb| {
+                // B padded to whole 16-column panels, as the caller must
+                let np = c.n.next_multiple_of(NR);
+                let mut bp = vec![0.0f32; c.k * np];
+                for p in 0..c.k {
+                    bp[p * np..p * np + c.n].copy_from_slice(&b[p * ldb..p * ldb + c.n]);
+                }
+                let av = if c.ta { View { ptr: a.as_ptr(), rs: 1, cs: lda } } else { View { ptr: a.as_ptr(), rs: lda, cs: 1 } };
+                // SAFETY: AVX2/FMA checked; `check` sizes A and C for their views; B padded above.
+                unsafe { gemm_direct(c.m, c.n, c.k, av, bp.as_ptr(), np, Out { ptr: cbuf.as_mut_ptr(), ldc }, c.alpha) };
+            });
         }
     }
 
