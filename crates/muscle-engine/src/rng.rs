@@ -65,17 +65,25 @@ pub fn stream_key(seed: u64, ids: &[u64]) -> u64 {
     st
 }
 
-/// Element `i` of the counter-based uniform stream `key`, in [0, 1) with 24 bits: the SplitMix64
-/// finaliser of `key + (i + 1) * golden`. Every element is independent of the others, so a GPU
-/// thread per element draws exactly what the CPU draws (dropout masks agree across backends).
-/// `backend/cuda/kernels/elementwise.cu` repeats this function; keep the two in step.
-#[inline]
+/// Element `i` of the counter-based uniform stream `key`, in [0, 1) with 24 bits: two rounds of
+/// a 32-bit integer mixer (Wellons' lowbias32) over the counter, keyed by both halves of `key`.
+/// Every element is independent of the others and the arithmetic is 32-bit, so a CPU loop
+/// vectorises (8 lanes of AVX2) and a GPU thread per element draws exactly what the CPU draws
+/// (dropout masks agree across backends). `backend/cuda/kernels/elementwise.cu` repeats this
+/// function; keep the two in step.
+#[inline(always)]
 pub fn counter_uniform(key: u64, i: u64) -> f32 {
-    let mut z = key.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 40) as f32 * (1.0 / 16_777_216.0)
+    #[inline(always)]
+    fn mix(mut x: u32) -> u32 {
+        x ^= x >> 16;
+        x = x.wrapping_mul(0x7feb_352d);
+        x ^= x >> 15;
+        x = x.wrapping_mul(0x846c_a68b);
+        x ^ (x >> 16)
+    }
+    let x = mix(i as u32 ^ key as u32);
+    let x = mix(x ^ (key >> 32) as u32 ^ ((i >> 32) as u32).wrapping_mul(0x9E37_79B9));
+    (x >> 8) as f32 * (1.0 / 16_777_216.0)
 }
 
 /// Kaiming-uniform with a = sqrt(5), as `torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5))`:
@@ -130,7 +138,8 @@ mod tests {
         assert!(c.abs() < 0.002, "{c}");
         assert_ne!(counter_uniform(key, 0), counter_uniform(stream_key(5, &[1, 3]), 0));
         // fixed values: the CUDA kernel is checked against these
-        assert_eq!(counter_uniform(0, 0), (0xE220A8397B1DCDAFu64 >> 40) as f32 / 16_777_216.0);
+        assert_eq!(counter_uniform(0x1234_5678_9abc_def0, 7), (0xD413B835u32 >> 8) as f32 / 16_777_216.0);
+        assert_eq!(counter_uniform(3, (1 << 32) + 5), (0x2C007118u32 >> 8) as f32 / 16_777_216.0);
     }
 
     #[test]

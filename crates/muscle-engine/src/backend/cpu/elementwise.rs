@@ -126,12 +126,15 @@ pub fn dropout_mask(mask: &mut [f32], p: f32, seed: u64, stream: &[u64]) {
     }
     let keep = 1.0 / (1.0 - p);
     let key = crate::rng::stream_key(seed, stream);
-    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, c)| {
-        let base = (ci * CHUNK) as u64;
-        for (i, m) in c.iter_mut().enumerate() {
+    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, c)| dropout_chunk(c, key, (ci * CHUNK) as u64, p, keep));
+}
+
+multiversion! {
+    fn dropout_chunk(mask: &mut [f32], key: u64, base: u64, p: f32, keep: f32) {
+        for (i, m) in mask.iter_mut().enumerate() {
             *m = if crate::rng::counter_uniform(key, base + i as u64) < p { 0.0 } else { keep };
         }
-    });
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

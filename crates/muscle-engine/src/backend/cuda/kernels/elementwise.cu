@@ -60,14 +60,20 @@ extern "C" __global__ void tanh_backward_f32(float* dinp, const float* out, cons
     }
 }
 
-// Element i of the counter-based uniform stream `key` (rng.rs `counter_uniform`, bit for bit):
-// the SplitMix64 finaliser of key + (i + 1) * golden, top 24 bits.
+// Element i of the counter-based uniform stream `key` (rng.rs `counter_uniform`, bit for bit): two
+// rounds of Wellons' lowbias32 mixer over the counter, keyed by both halves of `key`, top 24 bits.
+__device__ __forceinline__ unsigned int mix32(unsigned int x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    return x ^ (x >> 16);
+}
+
 __device__ __forceinline__ float counter_uniform(u64 key, u64 i) {
-    u64 z = key + (i + 1ull) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (float)(z >> 40) * (1.0f / 16777216.0f);
+    unsigned int x = mix32((unsigned int)i ^ (unsigned int)key);
+    x = mix32(x ^ (unsigned int)(key >> 32) ^ ((unsigned int)(i >> 32) * 0x9E3779B9u));
+    return (float)(x >> 8) * (1.0f / 16777216.0f);
 }
 
 // Inverted dropout mask: 0 with probability p, else 1 / (1 - p) (`keep`).
