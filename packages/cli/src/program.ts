@@ -5,6 +5,7 @@ import {
   ConfigError,
   DataError,
   DEVICES,
+  PRECISIONS,
   HubError,
   ModelNotFoundError,
   NativeEngineError,
@@ -60,11 +61,16 @@ interface RunOptions {
   printConfig?: boolean;
   out: string;
   device?: (typeof DEVICES)[number];
+  precision?: (typeof PRECISIONS)[number];
   seed?: number;
 }
 
 async function runCommand(configPath: string, opts: RunOptions, env: CliEnv): Promise<number> {
-  const overrides = { ...(opts.device && { device: opts.device }), ...(opts.seed !== undefined && { seed: opts.seed }) };
+  const overrides = {
+    ...(opts.device && { device: opts.device }),
+    ...(opts.precision && { precision: opts.precision }),
+    ...(opts.seed !== undefined && { seed: opts.seed }),
+  };
   const config = loadConfigFile(configPath, overrides);
   if (opts.printConfig) {
     env.stdout.write(configToYaml(config));
@@ -117,6 +123,7 @@ function buildProgram(env: CliEnv, setExit: (code: number) => void): Command {
     .option('--print-config', 'print the fully resolved configuration (every default filled in) and exit')
     .option('--out <dir>', 'write results to <dir>/<name>/', 'runs')
     .addOption(new Option('--device <device>', "where the engine runs, overriding the config's device ('auto': CUDA when found)").choices(DEVICES))
+    .addOption(new Option('--precision <precision>', "GPU precision, overriding the config's ('bf16': frozen weights and their GEMMs in bf16; 'f32': the CPU's numbers; 'auto': bf16 on a GPU)").choices(PRECISIONS))
     .option('--seed <n>', "seed of shuffling, reference draw and initialisation, overriding the config's seed", parseSeed)
     .addHelpText('after', configKeysHelp())
     .action(async (configPath: string, opts: RunOptions) => setExit(await runCommand(configPath, opts, env)));

@@ -59,9 +59,12 @@ describe('help', () => {
   it('muscle run --help explains every option and every config key', async () => {
     const { code, stdout } = await muscle(['run', '--help']);
     expect(code).toBe(EXIT.ok);
-    for (const option of ['--print-config', '--out <dir>', '--device <device>', '--seed <n>', '-h, --help']) expect(stdout).toContain(option);
+    for (const option of ['--print-config', '--out <dir>', '--device <device>', '--precision <precision>', '--seed <n>', '-h, --help']) expect(stdout).toContain(option);
     expect(stdout).toContain('(default: "runs")');
-    expect(stdout).toContain('(choices: "cpu", "cuda", "auto")');
+    // commander wraps option descriptions at the terminal width: compare with the wrapping undone
+    const flat = stdout.replace(/\s+/g, ' ');
+    expect(flat).toContain('(choices: "cpu", "cuda", "auto")');
+    expect(flat).toContain('(choices: "auto", "f32", "bf16")');
     expect(stdout).toMatch(/ga\.maxRawGradRatio\s+gated rule: rho = maxRawGradRatio/);
     expect(stdout).toContain('Exit codes: 0 done, 1 failed, 2 bad config, data or arguments, 130 stopped by Ctrl-C.');
   });
@@ -73,11 +76,12 @@ describe('help', () => {
 
 describe('--print-config', () => {
   it('prints the resolved config with the command-line overrides, and trains nothing', async () => {
-    const { code, stdout, stderr } = await muscle(['run', quickstart, '--print-config', '--seed', '7', '--device', 'cpu']);
+    const { code, stdout, stderr } = await muscle(['run', quickstart, '--print-config', '--seed', '7', '--device', 'cpu', '--precision', 'f32']);
     expect(code).toBe(EXIT.ok);
     expect(stderr).toBe('');
-    expect(stdout).toBe(configToYaml(loadConfigFile(quickstart, { seed: 7, device: 'cpu' })));
+    expect(stdout).toBe(configToYaml(loadConfigFile(quickstart, { seed: 7, device: 'cpu', precision: 'f32' })));
     expect(stdout).toContain('seed: 7\n');
+    expect(stdout).toContain('precision: f32\n');
   });
 });
 
@@ -95,6 +99,9 @@ describe('bad input: one line, exit code 2, no stack trace', () => {
     const device = await muscle(['run', quickstart, '--device', 'gpu']);
     expect(device.code).toBe(EXIT.usage);
     expect(device.stderr).toContain("error: option '--device <device>' argument 'gpu' is invalid. Allowed choices are cpu, cuda, auto.");
+    const precision = await muscle(['run', quickstart, '--precision', 'fp16']);
+    expect(precision.code).toBe(EXIT.usage);
+    expect(precision.stderr).toContain("error: option '--precision <precision>' argument 'fp16' is invalid. Allowed choices are auto, f32, bf16.");
     const seed = await muscle(['run', quickstart, '--seed', '-1']);
     expect(seed.code).toBe(EXIT.usage);
     expect((await muscle(['run', quickstart, '--seed', '1.5'])).stderr).toContain("argument '1.5' is invalid. expected an integer in [0, 4294967295]");
