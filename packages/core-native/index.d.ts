@@ -13,7 +13,7 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class Session {
   /** Token id used for padding batches. */
   get padId(): number
-  /** Where the session runs, e.g. `cpu (16 threads)` or `cuda:0 (NVIDIA H100 80GB HBM3, sm_90)`. */
+  /** Where the session runs, e.g. `cpu (16 threads)` or `cuda:0 (NVIDIA H100 80GB HBM3, sm_90, bf16)`. */
   get device(): string
   get numLabels(): number
   /** Number of trainable scalars. */

@@ -502,7 +502,7 @@ impl Session {
         self.pad_id
     }
 
-    /// Where the session runs, e.g. `cpu (16 threads)` or `cuda:0 (NVIDIA H100 80GB HBM3, sm_90)`.
+    /// Where the session runs, e.g. `cpu (16 threads)` or `cuda:0 (NVIDIA H100 80GB HBM3, sm_90, bf16)`.
     #[napi(getter)]
     pub fn device(&self) -> String {
         self.device.clone()
