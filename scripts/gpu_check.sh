@@ -9,6 +9,9 @@
 # Results go to $OUT (or .gpu/out). Each stage has its own time limit so one hang cannot eat the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+for bin in cuda_kernels cuda_parity muscle-bench; do
+  [[ -x .gpu/bin/$bin ]] || { echo "missing .gpu/bin/$bin: run scripts/build_gpu_bundle.sh on the build machine and carry .gpu here" >&2; exit 2; }
+done
 out="${OUT:-.gpu/out}"
 mkdir -p "$out"
 py="${PYTHON:-python3}"
