@@ -257,7 +257,8 @@ fn choose_precision(precision: Option<&str>, gpu: bool) -> Result<Precision> {
     }
 }
 
-/// The device a session asks for, resolved: `auto` takes the GPU when the driver offers one.
+/// The device a session asks for, resolved: `auto` takes the GPU when the driver offers one (and
+/// falls back to the CPU, saying why, when the CUDA libraries cannot be opened).
 fn choose_device(device: &str) -> Result<bool> {
     match device {
         "cpu" => Ok(false),
@@ -339,15 +340,32 @@ impl Task for OpenTask {
                 weight_decay: o.optimizer.weight_decay as f32,
             };
             let tokenizer = TextTokenizer::open(&dir, o.max_length as usize).map_err(engine_err)?;
-            let (clf, device) = if gpu {
-                let be = Cuda::with_precision(0, precision).map_err(engine_err)?;
+            // `auto` on a machine whose GPU cannot be opened (no cuBLAS or NVRTC found, say) trains on
+            // the CPU and says why in the device string; an explicit `cuda` or `bf16` fails instead.
+            let mut not_used = None;
+            let gpu_backend = if gpu {
+                match Cuda::with_precision(0, precision) {
+                    Ok(be) => Some(be),
+                    Err(e) if o.device == "auto" && o.precision.as_deref() != Some("bf16") => {
+                        not_used = Some(e.to_string());
+                        None
+                    }
+                    Err(e) => return Err(engine_err(e)),
+                }
+            } else {
+                None
+            };
+            let (clf, device) = if let Some(be) = gpu_backend {
                 let info = be.info().clone();
                 let device = format!("cuda:{} ({}, sm_{}{}, {})", info.ordinal, info.name, info.compute_capability.0,
                                      info.compute_capability.1, if precision == Precision::Bf16 { "bf16" } else { "f32" });
                 (Engine::Cuda(Engine::open(be, &dir, &o, &spec, adamw)?), device)
             } else {
                 let be = Cpu::new();
-                let device = format!("cpu ({} threads)", be.threads());
+                let device = match not_used {
+                    None => format!("cpu ({} threads)", be.threads()),
+                    Some(why) => format!("cpu ({} threads; the GPU was not used: {why})", be.threads()),
+                };
                 (Engine::Cpu(Engine::open(be, &dir, &o, &spec, adamw)?), device)
             };
             let pad_id = clf.pad_id();
