@@ -19,6 +19,8 @@ import {
 } from '@musclelora/trainer';
 import { addDownloadCommand } from './commands/download.js';
 import { addPoisonCommand } from './commands/poison.js';
+import { keyLines } from './help.js';
+import { withCtrlC } from './interrupt.js';
 import { ProgressReporter, type Output } from './progress.js';
 
 /** What the CLI talks to; tests replace it. */
@@ -43,12 +45,10 @@ function parseSeed(value: string): number {
 }
 
 function configKeysHelp(): string {
-  const keys = describeConfigKeys();
-  const width = Math.max(...keys.map((k) => k.key.length)) + 2;
   return [
     '',
     'Config keys (YAML; only name, model, dataset and attacks are required, the rest defaults per model family):',
-    ...keys.map((k) => `  ${k.key.padEnd(width)}${k.description}`),
+    ...keyLines(describeConfigKeys()),
     '',
     'Outputs in <out>/<name>/: config.resolved.yaml, metrics.jsonl, results.json, results.md.',
     'Ctrl-C stops after the current step and keeps the results so far; a second Ctrl-C quits at once.',
@@ -78,22 +78,17 @@ async function runCommand(configPath: string, opts: RunOptions, env: CliEnv): Pr
   }
 
   const dir = join(opts.out, config.name);
-  const controller = new AbortController();
-  const signals = env.signals ?? process;
   const progress = new ProgressReporter(env.stderr);
-  const onSigint = () => {
-    if (controller.signal.aborted) process.exit(EXIT.interrupted); // second Ctrl-C: the user means it
+  const stopping = () => {
     progress.stop();
     env.stderr.write('\nStopping after the current step (Ctrl-C again to quit at once)...\n');
-    controller.abort();
   };
-  signals.on('SIGINT', onSigint);
   try {
-    const run = await runInDirectory(config, dir, {
+    const run = await withCtrlC(env, (signal) => runInDirectory(config, dir, {
       ...(env.openSession && { openSession: env.openSession }),
       onProgress: (event) => progress.handle(event),
-      signal: controller.signal,
-    });
+      signal,
+    }), stopping);
     progress.stop();
     if (run.aborted) {
       env.stderr.write(run.results.length > 0 ? `Stopped. Partial results in ${join(dir, RUN_FILES.markdown)} (and ${RUN_FILES.json}, ${RUN_FILES.metrics})\n` : `Stopped before any method finished; the resolved config is in ${join(dir, RUN_FILES.config)}\n`);
@@ -103,7 +98,6 @@ async function runCommand(configPath: string, opts: RunOptions, env: CliEnv): Pr
     return EXIT.ok;
   } finally {
     progress.stop();
-    signals.off('SIGINT', onSigint);
   }
 }
 

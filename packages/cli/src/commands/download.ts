@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { HubError, snapshotDownload } from '@musclelora/trainer';
 import { DownloadProgress } from '../download-progress.js';
+import { withCtrlC } from '../interrupt.js';
 import { EXIT, type CliEnv } from '../program.js';
 
 // `muscle download <repo>`: a model or dataset repo into the Hugging Face cache; the snapshot directory on
@@ -39,37 +40,30 @@ Examples:
 
 async function download(repo: string, opts: DownloadOptions, env: CliEnv): Promise<number> {
   const progress = new DownloadProgress(env.stderr);
-  const controller = new AbortController();
-  const signals = env.signals ?? process;
-  const onSigint = () => {
-    if (controller.signal.aborted) process.exit(EXIT.interrupted); // second Ctrl-C: the user means it
-    controller.abort();
-  };
-  signals.on('SIGINT', onSigint);
-  try {
-    const dir = await snapshotDownload({
-      repo,
-      repoType: opts.dataset ? 'dataset' : 'model',
-      revision: opts.revision,
-      ...(opts.include && { include: opts.include }),
-      onProgress: (event) => progress.handle(event),
-      signal: controller.signal,
-    });
-    progress.stop();
-    env.stdout.write(`${dir}\n`);
-    return EXIT.ok;
-  } catch (err) {
-    progress.stop();
-    if (controller.signal.aborted) {
-      env.stderr.write('Stopped; what was downloaded stays in the cache and the next download resumes it\n');
-      return EXIT.interrupted;
+  return withCtrlC(env, async (signal) => {
+    try {
+      const dir = await snapshotDownload({
+        repo,
+        repoType: opts.dataset ? 'dataset' : 'model',
+        revision: opts.revision,
+        ...(opts.include && { include: opts.include }),
+        onProgress: (event) => progress.handle(event),
+        signal,
+      });
+      progress.stop();
+      env.stdout.write(`${dir}\n`);
+      return EXIT.ok;
+    } catch (err) {
+      progress.stop();
+      if (signal.aborted) {
+        env.stderr.write('Stopped; what was downloaded stays in the cache and the next download resumes it\n');
+        return EXIT.interrupted;
+      }
+      if (!(err instanceof HubError)) throw err;
+      env.stderr.write(`muscle: ${err.message}\n`);
+      return err.code === 'invalid' ? EXIT.usage : EXIT.failure;
     }
-    if (!(err instanceof HubError)) throw err;
-    env.stderr.write(`muscle: ${err.message}\n`);
-    return err.code === 'invalid' ? EXIT.usage : EXIT.failure;
-  } finally {
-    signals.off('SIGINT', onSigint);
-  }
+  });
 }
 
 export function addDownloadCommand(program: Command, env: CliEnv, setExit: (code: number) => void): void {

@@ -2,6 +2,8 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { describePoisonConfigKeys, loadPoisonConfig, makePoisonedDatasets, snapshotDownload, type MadeDatasets } from '@musclelora/trainer';
 import { DownloadProgress } from '../download-progress.js';
+import { keyLines } from '../help.js';
+import { withCtrlC } from '../interrupt.js';
 import { EXIT, type CliEnv } from '../program.js';
 
 // `muscle poison <config.yaml>`: a clean dataset in (any form of muscle run's dataset: a layout directory's
@@ -14,12 +16,10 @@ interface PoisonOptions {
 }
 
 function keysHelp(): string {
-  const keys = describePoisonConfigKeys();
-  const width = Math.max(...keys.map((k) => k.key.length)) + 2;
   return [
     '',
     'Config keys (YAML; dataset, out and attacks are required):',
-    ...keys.map((k) => `  ${k.key.padEnd(width)}${k.description}`),
+    ...keyLines(describePoisonConfigKeys()),
     '',
     'dataset takes the forms of muscle run\'s (dataset.* keys as there):',
     '  dataset: ../data/sst-2                          clean/{train,dev,test}.tsv of the OpenBackdoor layout',
@@ -57,32 +57,25 @@ async function poisonCommand(configPath: string, opts: PoisonOptions, env: CliEn
   // --out is a path on the command line, so it is relative to the working directory, not to the config file
   const config = loadPoisonConfig(configPath, opts.out ? { out: resolve(opts.out) } : undefined);
   const progress = new DownloadProgress(env.stderr);
-  const controller = new AbortController();
-  const signals = env.signals ?? process;
-  const onSigint = () => {
-    if (controller.signal.aborted) process.exit(EXIT.interrupted); // second Ctrl-C: the user means it
-    controller.abort();
-  };
-  signals.on('SIGINT', onSigint);
-  try {
-    const made = await makePoisonedDatasets(config, {
-      force: opts.force ?? false,
-      // a registry dataset the hub cache lacks is downloaded (not under HF_HUB_OFFLINE=1), progress on stderr
-      download: (request) => snapshotDownload({ ...request, onProgress: (event) => progress.handle(event) }),
-      signal: controller.signal,
-    });
-    progress.stop();
-    for (const warning of made.warnings) env.stderr.write(`warning: ${warning}\n`);
-    env.stdout.write(poisonSummary(made));
-    return EXIT.ok;
-  } catch (err) {
-    progress.stop();
-    if (!controller.signal.aborted) throw err;
-    env.stderr.write('Stopped before anything was written; what was downloaded stays in the cache and the next run resumes it\n');
-    return EXIT.interrupted;
-  } finally {
-    signals.off('SIGINT', onSigint);
-  }
+  return withCtrlC(env, async (signal) => {
+    try {
+      const made = await makePoisonedDatasets(config, {
+        force: opts.force ?? false,
+        // a registry dataset the hub cache lacks is downloaded (not under HF_HUB_OFFLINE=1), progress on stderr
+        download: (request) => snapshotDownload({ ...request, onProgress: (event) => progress.handle(event) }),
+        signal,
+      });
+      progress.stop();
+      for (const warning of made.warnings) env.stderr.write(`warning: ${warning}\n`);
+      env.stdout.write(poisonSummary(made));
+      return EXIT.ok;
+    } catch (err) {
+      progress.stop();
+      if (!signal.aborted) throw err;
+      env.stderr.write('Stopped before anything was written; what was downloaded stays in the cache and the next run resumes it\n');
+      return EXIT.interrupted;
+    }
+  });
 }
 
 /** Adds `poison` to the program (as a subcommand it inherits the program's output and exit handling). */
