@@ -3,7 +3,8 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach } from 'vitest';
+import { afterEach, expect } from 'vitest';
+import { DataError } from '../src/data/index.js';
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 /** The shared real data beside the repository (see ../shared/data/README.md). */
@@ -87,4 +88,15 @@ export function cacheRepo(home: string, repo: string, files: Record<string, stri
     writeFileSync(join(repoDir, 'refs', options.ref ?? 'main'), commit);
   }
   return snapshot;
+}
+
+/** The message of the DataError `promise` rejects with (fails the test when it resolves or throws another error). */
+export async function dataErrorOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (err) {
+    expect(err).toBeInstanceOf(DataError);
+    return (err as Error).message;
+  }
+  throw new Error('expected a DataError');
 }

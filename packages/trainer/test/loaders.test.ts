@@ -17,7 +17,7 @@ import {
   type Example,
   type TableOptions,
 } from '../src/data/index.js';
-import { sst2, tempDir, writeFiles } from './helpers.js';
+import { dataErrorOf as errorOf, sst2, tempDir, writeFiles } from './helpers.js';
 
 const fixtures = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'parquet');
 
@@ -28,16 +28,6 @@ const TRICKY: Example[] = [
   { text: 'unicode: café — naïve 日本語 🎬', label: 1, poisoned: false },
   { text: "it 's plain", label: 0, poisoned: false },
 ];
-
-async function errorOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (err) {
-    expect(err).toBeInstanceOf(DataError);
-    return (err as Error).message;
-  }
-  throw new Error('expected a DataError');
-}
 
 /** Writes one file and reads it back with `options` (numLabels 2 unless given). */
 async function readBack(name: string, content: string, options: Partial<TableOptions> = {}): Promise<Example[]> {

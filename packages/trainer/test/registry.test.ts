@@ -6,7 +6,7 @@ import { ConfigError, configToYaml, describeConfigKeys, resolveConfig } from '..
 import { DataError, REGISTRY, cachedDatasetSnapshot, loadRegistryDataset, loadRunData, readSplit, registryFiles, type DatasetDownload } from '../src/data/index.js';
 import { train, type ProgressEvent } from '../src/train/index.js';
 import { logisticEngine } from './fake-session.js';
-import { COMMIT, cacheRepo, modelDir, repoRoot, sst2, tempDir, writeFiles } from './helpers.js';
+import { COMMIT, cacheRepo, dataErrorOf as errorOf, modelDir, repoRoot, sst2, tempDir, writeFiles } from './helpers.js';
 
 const fixtures = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'parquet');
 
@@ -15,16 +15,6 @@ const sst2Files = () => ({
   'sst2/dev.tsv': readFileSync(join(sst2, 'clean', 'dev.tsv')),
   'sst2/test.tsv': readFileSync(join(sst2, 'clean', 'test.tsv')),
 });
-
-async function errorOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (err) {
-    expect(err).toBeInstanceOf(DataError);
-    return (err as Error).message;
-  }
-  throw new Error('expected a DataError');
-}
 
 describe('the registry', () => {
   it("names the paper's four datasets with their hub repos and Table 5 sizes", () => {
