@@ -46,7 +46,7 @@ const PANEL: usize = 16;
 fn direct(d: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        super::gemm_kernel() == super::GemmKernel::Avx2 && d % PANEL == 0
+        super::gemm_kernel() == super::GemmKernel::Avx2 && d.is_multiple_of(PANEL)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -52,8 +52,13 @@ pub const MODULES: &[Module] = &[
 
 /// Compiles one module to PTX for `arch` (`compute_80`, `compute_90`, ...). The error is NVRTC's
 /// log, which names the file and line.
+/// What NVRTC compiles for `module`: the shared header, then the file with its own line numbers.
+fn program_source(module: &Module) -> String {
+    format!("{COMMON}\n#line 1 \"{}\"\n{}", module.file, module.source)
+}
+
 pub fn compile(module: &Module, arch: &str) -> Result<Ptx, String> {
-    let src = format!("{COMMON}\n#line 1 \"{}\"\n{}", module.file, module.source);
+    let src = program_source(module);
     let opts = CompileOptions {
         name: Some(module.file.to_string()),
         options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
@@ -73,7 +78,7 @@ pub fn compile(module: &Module, arch: &str) -> Result<Ptx, String> {
 pub fn compile_cubin(module: &Module, arch: &str) -> Result<Vec<u8>, String> {
     use cudarc::nvrtc::{result, sys};
     use std::ffi::CString;
-    let src = CString::new(format!("{COMMON}\n#line 1 \"{}\"\n{}", module.file, module.source))
+    let src = CString::new(program_source(module))
         .map_err(|_| format!("{}: source holds a NUL byte", module.file))?;
     let name = CString::new(module.file).map_err(|_| format!("{}: bad file name", module.file))?;
     let prog = result::create_program(&src, Some(&name)).map_err(|e| format!("NVRTC: creating {}: {e:?}", module.file))?;
@@ -124,20 +129,23 @@ pub fn images_for(major: i32, minor: i32) -> Result<Vec<(&'static Module, Ptx)>,
         Cubin(Vec<u8>),
         Ptx(String),
     }
-    static CACHE: OnceLock<Mutex<HashMap<(i32, i32), Vec<Image>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if !cache.contains_key(&(major, minor)) {
-        let mut images = Vec::with_capacity(MODULES.len());
-        for m in MODULES {
-            images.push(match compile_cubin(m, &format!("sm_{major}{minor}")) {
-                Ok(bin) => Image::Cubin(bin),
-                Err(_) => Image::Ptx(compile(m, &format!("compute_{major}{minor}"))?.to_src()),
-            });
+    type Cache = Mutex<HashMap<(i32, i32), Vec<Image>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let images = match cache.entry((major, minor)) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            let mut images = Vec::with_capacity(MODULES.len());
+            for m in MODULES {
+                images.push(match compile_cubin(m, &format!("sm_{major}{minor}")) {
+                    Ok(bin) => Image::Cubin(bin),
+                    Err(_) => Image::Ptx(compile(m, &format!("compute_{major}{minor}"))?.to_src()),
+                });
+            }
+            slot.insert(images)
         }
-        cache.insert((major, minor), images);
-    }
-    Ok(MODULES.iter().zip(cache[&(major, minor)].iter().cloned()).map(|(m, img)| match img {
+    };
+    Ok(MODULES.iter().zip(images.iter().cloned()).map(|(m, img)| match img {
         Image::Cubin(bin) => (m, Ptx::from_binary(bin)),
         Image::Ptx(src) => (m, Ptx::from_src(src)),
     }).collect())

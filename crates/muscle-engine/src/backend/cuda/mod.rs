@@ -15,7 +15,7 @@ pub mod libs;
 use super::{Backend, Mat};
 use crate::error::{EngineError, Result};
 use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
@@ -63,13 +63,13 @@ pub struct DeviceInfo {
 /// Device scratch the verbs reuse: uploaded indices, per-block partial sums, attention's dS.
 #[derive(Default)]
 struct Scratch {
-    ints: Vec<CudaSlice<i32>>,
+    ints: Vec<Option<CudaSlice<i32>>>,
     f64s: Option<CudaSlice<f64>>,
     f32s: Option<CudaSlice<f32>>,
     /// bf16 copies of the f32 operands of a mixed GEMM (A and B)
     halves: [Option<CudaSlice<u16>>; 2],
     /// attention's head-major copies and [b*heads, t, t] temporaries (see `attention`)
-    attn: Vec<CudaSlice<f32>>,
+    attn: Vec<Option<CudaSlice<f32>>>,
 }
 
 pub struct Cuda {
@@ -253,47 +253,32 @@ impl Cuda {
     /// one verb's uploads never overwrite each other before the kernels read them: the stream
     /// runs the copy after every earlier kernel).
     fn upload_ints(&self, scratch: &mut Scratch, slot: usize, data: &[i32]) -> u64 {
-        while scratch.ints.len() <= slot {
-            match self.record("allocating index scratch", self.stream.alloc_zeros::<i32>(1)) {
-                Some(s) => scratch.ints.push(s),
-                None => return 0,
-            }
+        if scratch.ints.len() <= slot {
+            scratch.ints.resize_with(slot + 1, || None);
         }
-        if scratch.ints[slot].len() < data.len().max(1) {
-            let n = data.len().next_power_of_two();
-            match self.record("allocating index scratch", self.stream.alloc_zeros::<i32>(n)) {
-                Some(s) => scratch.ints[slot] = s,
-                None => return 0,
-            }
-        }
-        let dst = &mut scratch.ints[slot];
-        if !data.is_empty() {
+        let p = self.grown(&mut scratch.ints[slot], data.len().max(1), data.len().next_power_of_two());
+        if let (Some(dst), false) = (scratch.ints[slot].as_mut(), data.is_empty()) {
             let mut view = dst.slice_mut(..data.len());
             if self.record("uploading indices", self.stream.memcpy_htod(data, &mut view)).is_none() {
                 return 0;
             }
         }
-        dst.device_ptr(&self.stream).0
+        p
+    }
+
+    /// The address of `slot`'s scratch after growing it to hold at least `need` elements
+    /// (reallocated zeroed with `alloc` of them, the old one freed first); 0 with the error kept
+    /// when the allocation fails.
+    fn grown<T: DeviceRepr + ValidAsZeroBits>(&self, slot: &mut Option<CudaSlice<T>>, need: usize, alloc: usize) -> u64 {
+        if slot.as_ref().is_none_or(|s| s.len() < need) {
+            *slot = None;
+            *slot = self.record("allocating scratch", self.stream.alloc_zeros::<T>(alloc.max(need).max(1)));
+        }
+        slot.as_ref().map_or(0, |s| s.device_ptr(&self.stream).0)
     }
 
     fn usizes_to_i32(v: &[usize]) -> Vec<i32> {
         v.iter().map(|&x| x as i32).collect()
-    }
-
-    /// A device scratch of at least `n` f64 (partial sums).
-    fn f64_scratch(&self, scratch: &mut Scratch, n: usize) -> u64 {
-        if scratch.f64s.as_ref().is_none_or(|s| s.len() < n) {
-            scratch.f64s = self.record("allocating scratch", self.stream.alloc_zeros::<f64>(n.next_power_of_two()));
-        }
-        scratch.f64s.as_ref().map_or(0, |s| s.device_ptr(&self.stream).0)
-    }
-
-    fn f32_scratch(&self, scratch: &mut Scratch, n: usize) -> u64 {
-        if scratch.f32s.as_ref().is_none_or(|s| s.len() < n) {
-            scratch.f32s = None; // free first: dS can be large
-            scratch.f32s = self.record("allocating scratch", self.stream.alloc_zeros::<f32>(n.max(1)));
-        }
-        scratch.f32s.as_ref().map_or(0, |s| s.device_ptr(&self.stream).0)
     }
 
     fn download_f64(&self, scratch: &Scratch, n: usize) -> Vec<f64> {
@@ -313,11 +298,7 @@ impl Cuda {
             return s.device_ptr(&self.stream).0 + 2 * m.offset as u64;
         }
         let extent = (rows - 1) * m.ld + cols;
-        if scratch.halves[slot].as_ref().is_none_or(|h| h.len() < extent) {
-            scratch.halves[slot] = None;
-            scratch.halves[slot] = self.record("allocating bf16 scratch", self.stream.alloc_zeros::<u16>(extent.next_power_of_two()));
-        }
-        let Some(dst) = scratch.halves[slot].as_ref().map(|h| h.device_ptr(&self.stream).0) else { return 0 };
+        let dst = self.grown(&mut scratch.halves[slot], extent, extent.next_power_of_two());
         let src = self.ptr(m.buf) + 4 * m.offset as u64;
         self.launch_n("f32_to_bf16", extent, &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I64(extent as i64)]);
         dst
@@ -483,7 +464,7 @@ impl Backend for Cuda {
         }
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         // the factors go through the f32 scratch; it is not in use between verbs
-        let p = self.f32_scratch(&mut scratch, n);
+        let p = self.grown(&mut scratch.f32s, n, n);
         if let Some(dst) = scratch.f32s.as_mut() {
             let mut view = dst.slice_mut(..n);
             let r = self.stream.memcpy_htod(&s[..n], &mut view);
@@ -492,17 +473,8 @@ impl Backend for Cuda {
         self.launch_n("scale_cols_f32", rows * n, &[Arg::Ptr(self.ptr(x)), Arg::Ptr(p), Arg::I64(rows as i64), Arg::I32(n as i32)]);
     }
     fn dot(&self, a: &GpuBuf, b: &GpuBuf, n: usize) -> f64 {
-        if n == 0 || !self.begin() {
-            return 0.0;
-        }
-        let blocks = blocks_for(n).min(1024);
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let partial = self.f64_scratch(&mut scratch, blocks as usize);
-        self.launch("dot_partial_f32", (blocks, 1, 1), (THREADS, 1, 1), 0,
-                    &[Arg::Ptr(self.ptr(a)), Arg::Ptr(self.ptr(b)), Arg::I64(n as i64), Arg::Ptr(partial)]);
-        self.download_f64(&scratch, blocks as usize).iter().sum()
+        self.dots(&[(a, b, n)])[0]
     }
-
     fn dots(&self, pairs: &[(&GpuBuf, &GpuBuf, usize)]) -> Vec<f64> {
         if pairs.is_empty() || !self.begin() {
             return vec![0.0; pairs.len()];
@@ -510,11 +482,11 @@ impl Backend for Cuda {
         // each pair's partial sums in its own stretch of the scratch; one download for all
         const PER: usize = 64;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let partial = self.f64_scratch(&mut scratch, pairs.len() * PER);
+        let partial = self.grown(&mut scratch.f64s, pairs.len() * PER, (pairs.len() * PER).next_power_of_two());
+        // a pair with fewer blocks than PER leaves the rest of its stretch: zero them all first
+        self.launch_n("fill_f64", pairs.len() * PER, &[Arg::Ptr(partial), Arg::I64((pairs.len() * PER) as i64)]);
         for (i, &(a, b, n)) in pairs.iter().enumerate() {
             let blocks = blocks_for(n).min(PER as u32);
-            // a pair with fewer blocks leaves the rest of its stretch: zero it first
-            self.launch("fill_f64", (1, 1, 1), (PER as u32, 1, 1), 0, &[Arg::Ptr(partial + (i * PER * 8) as u64), Arg::I64(PER as i64)]);
             if n > 0 {
                 self.launch("dot_partial_f32", (blocks, 1, 1), (THREADS, 1, 1), 0, &[
                     Arg::Ptr(self.ptr(a)), Arg::Ptr(self.ptr(b)), Arg::I64(n as i64), Arg::Ptr(partial + (i * PER * 8) as u64)]);
@@ -678,7 +650,7 @@ impl Backend for Cuda {
         }
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let pl = self.upload_ints(&mut scratch, 0, &labels[..rows]);
-        let loss = self.f64_scratch(&mut scratch, rows);
+        let loss = self.grown(&mut scratch.f64s, rows, rows.next_power_of_two());
         self.launch("softmax_xent_forward_f32", (rows.div_ceil(128) as u32, 1, 1), (128, 1, 1), 0, &[
             Arg::Ptr(self.ptr(probs)), Arg::Ptr(self.ptr(logits)), Arg::Ptr(pl), Arg::I32(rows as i32), Arg::I32(n as i32),
             Arg::Ptr(loss)]);
@@ -739,21 +711,10 @@ type BatchedMat = (u64, usize, usize, bool);
 impl Cuda {
     /// Attention's scratch buffers, at least `sizes[i]` floats each; returns their addresses.
     fn attn_scratch<const N: usize>(&self, scratch: &mut Scratch, sizes: [usize; N]) -> [u64; N] {
-        while scratch.attn.len() < N {
-            match self.record("allocating attention scratch", self.stream.alloc_zeros::<f32>(1)) {
-                Some(s) => scratch.attn.push(s),
-                None => return [0; N],
-            }
+        if scratch.attn.len() < N {
+            scratch.attn.resize_with(N, || None);
         }
-        std::array::from_fn(|i| {
-            if scratch.attn[i].len() < sizes[i] {
-                match self.record("allocating attention scratch", self.stream.alloc_zeros::<f32>(sizes[i])) {
-                    Some(s) => scratch.attn[i] = s,
-                    None => return 0,
-                }
-            }
-            scratch.attn[i].device_ptr(&self.stream).0
-        })
+        std::array::from_fn(|i| self.grown(&mut scratch.attn[i], sizes[i], sizes[i]))
     }
 
     /// Copies between the projections' layout [b*t, heads*d] and head-major [b*heads, t, d].
@@ -786,9 +747,9 @@ impl Cuda {
     /// Draws `n` values of the counter-based stream `key` on the GPU (the test holding the kernel
     /// to `rng::counter_uniform`).
     pub fn counter_uniform(&self, key: u64, n: usize) -> Result<Vec<f32>> {
-        let mut out = self.zeros(n);
+        let out = self.zeros(n);
         if self.begin() {
-            self.launch_n("counter_uniform_f32", n, &[Arg::Ptr(self.ptr(&mut out)), Arg::I64(n as i64), Arg::U64(key)]);
+            self.launch_n("counter_uniform_f32", n, &[Arg::Ptr(self.ptr(&out)), Arg::I64(n as i64), Arg::U64(key)]);
         }
         let v = self.to_host(&out, n);
         self.check().map(|_| v)
