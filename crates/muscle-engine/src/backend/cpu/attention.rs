@@ -179,12 +179,7 @@ pub fn backward(dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], dout: &[f32], pr
             };
             head_gemm(t, d, t, &mut dv[base..], hd, Op { x: p_used, rs: 1, cs: t }, &dout[base..], hd, 1.0, use_direct);
             // dS = P * (dP - rowsum(P * dP)), reusing dp in place
-            for (prow, dprow) in p.chunks(t).zip(dp.chunks_mut(t)) {
-                let s: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
-                for j in 0..t {
-                    dprow[j] = prow[j] * (dprow[j] - s);
-                }
-            }
+            softmax_backward_rows(p, dp, t);
             // dQ = scale * dS K ; dK = scale * dS^T Q
             head_gemm(t, d, t, &mut dq[base..], hd, Op { x: dp, rs: t, cs: 1 }, &k[base..], hd, scale, use_direct);
             head_gemm(t, d, t, &mut dk[base..], hd, Op { x: dp, rs: 1, cs: t }, &q[base..], hd, scale, use_direct);
@@ -194,24 +189,37 @@ pub fn backward(dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], dout: &[f32], pr
 
 multiversion! {
     /// Row-wise softmax of `p` (rows of `mask.len()`) over the unmasked keys; masked keys get 0,
-    /// and a fully masked row is all 0.
+    /// and a fully masked row is all 0. Written as plain loops with no branch and no running
+    /// reduction around the `exp` (the loop vectoriser handles those, as in GELU), the max and the
+    /// sum as `LANES` interleaved partials (a running max or sum is a serial chain LLVM may not
+    /// reorder).
     fn softmax_rows(p: &mut [f32], mask: &[i32]) {
         let t = mask.len();
         for row in p.chunks_mut(t) {
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..t {
-                if mask[j] != 0 && row[j] > max {
-                    max = row[j];
-                }
+            let mut max = vmath::max_lanes(row, mask);
+            // a fully masked row: any finite shift (every key is multiplied by 0 below)
+            if max == f32::NEG_INFINITY {
+                max = 0.0;
             }
-            let mut sum = 0.0f32;
-            for j in 0..t {
-                let e = if mask[j] != 0 { vmath::exp(row[j] - max) } else { 0.0 };
-                row[j] = e;
-                sum += e;
+            // masked keys are computed and zeroed (`exp` clamps its argument, so never inf * 0)
+            for (v, &m) in row.iter_mut().zip(mask) {
+                *v = vmath::exp(*v - max) * (m != 0) as i32 as f32;
             }
+            let sum = vmath::sum_slice(row);
             let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
             row.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax backward on one head's rows, in place: `dS = P * (dP - rowsum(P * dP))`.
+    fn softmax_backward_rows(p: &[f32], dp: &mut [f32], t: usize) {
+        for (prow, dprow) in p.chunks(t).zip(dp.chunks_mut(t)) {
+            let s = vmath::dot_lanes(prow, dprow);
+            for (d, &pv) in dprow.iter_mut().zip(prow) {
+                *d = pv * (*d - s);
+            }
         }
     }
 }

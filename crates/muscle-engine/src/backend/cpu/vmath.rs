@@ -31,6 +31,69 @@ pub fn exp(x: f32) -> f32 {
     if x < -87.3 { 0.0 } else { er * scale }
 }
 
+/// Partial sums per reduction: one AVX2 vector of f32. Reductions keep this many interleaved
+/// accumulators so LLVM can hold them in one register instead of a serial chain it may not reorder.
+pub const LANES: usize = 8;
+
+/// Adds up `LANES` partial sums pairwise.
+#[inline(always)]
+pub fn sum_lanes(acc: [f32; LANES]) -> f32 {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// `sum a[i] b[i]` in f32 over `LANES` interleaved partial sums (vectorises; for short rows such
+/// as attention's, where f32 is as exact as the surrounding arithmetic).
+#[inline(always)]
+pub fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let full = n / LANES * LANES;
+    let mut acc = [0.0f32; LANES];
+    for (x, y) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = sum_lanes(acc);
+    for (x, y) in a[full..n].iter().zip(&b[full..n]) {
+        s += x * y;
+    }
+    s
+}
+
+/// `sum x[i]` over `LANES` interleaved partial sums.
+#[inline(always)]
+pub fn sum_slice(x: &[f32]) -> f32 {
+    let full = x.len() / LANES * LANES;
+    let mut acc = [0.0f32; LANES];
+    for c in x[..full].chunks_exact(LANES) {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    x[full..].iter().fold(sum_lanes(acc), |s, &v| s + v)
+}
+
+/// The largest `x[i]` with `mask[i] != 0` (-inf when none), over `LANES` interleaved partials.
+#[inline(always)]
+pub fn max_lanes(x: &[f32], mask: &[i32]) -> f32 {
+    let n = x.len().min(mask.len());
+    let full = n / LANES * LANES;
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    for (c, m) in x[..full].chunks_exact(LANES).zip(mask[..full].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            let v = if m[l] != 0 { c[l] } else { f32::NEG_INFINITY };
+            acc[l] = if v > acc[l] { v } else { acc[l] };
+        }
+    }
+    let mut max = acc.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    for (&v, &m) in x[full..n].iter().zip(&mask[full..n]) {
+        if m != 0 && v > max {
+            max = v;
+        }
+    }
+    max
+}
+
 /// `c0 + x c1 + x^2 c2 + ...` by Horner, written out: a loop here would be the innermost loop
 /// and keep LLVM from vectorising the caller's loop over elements.
 macro_rules! horner {
