@@ -67,8 +67,9 @@ fn parse_args() -> std::result::Result<Args, String> {
                 println!("muscle-bench [--layers 12] [--hidden 768] [--batch 32] [--seq 64] [--iters 3] \
                           [--modes lora,musclelora,full,eval] [--device cpu|cuda] [--precision f32|bf16] [--family bert|roberta] [--json out.json] [--gemms] [--kernels]\n\n\
                           Times training steps of a random BERT- (or RoBERTa-) shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
-                          dropout 0.1) against the same run's SGEMM peak (2048^3 on the CPU, with numpy's beside it;\n\
-                          cuBLAS f32 at 8192^3 on a GPU).\n\
+                          dropout 0.1) against the machine's SGEMM peak (2048^3 on the CPU, ours and numpy's; cuBLAS f32 at\n\
+                          8192^3 on a GPU), measured right before every timed step: a step's ratio is the median of\n\
+                          (step GFLOP/s / best SGEMM just before it), which cancels the drift of a shared machine.\n\
                           --device cuda: the CUDA backend on GPU 0, with the device memory in use after the steps;\n\
                           --precision bf16 (GPU only): frozen weights and their GEMMs in bf16, f32 accumulation.\n\
                           --gemms: GFLOP/s of each layer GEMM shape; --kernels: ms of the non-GEMM kernels per layer (CPU).");
@@ -96,35 +97,64 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Best-of-5 GFLOP/s of the backend's GEMM on n^3, B transposed as the layers' forward calls it
-/// (`check` waits for a GPU to finish).
-fn sgemm_peak<B: Backend>(be: &B, n: usize) -> f64 {
+/// Best-of-`reps` GFLOP/s of the backend's GEMM on n^3, B transposed as the layers' forward calls
+/// it (`check` waits for a GPU to finish), after one untimed run.
+fn sgemm_peak<B: Backend>(be: &B, n: usize, reps: usize) -> f64 {
     let host: Vec<f32> = (0..n * n).map(|i| ((i % 97) as f32 - 48.0) * 0.01).collect();
     let (a, b) = (be.from_host(&host), be.from_host(&host));
     let mut c = be.zeros(n * n);
     let mut best = f64::MAX;
-    for _ in 0..6 {
+    for rep in 0..=reps {
         let t = Instant::now();
         be.matmul(&mut c, 0, n, Mat { buf: &a, offset: 0, ld: n, trans: false },
                   Mat { buf: &b, offset: 0, ld: n, trans: true }, n, n, n, 1.0, false);
         be.check().expect("GEMM");
-        best = best.min(t.elapsed().as_secs_f64());
+        if rep > 0 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
     }
     2.0 * (n as f64).powi(3) / best / 1e9
 }
 
-/// numpy's float32 matmul at 2048^3 (OpenBLAS in the wheels), best of 5, if numpy is importable.
-fn numpy_peak() -> Option<f64> {
-    let script = "import numpy as np, time\n\
+/// numpy's float32 matmul at 2048^3 (OpenBLAS in the wheels), best of `reps` after one untimed
+/// run, if numpy is importable. A fresh process each time, so OpenBLAS's threads are gone (not
+/// spinning) while our steps run.
+fn numpy_peak(reps: usize) -> Option<f64> {
+    let script = format!("import numpy as np, time\n\
                   a=np.random.rand(2048,2048).astype(np.float32); b=np.random.rand(2048,2048).astype(np.float32)\n\
+                  a@b\n\
                   best=1e9\n\
-                  for _ in range(5):\n    t=time.perf_counter(); a@b; best=min(best,time.perf_counter()-t)\n\
-                  print(2*2048**3/best/1e9)";
+                  for _ in range({reps}):\n    t=time.perf_counter(); a@b; best=min(best,time.perf_counter()-t)\n\
+                  print(2*2048**3/best/1e9)");
     let out = std::process::Command::new("python3").arg("-c").arg(script).output().ok()?;
     if !out.status.success() {
         return None;
     }
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// The named SGEMM peaks a step is compared with, GFLOP/s.
+type Peaks = Vec<(String, f64)>;
+
+/// CPU peaks: our GEMM at 2048^3 and numpy's where importable.
+fn cpu_peaks(be: &Cpu, reps: usize) -> Peaks {
+    let mut peaks = vec![(format!("SGEMM 2048^3, muscle-engine ({:?})", muscle_engine::backend::cpu::gemm_kernel()),
+                          sgemm_peak(be, 2048, reps))];
+    if let Some(p) = numpy_peak(reps) {
+        peaks.push(("SGEMM 2048^3, numpy (OpenBLAS)".into(), p));
+    }
+    peaks
+}
+
+/// CPU seconds this process has used (user + system, all threads), from `/proc/self/stat`
+/// (`None` elsewhere). Against wall time it shows how busy a step keeps the threads; rayon's
+/// brief spinning between tasks counts as busy.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // the fields after the parenthesised command name; utime and stime are the stat's 14th and 15th
+    let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ, 100 on every Linux ABI
 }
 
 /// GFLOP/s of each GEMM shape a layer runs (forward, input gradient, weight gradient), to show
@@ -227,11 +257,10 @@ fn main() {
             let info = be.info().clone();
             let device = format!("{} (sm_{}{}), {}", info.name, info.compute_capability.0, info.compute_capability.1,
                                  if args.bf16 { "bf16" } else { "f32" });
-            eprintln!("measuring cuBLAS SGEMM peak on {device}...");
-            let peak = sgemm_peak(&be, 8192);
             drop(be);
-            let peaks = [(format!("SGEMM 8192^3, cuBLAS f32 ({})", info.name), peak)];
-            return bench(&args, open, &device, &peaks, peak, |be| be.memory_used());
+            let name = format!("SGEMM 8192^3, cuBLAS f32 ({})", info.name);
+            let peaks = move |be: &Cuda| vec![(name.clone(), sgemm_peak(be, 8192, 3))];
+            return bench(&args, open, &device, peaks, |be| be.memory_used());
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -241,26 +270,24 @@ fn main() {
     }
     let be = Cpu::new();
     let threads = be.threads();
-    eprintln!("measuring SGEMM peak ({threads} threads)...");
-    let peak = sgemm_peak(&be, 2048);
-    let np_peak = numpy_peak();
-    let peak_ref = np_peak.map_or(peak, |p| p.max(peak));
     if args.gemms {
         gemm_shapes(&be, args.batch * args.seq, args.hidden);
     }
     if args.kernels {
         kernel_times(&be, args.batch, args.seq, args.hidden);
     }
-    let mut peaks = vec![(format!("SGEMM 2048^3, muscle-engine ({:?})", muscle_engine::backend::cpu::gemm_kernel()), peak)];
-    match np_peak {
-        Some(p) => peaks.push(("SGEMM 2048^3, numpy (OpenBLAS)".into(), p)),
-        None => eprintln!("numpy SGEMM not measured: numpy is not importable by python3"),
+    if numpy_peak(1).is_none() {
+        eprintln!("numpy SGEMM not measured: numpy is not importable by python3");
     }
-    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), &peaks, peak_ref, |_| 0);
+    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| 0);
 }
 
 /// Times each mode's step on backends from `open` and prints the table (and the JSON).
-fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks: &[(String, f64)], peak_ref: f64,
+///
+/// The machine's speed drifts (a shared VM here moves 10-20% within minutes), so the peaks are
+/// measured right before every timed step and each step is set against the best GEMM of its own
+/// measurement; a mode's ratio is the median of those paired ratios.
+fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: impl Fn(&B) -> Peaks,
                      memory: impl Fn(&B) -> usize) {
     let heads = (args.hidden / 64).max(1);
     // RoBERTa: its vocabulary, position offset (514 = 512 + padding index + 1) and single token type
@@ -284,7 +311,8 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks: &[(
     let reference = BatchRef { ids: &ref_ids, mask: &mask, labels: Some(&labels), b, t };
     let band: Vec<f32> = vec![1.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0];
 
-    let mut rows = Vec::new();
+    let (mut rows, mut samples, mut best_samples): (Vec<_>, Vec<(String, Vec<f64>)>, Vec<f64>) =
+        (Vec::new(), Vec::new(), Vec::new());
     for mode in &args.modes {
         let lora = LoraSpec { r: 8, alpha: 32.0, dropout: 0.0, targets: vec!["query".into(), "value".into()] };
         let (spec, kind, ga) = match mode.as_str() {
@@ -314,43 +342,66 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks: &[(
         };
         eprintln!("{mode}: warm-up...");
         run(&mut clf);
-        let mut times = Vec::new();
+        let (mut times, mut ratios, mut busy) = (Vec::new(), Vec::new(), Vec::new());
+        let gflop = flops::step(&shape, kind, ga) / 1e9;
         for _ in 0..args.iters {
-            let t0 = Instant::now();
+            let peaks = peaks_of(&clf.be);
+            let best = peaks.iter().map(|p| p.1).fold(0.0, f64::max);
+            for (name, p) in peaks {
+                match samples.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, v)) => v.push(p),
+                    None => samples.push((name, vec![p])),
+                }
+            }
+            best_samples.push(best);
+            let (t0, cpu0) = (Instant::now(), cpu_seconds());
             run(&mut clf);
-            times.push(t0.elapsed().as_secs_f64());
+            let secs = t0.elapsed().as_secs_f64();
+            if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
+                busy.push((b - a) / secs);
+            }
+            times.push(secs);
+            ratios.push(gflop / secs / best);
         }
         if times.is_empty() {
             continue;
         }
         let secs = median(times);
-        let gflop = flops::step(&shape, kind, ga) / 1e9;
         let rate = gflop / secs;
         let mem = memory(&clf.be);
-        eprintln!("{mode}: {:.1} ms", secs * 1e3);
-        rows.push((mode.clone(), secs * 1e3, gflop, rate, rate / peak_ref, mem));
+        let busy = (!busy.is_empty()).then(|| busy.iter().sum::<f64>() / busy.len() as f64);
+        eprintln!("{mode}: {:.1} ms{}", secs * 1e3, busy.map_or(String::new(), |u| format!(", {u:.2} cores busy")));
+        rows.push((mode.clone(), secs * 1e3, gflop, rate, median(ratios), mem, busy));
     }
+    if rows.is_empty() {
+        eprintln!("muscle-bench: nothing timed (--iters 0)");
+        return;
+    }
+    let peak_ref = median(best_samples);
+    let peaks: Vec<(String, f64)> = samples.into_iter().map(|(n, v)| (n, median(v))).collect();
 
     println!("Device: {device}\n");
     println!("| measurement | ms | GFLOP | GFLOP/s | of peak |{}", if args.cuda { " device memory |" } else { "" });
     println!("| --- | ---: | ---: | ---: | ---: |{}", if args.cuda { " ---: |" } else { "" });
-    for (name, p) in peaks {
+    for (name, p) in &peaks {
         println!("| {name} | | | {p:.1} | {:.0}% |{}", 100.0 * p / peak_ref, if args.cuda { " |" } else { "" });
     }
-    for (m, ms, gflop, rate, ratio, mem) in &rows {
+    for (m, ms, gflop, rate, ratio, mem, _) in &rows {
         let mem = if args.cuda { format!(" {:.2} GiB |", *mem as f64 / (1u64 << 30) as f64) } else { String::new() };
         println!("| {kind} {m} step, {b} x {t}, {}L/{}H | {ms:.1} | {gflop:.1} | {rate:.1} | {:.0}% |{mem}", args.layers,
                  args.hidden, 100.0 * ratio);
     }
-    println!("\npeak = the best SGEMM above; step times are medians of {} after one warm-up.", args.iters);
+    println!("\nBefore every timed step each SGEMM above is measured (best of 3; the table shows their medians);\n\
+              a step's \"of peak\" is the median over its {} timed steps (after one warm-up) of its GFLOP/s over\n\
+              the best SGEMM measured just before it; ms and GFLOP/s are medians.", args.iters);
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "device": device, "peaks": peaks.iter().map(|(n, p)| serde_json::json!({"name": n, "gflops": p})).collect::<Vec<_>>(),
             "peak_gflops": peak_ref,
             "precision": if args.bf16 { "bf16" } else { "f32" },
             "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
-            "steps": rows.iter().map(|(m, ms, gflop, rate, ratio, mem)| serde_json::json!({
-                "mode": m, "ms": ms, "gflop": gflop, "gflops": rate, "ratio_to_peak": ratio,
+            "steps": rows.iter().map(|(m, ms, gflop, rate, ratio, mem, busy)| serde_json::json!({
+                "mode": m, "ms": ms, "gflop": gflop, "gflops": rate, "ratio_to_peak": ratio, "cores_busy": busy,
                 "device_memory_bytes": if args.cuda { Some(*mem) } else { None }})).collect::<Vec<_>>(),
         });
         let tmp = format!("{path}.tmp");
