@@ -52,6 +52,31 @@ pub trait Backend: Send + Sync + 'static {
               m: usize, n: usize, k: usize, alpha: f32, accumulate: bool);
     /// `out[r, :] += bias` for `rows` rows of width `n`.
     fn add_bias(&self, out: &mut Self::Buf, bias: &Self::Buf, rows: usize, n: usize);
+    /// `C[m, n] = op(A) op(B) + bias` (C contiguous): a layer's forward. The default runs
+    /// `matmul` then `add_bias`; a backend may fuse the bias into the GEMM's store.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_bias(&self, c: &mut Self::Buf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize, n: usize, k: usize,
+                   bias: &Self::Buf) {
+        self.matmul(c, 0, n, a, b, m, n, k, 1.0, false);
+        self.add_bias(c, bias, m, n);
+    }
+    /// `pre = op(A) op(B) + bias`, `act = gelu(pre)` (both `[m, n]`): the feed-forward's first
+    /// half. The default composes `matmul_bias` and `gelu_forward`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_bias_gelu(&self, pre: &mut Self::Buf, act: &mut Self::Buf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize,
+                        n: usize, k: usize, bias: &Self::Buf) {
+        self.matmul_bias(pre, a, b, m, n, k, bias);
+        self.gelu_forward(act, pre, m * n);
+    }
+    /// `d_pre = (op(A) op(B)) * gelu'(pre)` (`[m, n]`): GELU's backward through the GEMM that
+    /// yields its output gradient. The default stores `op(A) op(B)` in `d_act` on the way; a
+    /// fused backend may leave `d_act` untouched.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_gelu_backward(&self, d_pre: &mut Self::Buf, d_act: &mut Self::Buf, a: Mat<'_, Self>, b: Mat<'_, Self>,
+                            m: usize, n: usize, k: usize, pre: &Self::Buf) {
+        self.matmul(d_act, 0, n, a, b, m, n, k, 1.0, false);
+        self.gelu_backward(d_pre, pre, d_act, m * n);
+    }
     /// `dbias (+)= sum over rows of dout[r, :]`.
     fn bias_grad(&self, dbias: &mut Self::Buf, dout: &Self::Buf, rows: usize, n: usize, accumulate: bool);
     /// `y[i] = a * x[i] + b * y[i]`.

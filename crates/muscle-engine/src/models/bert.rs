@@ -581,8 +581,8 @@ impl<B: Backend> BertClassifier<B> {
             layer_norm::layer_norm_forward(be, &mut la.h1, &mut la.ln1_mean, &mut la.ln1_rstd, &la.res1, &pv[lp.ln1.0],
                                            &pv[lp.ln1.1], n, h, cfg.layer_norm_eps);
             // feed-forward: dense -> gelu -> dense -> dropout -> + h1 -> layer norm
-            linear::linear_forward(be, &mut la.inter_pre, &la.h1, &pv[lp.inter.0], Some(&pv[lp.inter.1]), n, h, inter);
-            activation::gelu_forward(be, &mut la.inter, &la.inter_pre, n * inter);
+            linear::linear_gelu_forward(be, &mut la.inter_pre, &mut la.inter, &la.h1, &pv[lp.inter.0], &pv[lp.inter.1], n,
+                                        h, inter);
             linear::linear_forward(be, &mut s.d_tmp, &la.inter, &pv[lp.out.0], Some(&pv[lp.out.1]), n, inter, h);
             if live(hp) {
                 dropout::dropout_forward(be, &mut s.d_tmp, &mut la.ffn_drop, n * h, hp, seed, &[pass, site::FFN, lid]);
@@ -718,8 +718,9 @@ impl<B: Backend> BertClassifier<B> {
                 dropout::dropout_backward(be, &mut s.d_tmp, &la.ffn_drop, n * h);
             }
             let (dw, db) = two(pg, lp.out.0, lp.out.1);
-            linear::linear_backward(be, Some((&mut s.d_inter, false)), dw, db, &s.d_tmp, &la.inter, &pv[lp.out.0], n, inter, h);
-            activation::gelu_backward(be, &mut s.d_inter_pre, &la.inter_pre, &s.d_inter, n * inter);
+            linear::linear_backward(be, None, dw, db, &s.d_tmp, &la.inter, &pv[lp.out.0], n, inter, h);
+            linear::linear_gelu_backward_input(be, &mut s.d_inter_pre, &mut s.d_inter, &s.d_tmp, &pv[lp.out.0],
+                                               &la.inter_pre, n, inter, h);
             let (dw, db) = two(pg, lp.inter.0, lp.inter.1);
             linear::linear_backward(be, Some((&mut s.d_h1, true)), dw, db, &s.d_inter_pre, &la.h1, &pv[lp.inter.0], n, h, inter);
             // first layer norm, residual around attention

@@ -99,10 +99,24 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
         .for_each(|(d, (x, g))| gelu_backward_chunk(d, x, g));
 }
 
+/// `gelu(x) = x Phi(x)`, shared by the element-wise pass and the GEMM epilogue so both round alike.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + vmath::erf_fast(x * SQRT_1_2))
+}
+
+/// `gelu'(x) = Phi(x) + x phi(x)`.
+#[inline(always)]
+pub fn gelu_grad(x: f32) -> f32 {
+    // erf's own e^{-(x/sqrt 2)^2} is phi's e^{-x^2/2}
+    let (erf, gauss) = vmath::erf_and_gauss(x * SQRT_1_2);
+    0.5 * (1.0 + erf) + x * (INV_SQRT_2PI * gauss)
+}
+
 multiversion! {
     fn gelu_forward_chunk(out: &mut [f32], inp: &[f32]) {
         for (o, &x) in out.iter_mut().zip(inp) {
-            *o = 0.5 * x * (1.0 + vmath::erf_fast(x * SQRT_1_2));
+            *o = gelu(x);
         }
     }
 }
@@ -110,9 +124,7 @@ multiversion! {
 multiversion! {
     fn gelu_backward_chunk(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
         for ((d, &x), &g) in dinp.iter_mut().zip(inp).zip(dout) {
-            let cdf = 0.5 * (1.0 + vmath::erf_fast(x * SQRT_1_2));
-            let pdf = INV_SQRT_2PI * vmath::exp(-0.5 * x * x);
-            *d = g * (cdf + x * pdf);
+            *d = g * gelu_grad(x);
         }
     }
 }

@@ -72,8 +72,61 @@ pub(crate) fn sgemm(
     b: &[f32], ldb: usize, tb: bool,
     alpha: f32, accumulate: bool, parallel: bool,
 ) {
+    sgemm_fused(m, n, k, c, ldc, a, lda, ta, b, ldb, tb, alpha, accumulate, parallel, Fused::None);
+}
+
+/// The element-wise step after a GEMM, done in its store (`sgemm::Epilogue`) where our kernel
+/// runs and as a pass over C elsewhere. Operands shaped like C share its leading dimension.
+pub(crate) enum Fused<'a> {
+    None,
+    /// `C[i, j] += bias[j]`.
+    Bias(&'a [f32]),
+    /// `C[i, j] += bias[j]`, then `act = gelu(C)`.
+    BiasGelu(&'a [f32], &'a mut [f32]),
+    /// `C *= gelu'(pre)`.
+    GeluGrad(&'a [f32]),
+}
+
+impl Fused<'_> {
+    /// The epilogue applied to an already computed `m x n` C (the path without our kernel).
+    fn apply(&mut self, c: &mut [f32], ldc: usize, m: usize, n: usize) {
+        for i in 0..m {
+            let row = &mut c[i * ldc..i * ldc + n];
+            match self {
+                Fused::None => {}
+                Fused::Bias(b) => row.iter_mut().zip(b.iter()).for_each(|(v, b)| *v += b),
+                Fused::BiasGelu(b, act) => {
+                    row.iter_mut().zip(b.iter()).for_each(|(v, b)| *v += b);
+                    for (o, &v) in act[i * ldc..i * ldc + n].iter_mut().zip(row.iter()) {
+                        *o = elementwise::gelu(v);
+                    }
+                }
+                Fused::GeluGrad(pre) => {
+                    row.iter_mut().zip(&pre[i * ldc..i * ldc + n]).for_each(|(v, &x)| *v *= elementwise::gelu_grad(x))
+                }
+            }
+        }
+    }
+}
+
+/// [`sgemm`] with a fused epilogue.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_fused(
+    m: usize, n: usize, k: usize,
+    c: &mut [f32], ldc: usize,
+    a: &[f32], lda: usize, ta: bool,
+    b: &[f32], ldb: usize, tb: bool,
+    alpha: f32, accumulate: bool, parallel: bool, mut fused: Fused,
+) {
     if m == 0 || n == 0 {
         return;
+    }
+    let c_last = (m - 1) * ldc + n - 1;
+    match &fused {
+        Fused::None => {}
+        Fused::Bias(bias) => assert!(bias.len() >= n, "sgemm bias shorter than C's width"),
+        Fused::BiasGelu(bias, act) => assert!(bias.len() >= n && act.len() > c_last, "sgemm epilogue out of bounds"),
+        Fused::GeluGrad(pre) => assert!(pre.len() > c_last, "sgemm epilogue out of bounds"),
     }
     // Bounds: the last element each operand touches must be inside its slice.
     let a_last = if ta { (k.max(1) - 1) * lda + m - 1 } else { (m - 1) * lda + k.max(1) - 1 };
@@ -86,6 +139,7 @@ pub(crate) fn sgemm(
                 c[i * ldc..i * ldc + n].fill(0.0);
             }
         }
+        fused.apply(c, ldc, m, n);
         return;
     }
     let (a_rs, a_cs) = if ta { (1, lda) } else { (lda, 1) };
@@ -97,13 +151,20 @@ pub(crate) fn sgemm(
         let av = View { ptr: a.as_ptr(), rs: a_rs, cs: a_cs };
         let bv = View { ptr: b.as_ptr(), rs: b_rs, cs: b_cs };
         let cv = Out { ptr: c.as_mut_ptr(), ldc };
+        let epi = match &mut fused {
+            Fused::None => sgemm::Epilogue::None,
+            Fused::Bias(b) => sgemm::Epilogue::Bias(b.as_ptr()),
+            Fused::BiasGelu(b, act) => sgemm::Epilogue::BiasGelu(b.as_ptr(), Out { ptr: act.as_mut_ptr(), ldc }),
+            Fused::GeluGrad(pre) => sgemm::Epilogue::GeluGrad(pre.as_ptr(), ldc),
+        };
         // SAFETY: `gemm_kernel` checked AVX2/FMA; the asserts above keep every access inside the
-        // slices; `c` is borrowed mutably so it does not alias `a`/`b`; k > 0.
+        // slices (the epilogue's operands span C's extent); `c` and `act` are borrowed mutably, so
+        // they alias nothing else; k > 0.
         unsafe {
             if parallel {
-                sgemm::gemm_parallel(m, n, k, av, bv, cv, alpha, accumulate, rayon::current_num_threads());
+                sgemm::gemm_parallel(m, n, k, av, bv, cv, alpha, accumulate, epi, rayon::current_num_threads());
             } else {
-                sgemm::gemm_serial(m, n, k, av, bv, cv, alpha, accumulate);
+                sgemm::gemm_serial(m, n, k, av, bv, cv, alpha, accumulate, epi);
             }
         }
         return;
@@ -125,6 +186,16 @@ pub(crate) fn sgemm(
             b.as_ptr(), b_cs, b_rs,
             1.0, alpha, false, false, false, par,
         );
+    }
+    fused.apply(c, ldc, m, n);
+}
+
+impl Cpu {
+    /// `C = op(A) op(B)` (C contiguous), then `fused`, in the GEMM's store.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_fused(&self, c: &mut [f32], a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize, n: usize, k: usize, fused: Fused) {
+        sgemm_fused(m, n, k, c, n, &a.buf[a.offset..], a.ld, a.trans, &b.buf[b.offset..], b.ld, b.trans, 1.0, false,
+                    true, fused);
     }
 }
 
@@ -166,6 +237,18 @@ impl Backend for Cpu {
     }
     fn add_bias(&self, out: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, n: usize) {
         elementwise::add_bias(&mut out[..rows * n], &bias[..n]);
+    }
+    fn matmul_bias(&self, c: &mut Vec<f32>, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize, n: usize, k: usize,
+                   bias: &Vec<f32>) {
+        self.matmul_fused(c, a, b, m, n, k, Fused::Bias(&bias[..n]));
+    }
+    fn matmul_bias_gelu(&self, pre: &mut Vec<f32>, act: &mut Vec<f32>, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize,
+                        n: usize, k: usize, bias: &Vec<f32>) {
+        self.matmul_fused(pre, a, b, m, n, k, Fused::BiasGelu(&bias[..n], &mut act[..m * n]));
+    }
+    fn matmul_gelu_backward(&self, d_pre: &mut Vec<f32>, _d_act: &mut Vec<f32>, a: Mat<'_, Self>, b: Mat<'_, Self>,
+                            m: usize, n: usize, k: usize, pre: &Vec<f32>) {
+        self.matmul_fused(d_pre, a, b, m, n, k, Fused::GeluGrad(&pre[..m * n]));
     }
     fn bias_grad(&self, dbias: &mut Vec<f32>, dout: &Vec<f32>, rows: usize, n: usize, accumulate: bool) {
         elementwise::column_sums(&mut dbias[..n], &dout[..rows * n], accumulate);
