@@ -60,22 +60,24 @@ pub trait Backend: Send + Sync + 'static {
         self.matmul(c, 0, n, a, b, m, n, k, 1.0, false);
         self.add_bias(c, bias, m, n);
     }
-    /// `pre = op(A) op(B) + bias`, `act = gelu(pre)` (both `[m, n]`): the feed-forward's first
-    /// half. The default composes `matmul_bias` and `gelu_forward`.
+    /// `act = gelu(pre)` with `pre = op(A) op(B) + bias` (`[m, n]`): the feed-forward's first
+    /// half. `saved` (`[m, n]`) receives what [`Backend::matmul_gelu_backward`] needs of `pre`,
+    /// in a form of the backend's choosing: the default (`matmul_bias` then `gelu_forward`) keeps
+    /// `pre` itself; the CPU keeps `gelu'(pre)`, computed in the GEMM's store with `act`.
     #[allow(clippy::too_many_arguments)]
-    fn matmul_bias_gelu(&self, pre: &mut Self::Buf, act: &mut Self::Buf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize,
-                        n: usize, k: usize, bias: &Self::Buf) {
-        self.matmul_bias(pre, a, b, m, n, k, bias);
-        self.gelu_forward(act, pre, m * n);
+    fn matmul_bias_gelu(&self, saved: &mut Self::Buf, act: &mut Self::Buf, a: Mat<'_, Self>, b: Mat<'_, Self>,
+                        m: usize, n: usize, k: usize, bias: &Self::Buf) {
+        self.matmul_bias(saved, a, b, m, n, k, bias);
+        self.gelu_forward(act, saved, m * n);
     }
     /// `d_pre = (op(A) op(B)) * gelu'(pre)` (`[m, n]`): GELU's backward through the GEMM that
-    /// yields its output gradient. The default stores `op(A) op(B)` in `d_act` on the way; a
-    /// fused backend may leave `d_act` untouched.
+    /// yields its output gradient, `saved` as [`Backend::matmul_bias_gelu`] left it. The default
+    /// stores `op(A) op(B)` in `d_act` on the way; a fused backend may leave `d_act` untouched.
     #[allow(clippy::too_many_arguments)]
     fn matmul_gelu_backward(&self, d_pre: &mut Self::Buf, d_act: &mut Self::Buf, a: Mat<'_, Self>, b: Mat<'_, Self>,
-                            m: usize, n: usize, k: usize, pre: &Self::Buf) {
+                            m: usize, n: usize, k: usize, saved: &Self::Buf) {
         self.matmul(d_act, 0, n, a, b, m, n, k, 1.0, false);
-        self.gelu_backward(d_pre, pre, d_act, m * n);
+        self.gelu_backward(d_pre, saved, d_act, m * n);
     }
     /// `dbias (+)= sum over rows of dout[r, :]`.
     fn bias_grad(&self, dbias: &mut Self::Buf, dout: &Self::Buf, rows: usize, n: usize, accumulate: bool);

@@ -12,23 +12,25 @@ pub fn linear_forward<B: Backend>(be: &B, out: &mut B::Buf, inp: &B::Buf, w: &B:
     }
 }
 
-/// `pre = x W^T + b`, `act = gelu(pre)`: a linear layer followed by GELU (BERT's intermediate
-/// dense), in one pass where the backend fuses them. `pre` is kept for the backward.
+/// `act = gelu(x W^T + b)`: a linear layer followed by GELU (BERT's intermediate dense), in one
+/// pass where the backend fuses them. `saved` keeps what the backward needs of the pre-activation
+/// (see [`Backend::matmul_bias_gelu`]).
 #[allow(clippy::too_many_arguments)]
-pub fn linear_gelu_forward<B: Backend>(be: &B, pre: &mut B::Buf, act: &mut B::Buf, inp: &B::Buf, w: &B::Buf,
+pub fn linear_gelu_forward<B: Backend>(be: &B, saved: &mut B::Buf, act: &mut B::Buf, inp: &B::Buf, w: &B::Buf,
                                        bias: &B::Buf, rows: usize, in_f: usize, out_f: usize) {
-    be.matmul_bias_gelu(pre, act, Mat { buf: inp, offset: 0, ld: in_f, trans: false },
+    be.matmul_bias_gelu(saved, act, Mat { buf: inp, offset: 0, ld: in_f, trans: false },
                         Mat { buf: w, offset: 0, ld: in_f, trans: true }, rows, out_f, in_f, bias);
 }
 
 /// The input gradient of a linear layer whose input is `gelu(pre)`, taken through the GELU:
-/// `d_pre = (dout W) * gelu'(pre)`. `d_act` may receive `dout W` on the way (backends that do not
-/// fuse the two); the layer's own weight and bias gradients come from [`linear_backward`].
+/// `d_pre = (dout W) * gelu'(pre)`, `saved` from [`linear_gelu_forward`]. `d_act` may receive
+/// `dout W` on the way (backends that do not fuse the two); the layer's own weight and bias
+/// gradients come from [`linear_backward`].
 #[allow(clippy::too_many_arguments)]
 pub fn linear_gelu_backward_input<B: Backend>(be: &B, d_pre: &mut B::Buf, d_act: &mut B::Buf, dout: &B::Buf,
-                                              w: &B::Buf, pre: &B::Buf, rows: usize, in_f: usize, out_f: usize) {
+                                              w: &B::Buf, saved: &B::Buf, rows: usize, in_f: usize, out_f: usize) {
     be.matmul_gelu_backward(d_pre, d_act, Mat { buf: dout, offset: 0, ld: out_f, trans: false },
-                            Mat { buf: w, offset: 0, ld: in_f, trans: false }, rows, in_f, out_f, pre);
+                            Mat { buf: w, offset: 0, ld: in_f, trans: false }, rows, in_f, out_f, saved);
 }
 
 /// `dinp (+)= dout W`, `dw = dout^T x`, `db = colsum(dout)`. Frozen weights pass `None` for `dw`
@@ -85,15 +87,15 @@ mod tests {
         let (w1, b1, w2) = (rand_vec(hid * i, 2), rand_vec(hid, 3), rand_vec(o * hid, 4));
         let gy = rand_vec(rows * o, 5);
         let f = |x: &[f32], w1: &[f32], b1: &[f32]| {
-            let (mut pre, mut act, mut y) = (vec![0.0; rows * hid], vec![0.0; rows * hid], vec![0.0; rows * o]);
-            linear_gelu_forward(&be, &mut pre, &mut act, &x.to_vec(), &w1.to_vec(), &b1.to_vec(), rows, i, hid);
+            let (mut saved, mut act, mut y) = (vec![0.0; rows * hid], vec![0.0; rows * hid], vec![0.0; rows * o]);
+            linear_gelu_forward(&be, &mut saved, &mut act, &x.to_vec(), &w1.to_vec(), &b1.to_vec(), rows, i, hid);
             linear_forward(&be, &mut y, &act, &w2, None, rows, hid, o);
             y
         };
-        let (mut pre, mut act) = (vec![0.0; rows * hid], vec![0.0; rows * hid]);
-        linear_gelu_forward(&be, &mut pre, &mut act, &x, &w1, &b1, rows, i, hid);
+        let (mut saved, mut act) = (vec![0.0; rows * hid], vec![0.0; rows * hid]);
+        linear_gelu_forward(&be, &mut saved, &mut act, &x, &w1, &b1, rows, i, hid);
         let (mut d_pre, mut d_act) = (vec![0.0; rows * hid], vec![0.0; rows * hid]);
-        linear_gelu_backward_input(&be, &mut d_pre, &mut d_act, &gy, &w2, &pre, rows, hid, o);
+        linear_gelu_backward_input(&be, &mut d_pre, &mut d_act, &gy, &w2, &saved, rows, hid, o);
         let (mut dx, mut dw1, mut db1) = (vec![0.0; rows * i], vec![0.0; hid * i], vec![0.0; hid]);
         linear_backward(&be, Some((&mut dx, false)), Some(&mut dw1), Some(&mut db1), &d_pre, &x, &w1, rows, i, hid);
         check("linear+gelu dx", &x, &dx, &gy, |v| f(v, &w1, &b1));
@@ -122,9 +124,8 @@ mod tests {
                 }
             };
             close(&got, &want, "bias");
-            let (mut pre, mut act) = (vec![0.0; rows * o], vec![0.0; rows * o]);
-            linear_gelu_forward(&be, &mut pre, &mut act, &x, &w, &b, rows, i, o);
-            close(&pre, &want, "bias+gelu pre");
+            let (mut saved, mut act) = (vec![0.0; rows * o], vec![0.0; rows * o]);
+            linear_gelu_forward(&be, &mut saved, &mut act, &x, &w, &b, rows, i, o);
             close(&act, &want_act, "bias+gelu act");
             // backward: dout [rows, i] -> d_pre [rows, o] through W [i, o] (a layer from o to i)
             let (g, w2) = (rand_vec(rows * i, 4), rand_vec(i * o, 5));
@@ -132,9 +133,9 @@ mod tests {
             be.matmul(&mut d_act, 0, o, Mat { buf: &g, offset: 0, ld: i, trans: false },
                       Mat { buf: &w2, offset: 0, ld: o, trans: false }, rows, o, i, 1.0, false);
             let mut want_d = vec![0.0; rows * o];
-            be.gelu_backward(&mut want_d, &pre, &d_act, rows * o);
+            be.gelu_backward(&mut want_d, &want, &d_act, rows * o);
             let (mut d_pre, mut scratch) = (vec![0.0; rows * o], vec![0.0; rows * o]);
-            linear_gelu_backward_input(&be, &mut d_pre, &mut scratch, &g, &w2, &pre, rows, o, i);
+            linear_gelu_backward_input(&be, &mut d_pre, &mut scratch, &g, &w2, &saved, rows, o, i);
             close(&d_pre, &want_d, "gelu grad");
         }
     }

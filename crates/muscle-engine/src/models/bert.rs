@@ -75,7 +75,8 @@ struct LayerActs<Buf> {
     ln1_mean: Buf,
     ln1_rstd: Buf,
     h1: Buf,
-    inter_pre: Buf,
+    /// what GELU's backward needs of the intermediate pre-activation (`Backend::matmul_bias_gelu`)
+    inter_saved: Buf,
     inter: Buf,
     ffn_drop: Buf,
     res2: Buf,
@@ -316,7 +317,7 @@ impl<B: Backend> BertClassifier<B> {
                        LoraActs { xa: zeros(be), xd: zeros(be), mask: zeros(be) },
                        LoraActs { xa: zeros(be), xd: zeros(be), mask: zeros(be) }],
                 ctx: zeros(be), probs: zeros(be), probs_drop: zeros(be), attn_drop: zeros(be), res1: zeros(be),
-                ln1_mean: zeros(be), ln1_rstd: zeros(be), h1: zeros(be), inter_pre: zeros(be), inter: zeros(be),
+                ln1_mean: zeros(be), ln1_rstd: zeros(be), h1: zeros(be), inter_saved: zeros(be), inter: zeros(be),
                 ffn_drop: zeros(be), res2: zeros(be), ln2_mean: zeros(be), ln2_rstd: zeros(be), out: zeros(be),
             });
         }
@@ -477,7 +478,7 @@ impl<B: Backend> BertClassifier<B> {
             }
             for (buf, len) in [(&mut la.ctx, n * h), (&mut la.probs, b * heads * t * t), (&mut la.probs_drop, b * heads * t * t),
                                (&mut la.attn_drop, n * h), (&mut la.res1, n * h), (&mut la.ln1_mean, n), (&mut la.ln1_rstd, n),
-                               (&mut la.h1, n * h), (&mut la.inter_pre, n * i), (&mut la.inter, n * i), (&mut la.ffn_drop, n * h),
+                               (&mut la.h1, n * h), (&mut la.inter_saved, n * i), (&mut la.inter, n * i), (&mut la.ffn_drop, n * h),
                                (&mut la.res2, n * h), (&mut la.ln2_mean, n), (&mut la.ln2_rstd, n), (&mut la.out, n * h)] {
                 be.ensure(buf, len);
             }
@@ -581,7 +582,7 @@ impl<B: Backend> BertClassifier<B> {
             layer_norm::layer_norm_forward(be, &mut la.h1, &mut la.ln1_mean, &mut la.ln1_rstd, &la.res1, &pv[lp.ln1.0],
                                            &pv[lp.ln1.1], n, h, cfg.layer_norm_eps);
             // feed-forward: dense -> gelu -> dense -> dropout -> + h1 -> layer norm
-            linear::linear_gelu_forward(be, &mut la.inter_pre, &mut la.inter, &la.h1, &pv[lp.inter.0], &pv[lp.inter.1], n,
+            linear::linear_gelu_forward(be, &mut la.inter_saved, &mut la.inter, &la.h1, &pv[lp.inter.0], &pv[lp.inter.1], n,
                                         h, inter);
             linear::linear_forward(be, &mut s.d_tmp, &la.inter, &pv[lp.out.0], Some(&pv[lp.out.1]), n, inter, h);
             if live(hp) {
@@ -720,7 +721,7 @@ impl<B: Backend> BertClassifier<B> {
             let (dw, db) = two(pg, lp.out.0, lp.out.1);
             linear::linear_backward(be, None, dw, db, &s.d_tmp, &la.inter, &pv[lp.out.0], n, inter, h);
             linear::linear_gelu_backward_input(be, &mut s.d_inter_pre, &mut s.d_inter, &s.d_tmp, &pv[lp.out.0],
-                                               &la.inter_pre, n, inter, h);
+                                               &la.inter_saved, n, inter, h);
             let (dw, db) = two(pg, lp.inter.0, lp.inter.1);
             linear::linear_backward(be, Some((&mut s.d_h1, true)), dw, db, &s.d_inter_pre, &la.h1, &pv[lp.inter.0], n, h, inter);
             // first layer norm, residual around attention

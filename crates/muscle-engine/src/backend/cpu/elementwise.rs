@@ -108,9 +108,16 @@ pub fn gelu(x: f32) -> f32 {
 /// `gelu'(x) = Phi(x) + x phi(x)`.
 #[inline(always)]
 pub fn gelu_grad(x: f32) -> f32 {
-    // erf's own e^{-(x/sqrt 2)^2} is phi's e^{-x^2/2}
+    gelu_and_grad(x).1
+}
+
+/// `(gelu(x), gelu'(x))` from one `erf` and one `exp`: erf's own `e^{-(x/sqrt 2)^2}` is phi's
+/// `e^{-x^2/2}`.
+#[inline(always)]
+pub fn gelu_and_grad(x: f32) -> (f32, f32) {
     let (erf, gauss) = vmath::erf_and_gauss(x * SQRT_1_2);
-    0.5 * (1.0 + erf) + x * (INV_SQRT_2PI * gauss)
+    let cdf = 0.5 * (1.0 + erf);
+    (x * cdf, cdf + x * (INV_SQRT_2PI * gauss))
 }
 
 multiversion! {

@@ -81,10 +81,10 @@ pub(crate) enum Fused<'a> {
     None,
     /// `C[i, j] += bias[j]`.
     Bias(&'a [f32]),
-    /// `C[i, j] += bias[j]`, then `act = gelu(C)`.
+    /// `z = C + bias[j]`: `act = gelu(z)`, `C = gelu'(z)`.
     BiasGelu(&'a [f32], &'a mut [f32]),
-    /// `C *= gelu'(pre)`.
-    GeluGrad(&'a [f32]),
+    /// `C *= s` element-wise.
+    Mul(&'a [f32]),
 }
 
 impl Fused<'_> {
@@ -96,14 +96,11 @@ impl Fused<'_> {
                 Fused::None => {}
                 Fused::Bias(b) => row.iter_mut().zip(b.iter()).for_each(|(v, b)| *v += b),
                 Fused::BiasGelu(b, act) => {
-                    row.iter_mut().zip(b.iter()).for_each(|(v, b)| *v += b);
-                    for (o, &v) in act[i * ldc..i * ldc + n].iter_mut().zip(row.iter()) {
-                        *o = elementwise::gelu(v);
+                    for ((v, b), o) in row.iter_mut().zip(b.iter()).zip(&mut act[i * ldc..i * ldc + n]) {
+                        (*o, *v) = elementwise::gelu_and_grad(*v + b);
                     }
                 }
-                Fused::GeluGrad(pre) => {
-                    row.iter_mut().zip(&pre[i * ldc..i * ldc + n]).for_each(|(v, &x)| *v *= elementwise::gelu_grad(x))
-                }
+                Fused::Mul(f) => row.iter_mut().zip(&f[i * ldc..i * ldc + n]).for_each(|(v, &x)| *v *= x),
             }
         }
     }
@@ -126,7 +123,7 @@ pub(crate) fn sgemm_fused(
         Fused::None => {}
         Fused::Bias(bias) => assert!(bias.len() >= n, "sgemm bias shorter than C's width"),
         Fused::BiasGelu(bias, act) => assert!(bias.len() >= n && act.len() > c_last, "sgemm epilogue out of bounds"),
-        Fused::GeluGrad(pre) => assert!(pre.len() > c_last, "sgemm epilogue out of bounds"),
+        Fused::Mul(f) => assert!(f.len() > c_last, "sgemm epilogue out of bounds"),
     }
     // Bounds: the last element each operand touches must be inside its slice.
     let a_last = if ta { (k.max(1) - 1) * lda + m - 1 } else { (m - 1) * lda + k.max(1) - 1 };
@@ -155,7 +152,7 @@ pub(crate) fn sgemm_fused(
             Fused::None => sgemm::Epilogue::None,
             Fused::Bias(b) => sgemm::Epilogue::Bias(b.as_ptr()),
             Fused::BiasGelu(b, act) => sgemm::Epilogue::BiasGelu(b.as_ptr(), Out { ptr: act.as_mut_ptr(), ldc }),
-            Fused::GeluGrad(pre) => sgemm::Epilogue::GeluGrad(pre.as_ptr(), ldc),
+            Fused::Mul(f) => sgemm::Epilogue::Mul(f.as_ptr(), ldc),
         };
         // SAFETY: `gemm_kernel` checked AVX2/FMA; the asserts above keep every access inside the
         // slices (the epilogue's operands span C's extent); `c` and `act` are borrowed mutably, so
@@ -242,13 +239,15 @@ impl Backend for Cpu {
                    bias: &Vec<f32>) {
         self.matmul_fused(c, a, b, m, n, k, Fused::Bias(&bias[..n]));
     }
-    fn matmul_bias_gelu(&self, pre: &mut Vec<f32>, act: &mut Vec<f32>, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize,
+    /// `saved` = gelu' of the pre-activation, computed with `act` from the same `erf` and `exp`.
+    fn matmul_bias_gelu(&self, saved: &mut Vec<f32>, act: &mut Vec<f32>, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize,
                         n: usize, k: usize, bias: &Vec<f32>) {
-        self.matmul_fused(pre, a, b, m, n, k, Fused::BiasGelu(&bias[..n], &mut act[..m * n]));
+        self.matmul_fused(saved, a, b, m, n, k, Fused::BiasGelu(&bias[..n], &mut act[..m * n]));
     }
+    /// `d_pre = (A B) * saved`, `saved` holding gelu' (see `matmul_bias_gelu`).
     fn matmul_gelu_backward(&self, d_pre: &mut Vec<f32>, _d_act: &mut Vec<f32>, a: Mat<'_, Self>, b: Mat<'_, Self>,
-                            m: usize, n: usize, k: usize, pre: &Vec<f32>) {
-        self.matmul_fused(d_pre, a, b, m, n, k, Fused::GeluGrad(&pre[..m * n]));
+                            m: usize, n: usize, k: usize, saved: &Vec<f32>) {
+        self.matmul_fused(d_pre, a, b, m, n, k, Fused::Mul(&saved[..m * n]));
     }
     fn bias_grad(&self, dbias: &mut Vec<f32>, dout: &Vec<f32>, rows: usize, n: usize, accumulate: bool) {
         elementwise::column_sums(&mut dbias[..n], &dout[..rows * n], accumulate);

@@ -53,10 +53,12 @@ pub enum Epilogue {
     None,
     /// `C[i, j] += bias[j]`.
     Bias(*const f32),
-    /// `C[i, j] += bias[j]`, then `act[i, j] = gelu(C[i, j])` (`act` shaped like C).
+    /// With `z = C[i, j] + bias[j]`: `act[i, j] = gelu(z)` and `C[i, j] = gelu'(z)` (`act` shaped
+    /// like C). Keeping the derivative, not `z`, makes GELU's backward a product ([`Self::Mul`]):
+    /// its `erf` and `exp` are computed once, here, for both directions.
     BiasGelu(*const f32, Out),
-    /// `C[i, j] *= gelu'(pre[i, j])` (`pre` shaped like C, rows `.1` apart).
-    GeluGrad(*const f32, usize),
+    /// `C[i, j] *= s[i, j]` (`s` shaped like C, rows `.1` apart).
+    Mul(*const f32, usize),
 }
 
 impl Epilogue {
@@ -69,7 +71,7 @@ impl Epilogue {
             Epilogue::None => Epilogue::None,
             Epilogue::Bias(b) => Epilogue::Bias(b.add(j)),
             Epilogue::BiasGelu(b, act) => Epilogue::BiasGelu(b.add(j), Out { ptr: act.ptr.add(i * act.ldc + j), ldc: act.ldc }),
-            Epilogue::GeluGrad(pre, ld) => Epilogue::GeluGrad(pre.add(i * ld + j), ld),
+            Epilogue::Mul(f, ld) => Epilogue::Mul(f.add(i * ld + j), ld),
         }
     }
 }
@@ -365,13 +367,12 @@ unsafe fn epilogue_block(c: Out, m: usize, j0: usize, j1: usize, epi: Epilogue) 
             Epilogue::BiasGelu(bias, act) => {
                 let out = std::slice::from_raw_parts_mut(act.ptr.add(i * act.ldc + j0), w);
                 for ((v, &b), o) in row.iter_mut().zip(std::slice::from_raw_parts(bias.add(j0), w)).zip(out) {
-                    *v += b;
-                    *o = super::elementwise::gelu(*v);
+                    (*o, *v) = super::elementwise::gelu_and_grad(*v + b);
                 }
             }
-            Epilogue::GeluGrad(pre, ld) => {
-                for (v, &x) in row.iter_mut().zip(std::slice::from_raw_parts(pre.add(i * ld + j0), w)) {
-                    *v *= super::elementwise::gelu_grad(x);
+            Epilogue::Mul(f, ld) => {
+                for (v, &x) in row.iter_mut().zip(std::slice::from_raw_parts(f.add(i * ld + j0), w)) {
+                    *v *= x;
                 }
             }
         }
