@@ -161,13 +161,21 @@ fn cpu_seconds() -> Option<f64> {
 /// where a step loses time against the square peak.
 fn gemm_shapes(be: &Cpu, n: usize, h: usize) {
     let i = 4 * h;
-    let cases: [(&str, usize, usize, usize, bool, bool); 6] = [
+    // LoRA's rank-8 products: skinny, so far below the peak, but few flops
+    let r = 8;
+    let cases: [(&str, usize, usize, usize, bool, bool); 12] = [
         ("fwd x W^T (h->h)", n, h, h, false, true),
         ("fwd x W^T (h->4h)", n, i, h, false, true),
         ("dx = dy W (h<-h)", n, h, h, false, false),
         ("dx = dy W (h<-4h)", n, h, i, false, false),
         ("dW = dy^T x (h,h)", h, h, n, true, false),
         ("dW = dy^T x (4h,h)", i, h, n, true, false),
+        ("LoRA xa = x A^T", n, r, h, false, true),
+        ("LoRA y += xa B^T", n, h, r, false, true),
+        ("LoRA dxa = dy B", n, r, h, false, false),
+        ("LoRA dx += dxa A", n, h, r, false, false),
+        ("LoRA dB = dy^T xa", h, r, n, true, false),
+        ("LoRA dA = dxa^T x", r, h, n, true, false),
     ];
     println!("| GEMM | m x n x k | GFLOP/s |");
     println!("| --- | --- | ---: |");

@@ -232,6 +232,14 @@ unsafe fn pack_a(mc: usize, kc: usize, a: View, dst: *mut f32) {
                     *d.add(p * MR + i) = *row.add(p);
                 }
             }
+        } else if a.rs == 1 && mr == MR {
+            // A^T stored row-major (the weight gradients' `dy^T x`): a micro-panel's six values
+            // of one k-step are contiguous; copy them as a 4-wide and a 2-wide move.
+            for p in 0..kc {
+                let s = src.add(p * a.cs);
+                _mm_storeu_ps(d.add(p * MR), _mm_loadu_ps(s));
+                _mm_store_sd(d.add(p * MR + 4) as *mut f64, _mm_load_sd(s.add(4) as *const f64));
+            }
         } else {
             for p in 0..kc {
                 let s = src.add(p * a.cs);
