@@ -60,6 +60,18 @@ pub trait Backend: Send + Sync + 'static {
         self.matmul(c, 0, n, a, b, m, n, k, 1.0, false);
         self.add_bias(c, bias, m, n);
     }
+    /// `out = (op(A) op(B) + bias) * mask + residual` (`[m, n]`; no mask when dropout is off): a
+    /// layer's output through dropout into the residual sum. The default composes `matmul_bias`,
+    /// `mul` and `axpby`; a backend may do it in the GEMM's store.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_bias_dropout_residual(&self, out: &mut Self::Buf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize, n: usize,
+                                    k: usize, bias: &Self::Buf, mask: Option<&Self::Buf>, residual: &Self::Buf) {
+        self.matmul_bias(out, a, b, m, n, k, bias);
+        if let Some(mask) = mask {
+            self.mul(out, mask, m * n);
+        }
+        self.axpby(out, 1.0, residual, 1.0, m * n);
+    }
     /// `act = gelu(pre)` with `pre = op(A) op(B) + bias` (`[m, n]`): the feed-forward's first
     /// half. `saved` (`[m, n]`) receives what [`Backend::matmul_gelu_backward`] needs of `pre`,
     /// in a form of the backend's choosing: the default (`matmul_bias` then `gelu_forward`) keeps

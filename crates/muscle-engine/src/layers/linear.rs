@@ -12,6 +12,19 @@ pub fn linear_forward<B: Backend>(be: &B, out: &mut B::Buf, inp: &B::Buf, w: &B:
     }
 }
 
+/// `out = (x W^T + b) * mask + residual`: a layer's output through dropout (`mask` from
+/// `Backend::dropout_mask`, `None` when dropout is off) into the residual sum, in one pass where
+/// the backend fuses them. The backward is the usual one: the residual's gradient passes as is,
+/// the layer's through the mask.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_dropout_residual_forward<B: Backend>(be: &B, out: &mut B::Buf, inp: &B::Buf, w: &B::Buf, bias: &B::Buf,
+                                                   mask: Option<&B::Buf>, residual: &B::Buf, rows: usize, in_f: usize,
+                                                   out_f: usize) {
+    be.matmul_bias_dropout_residual(out, Mat { buf: inp, offset: 0, ld: in_f, trans: false },
+                                    Mat { buf: w, offset: 0, ld: in_f, trans: true }, rows, out_f, in_f, bias, mask,
+                                    residual);
+}
+
 /// `act = gelu(x W^T + b)`: a linear layer followed by GELU (BERT's intermediate dense), in one
 /// pass where the backend fuses them. `saved` keeps what the backward needs of the pre-activation
 /// (see [`Backend::matmul_bias_gelu`]).
@@ -124,6 +137,20 @@ mod tests {
                 }
             };
             close(&got, &want, "bias");
+            // through dropout into a residual, with and without a mask
+            let (res, mask) = (rand_vec(rows * o, 6), rand_vec(rows * o, 7));
+            for m in [Some(&mask), None] {
+                let mut want_r = want.clone();
+                if let Some(m) = m {
+                    be.mul(&mut want_r, m, rows * o);
+                }
+                for (v, &r) in want_r.iter_mut().zip(&res) {
+                    *v += r;
+                }
+                let mut got_r = vec![0.0; rows * o];
+                linear_dropout_residual_forward(&be, &mut got_r, &x, &w, &b, m, &res, rows, i, o);
+                close(&got_r, &want_r, "bias+dropout+residual");
+            }
             let (mut saved, mut act) = (vec![0.0; rows * o], vec![0.0; rows * o]);
             linear_gelu_forward(&be, &mut saved, &mut act, &x, &w, &b, rows, i, o);
             close(&act, &want_act, "bias+gelu act");

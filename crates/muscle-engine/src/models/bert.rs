@@ -527,7 +527,6 @@ impl<B: Backend> BertClassifier<B> {
         let n = b * t;
         let pv = &self.params.values;
         let a = &mut self.acts;
-        let s = &mut self.scratch;
         let ad = &self.adapters;
         // A dropout site is live only in training, with dropout on and p > 0.
         let drop = train && self.dropout_on;
@@ -574,21 +573,21 @@ impl<B: Backend> BertClassifier<B> {
             attention::attention_forward(be, &mut la.ctx, &mut la.probs, &la.qkv[0], &la.qkv[1], &la.qkv[2], batch.mask,
                                          pdrop, b, t, heads, d);
             // attention output: dense -> dropout -> + x -> layer norm
-            linear::linear_forward(be, &mut s.d_tmp, &la.ctx, &pv[lp.attn_out.0], Some(&pv[lp.attn_out.1]), n, h, h);
             if live(hp) {
-                dropout::dropout_forward(be, &mut s.d_tmp, &mut la.attn_drop, n * h, hp, seed, &[pass, site::ATTN, lid]);
+                be.dropout_mask(&mut la.attn_drop, n * h, hp, seed, &[pass, site::ATTN, lid]);
             }
-            be.add(&mut la.res1, &s.d_tmp, x, n * h);
+            linear::linear_dropout_residual_forward(be, &mut la.res1, &la.ctx, &pv[lp.attn_out.0], &pv[lp.attn_out.1],
+                                                    live(hp).then_some(&la.attn_drop), x, n, h, h);
             layer_norm::layer_norm_forward(be, &mut la.h1, &mut la.ln1_mean, &mut la.ln1_rstd, &la.res1, &pv[lp.ln1.0],
                                            &pv[lp.ln1.1], n, h, cfg.layer_norm_eps);
             // feed-forward: dense -> gelu -> dense -> dropout -> + h1 -> layer norm
             linear::linear_gelu_forward(be, &mut la.inter_saved, &mut la.inter, &la.h1, &pv[lp.inter.0], &pv[lp.inter.1], n,
                                         h, inter);
-            linear::linear_forward(be, &mut s.d_tmp, &la.inter, &pv[lp.out.0], Some(&pv[lp.out.1]), n, inter, h);
             if live(hp) {
-                dropout::dropout_forward(be, &mut s.d_tmp, &mut la.ffn_drop, n * h, hp, seed, &[pass, site::FFN, lid]);
+                be.dropout_mask(&mut la.ffn_drop, n * h, hp, seed, &[pass, site::FFN, lid]);
             }
-            be.add(&mut la.res2, &s.d_tmp, &la.h1, n * h);
+            linear::linear_dropout_residual_forward(be, &mut la.res2, &la.inter, &pv[lp.out.0], &pv[lp.out.1],
+                                                    live(hp).then_some(&la.ffn_drop), &la.h1, n, inter, h);
             layer_norm::layer_norm_forward(be, &mut la.out, &mut la.ln2_mean, &mut la.ln2_rstd, &la.res2, &pv[lp.ln2.0],
                                            &pv[lp.ln2.1], n, h, cfg.layer_norm_eps);
         }

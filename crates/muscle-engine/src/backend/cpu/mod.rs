@@ -85,6 +85,8 @@ pub(crate) enum Fused<'a> {
     BiasGelu(&'a [f32], &'a mut [f32]),
     /// `C *= s` element-wise.
     Mul(&'a [f32]),
+    /// `C = (C + bias[j]) * mask + res` (no mask: dropout off).
+    BiasDropRes(&'a [f32], Option<&'a [f32]>, &'a [f32]),
 }
 
 impl Fused<'_> {
@@ -101,6 +103,17 @@ impl Fused<'_> {
                     }
                 }
                 Fused::Mul(f) => row.iter_mut().zip(&f[i * ldc..i * ldc + n]).for_each(|(v, &x)| *v *= x),
+                Fused::BiasDropRes(b, mask, res) => {
+                    let res = &res[i * ldc..i * ldc + n];
+                    match mask {
+                        Some(mask) => {
+                            for (((v, &b), &m), &r) in row.iter_mut().zip(b.iter()).zip(&mask[i * ldc..i * ldc + n]).zip(res) {
+                                *v = (*v + b) * m + r;
+                            }
+                        }
+                        None => row.iter_mut().zip(b.iter()).zip(res).for_each(|((v, &b), &r)| *v = (*v + b) + r),
+                    }
+                }
             }
         }
     }
@@ -124,6 +137,8 @@ pub(crate) fn sgemm_fused(
         Fused::Bias(bias) => assert!(bias.len() >= n, "sgemm bias shorter than C's width"),
         Fused::BiasGelu(bias, act) => assert!(bias.len() >= n && act.len() > c_last, "sgemm epilogue out of bounds"),
         Fused::Mul(f) => assert!(f.len() > c_last, "sgemm epilogue out of bounds"),
+        Fused::BiasDropRes(bias, mask, res) => assert!(bias.len() >= n && res.len() > c_last
+            && mask.is_none_or(|m| m.len() > c_last), "sgemm epilogue out of bounds"),
     }
     // Bounds: the last element each operand touches must be inside its slice.
     let a_last = if ta { (k.max(1) - 1) * lda + m - 1 } else { (m - 1) * lda + k.max(1) - 1 };
@@ -153,6 +168,8 @@ pub(crate) fn sgemm_fused(
             Fused::Bias(b) => sgemm::Epilogue::Bias(b.as_ptr()),
             Fused::BiasGelu(b, act) => sgemm::Epilogue::BiasGelu(b.as_ptr(), Out { ptr: act.as_mut_ptr(), ldc }),
             Fused::Mul(f) => sgemm::Epilogue::Mul(f.as_ptr(), ldc),
+            Fused::BiasDropRes(b, mask, res) => sgemm::Epilogue::BiasDropRes(
+                b.as_ptr(), mask.map_or(std::ptr::null(), |m| m.as_ptr()), res.as_ptr(), ldc),
         };
         // SAFETY: `gemm_kernel` checked AVX2/FMA; the asserts above keep every access inside the
         // slices (the epilogue's operands span C's extent); `c` and `act` are borrowed mutably, so
@@ -243,6 +260,11 @@ impl Backend for Cpu {
     fn matmul_bias_gelu(&self, saved: &mut Vec<f32>, act: &mut Vec<f32>, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize,
                         n: usize, k: usize, bias: &Vec<f32>) {
         self.matmul_fused(saved, a, b, m, n, k, Fused::BiasGelu(&bias[..n], &mut act[..m * n]));
+    }
+    fn matmul_bias_dropout_residual(&self, out: &mut Vec<f32>, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize, n: usize,
+                                    k: usize, bias: &Vec<f32>, mask: Option<&Vec<f32>>, residual: &Vec<f32>) {
+        let fused = Fused::BiasDropRes(&bias[..n], mask.map(|x| &x[..m * n]), &residual[..m * n]);
+        self.matmul_fused(out, a, b, m, n, k, fused);
     }
     /// `d_pre = (A B) * saved`, `saved` holding gelu' (see `matmul_bias_gelu`).
     fn matmul_gelu_backward(&self, d_pre: &mut Vec<f32>, _d_act: &mut Vec<f32>, a: Mat<'_, Self>, b: Mat<'_, Self>,

@@ -62,6 +62,10 @@ pub enum Epilogue {
     BiasGelu(*const f32, Out),
     /// `C[i, j] *= s[i, j]` (`s` shaped like C, rows `.1` apart).
     Mul(*const f32, usize),
+    /// `C[i, j] = (C[i, j] + bias[j]) * mask[i, j] + res[i, j]`: a layer's output through dropout
+    /// into the residual sum (`mask` null when dropout is off; `mask` and `res` shaped like C,
+    /// rows `.3` apart).
+    BiasDropRes(*const f32, *const f32, *const f32, usize),
 }
 
 impl Epilogue {
@@ -75,6 +79,10 @@ impl Epilogue {
             Epilogue::Bias(b) => Epilogue::Bias(b.add(j)),
             Epilogue::BiasGelu(b, act) => Epilogue::BiasGelu(b.add(j), Out { ptr: act.ptr.add(i * act.ldc + j), ldc: act.ldc }),
             Epilogue::Mul(f, ld) => Epilogue::Mul(f.add(i * ld + j), ld),
+            Epilogue::BiasDropRes(b, mask, res, ld) => {
+                let mask = if mask.is_null() { mask } else { mask.add(i * ld + j) };
+                Epilogue::BiasDropRes(b.add(j), mask, res.add(i * ld + j), ld)
+            }
         }
     }
 }
@@ -384,6 +392,19 @@ unsafe fn epilogue_block(c: Out, m: usize, j0: usize, j1: usize, epi: Epilogue) 
             Epilogue::Mul(f, ld) => {
                 for (v, &x) in row.iter_mut().zip(std::slice::from_raw_parts(f.add(i * ld + j0), w)) {
                     *v *= x;
+                }
+            }
+            Epilogue::BiasDropRes(bias, mask, res, ld) => {
+                let (bias, res) = (std::slice::from_raw_parts(bias.add(j0), w), std::slice::from_raw_parts(res.add(i * ld + j0), w));
+                if mask.is_null() {
+                    for ((v, &b), &r) in row.iter_mut().zip(bias).zip(res) {
+                        *v = (*v + b) + r;
+                    }
+                } else {
+                    let mask = std::slice::from_raw_parts(mask.add(i * ld + j0), w);
+                    for (((v, &b), &m), &r) in row.iter_mut().zip(bias).zip(mask).zip(res) {
+                        *v = (*v + b) * m + r;
+                    }
                 }
             }
         }
