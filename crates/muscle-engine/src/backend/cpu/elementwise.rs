@@ -120,6 +120,41 @@ pub fn gelu_and_grad(x: f32) -> (f32, f32) {
     (x * cdf, cdf + x * (INV_SQRT_2PI * gauss))
 }
 
+/// One row of a GEMM epilogue, on slices of the row's width (bias: its columns). Both the fused
+/// store (`sgemm::epilogue_block`) and the pass standing in for it without our kernel
+/// (`Fused::apply`) call this, so the two compute alike.
+pub(crate) enum RowEpilogue<'a> {
+    /// `row += bias`.
+    Bias(&'a [f32]),
+    /// With `z = row + bias`: `act = gelu(z)`, `row = gelu'(z)`.
+    BiasGelu(&'a [f32], &'a mut [f32]),
+    /// `row *= s`.
+    Mul(&'a [f32]),
+    /// `row = (row + bias) * mask + res` (no mask: dropout off).
+    BiasDropRes(&'a [f32], Option<&'a [f32]>, &'a [f32]),
+}
+
+#[inline(always)]
+pub(crate) fn epilogue_row(row: &mut [f32], epi: RowEpilogue) {
+    match epi {
+        RowEpilogue::Bias(bias) => row.iter_mut().zip(bias).for_each(|(v, &b)| *v += b),
+        RowEpilogue::BiasGelu(bias, act) => {
+            for ((v, &b), o) in row.iter_mut().zip(bias).zip(act) {
+                (*o, *v) = gelu_and_grad(*v + b);
+            }
+        }
+        RowEpilogue::Mul(f) => row.iter_mut().zip(f).for_each(|(v, &x)| *v *= x),
+        RowEpilogue::BiasDropRes(bias, None, res) => {
+            row.iter_mut().zip(bias).zip(res).for_each(|((v, &b), &r)| *v = (*v + b) + r)
+        }
+        RowEpilogue::BiasDropRes(bias, Some(mask), res) => {
+            for (((v, &b), &m), &r) in row.iter_mut().zip(bias).zip(mask).zip(res) {
+                *v = (*v + b) * m + r;
+            }
+        }
+    }
+}
+
 multiversion! {
     fn gelu_forward_chunk(out: &mut [f32], inp: &[f32]) {
         for (o, &x) in out.iter_mut().zip(inp) {

@@ -10,6 +10,7 @@ mod sgemm;
 mod vmath;
 
 use super::{Backend, Mat};
+use elementwise::RowEpilogue;
 use gemm::Parallelism;
 
 /// Below this many multiply-adds a GEMM runs on the calling thread: splitting tiny products
@@ -90,30 +91,23 @@ pub(crate) enum Fused<'a> {
 }
 
 impl Fused<'_> {
+    /// Row `i` (of `n` columns, rows `ldc` apart) of this epilogue; `None` for no epilogue.
+    fn row(&mut self, i: usize, ldc: usize, n: usize) -> Option<RowEpilogue<'_>> {
+        let r = i * ldc..i * ldc + n;
+        Some(match self {
+            Fused::None => return None,
+            Fused::Bias(b) => RowEpilogue::Bias(&b[..n]),
+            Fused::BiasGelu(b, act) => RowEpilogue::BiasGelu(&b[..n], &mut act[r]),
+            Fused::Mul(f) => RowEpilogue::Mul(&f[r]),
+            Fused::BiasDropRes(b, mask, res) => RowEpilogue::BiasDropRes(&b[..n], mask.map(|m| &m[r.clone()]), &res[r]),
+        })
+    }
+
     /// The epilogue applied to an already computed `m x n` C (the path without our kernel).
     fn apply(&mut self, c: &mut [f32], ldc: usize, m: usize, n: usize) {
         for i in 0..m {
-            let row = &mut c[i * ldc..i * ldc + n];
-            match self {
-                Fused::None => {}
-                Fused::Bias(b) => row.iter_mut().zip(b.iter()).for_each(|(v, b)| *v += b),
-                Fused::BiasGelu(b, act) => {
-                    for ((v, b), o) in row.iter_mut().zip(b.iter()).zip(&mut act[i * ldc..i * ldc + n]) {
-                        (*o, *v) = elementwise::gelu_and_grad(*v + b);
-                    }
-                }
-                Fused::Mul(f) => row.iter_mut().zip(&f[i * ldc..i * ldc + n]).for_each(|(v, &x)| *v *= x),
-                Fused::BiasDropRes(b, mask, res) => {
-                    let res = &res[i * ldc..i * ldc + n];
-                    match mask {
-                        Some(mask) => {
-                            for (((v, &b), &m), &r) in row.iter_mut().zip(b.iter()).zip(&mask[i * ldc..i * ldc + n]).zip(res) {
-                                *v = (*v + b) * m + r;
-                            }
-                        }
-                        None => row.iter_mut().zip(b.iter()).zip(res).for_each(|((v, &b), &r)| *v = (*v + b) + r),
-                    }
-                }
+            if let Some(e) = self.row(i, ldc, n) {
+                elementwise::epilogue_row(&mut c[i * ldc..i * ldc + n], e);
             }
         }
     }

@@ -373,41 +373,22 @@ unsafe fn macro_kernel(mc: usize, nc: usize, kc: usize, ap: *const f32, bp: *con
 /// Runs `epi` over rows `0..m`, columns `j0..j1` of C (already holding `alpha A B (+ C)`).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn epilogue_block(c: Out, m: usize, j0: usize, j1: usize, epi: Epilogue) {
+    use super::elementwise::{epilogue_row, RowEpilogue};
+    use std::slice::{from_raw_parts as part, from_raw_parts_mut as part_mut};
     let w = j1 - j0;
     for i in 0..m {
-        let row = std::slice::from_raw_parts_mut(c.ptr.add(i * c.ldc + j0), w);
-        match epi {
-            Epilogue::None => {}
-            Epilogue::Bias(bias) => {
-                for (v, &b) in row.iter_mut().zip(std::slice::from_raw_parts(bias.add(j0), w)) {
-                    *v += b;
-                }
-            }
-            Epilogue::BiasGelu(bias, act) => {
-                let out = std::slice::from_raw_parts_mut(act.ptr.add(i * act.ldc + j0), w);
-                for ((v, &b), o) in row.iter_mut().zip(std::slice::from_raw_parts(bias.add(j0), w)).zip(out) {
-                    (*o, *v) = super::elementwise::gelu_and_grad(*v + b);
-                }
-            }
-            Epilogue::Mul(f, ld) => {
-                for (v, &x) in row.iter_mut().zip(std::slice::from_raw_parts(f.add(i * ld + j0), w)) {
-                    *v *= x;
-                }
-            }
-            Epilogue::BiasDropRes(bias, mask, res, ld) => {
-                let (bias, res) = (std::slice::from_raw_parts(bias.add(j0), w), std::slice::from_raw_parts(res.add(i * ld + j0), w));
-                if mask.is_null() {
-                    for ((v, &b), &r) in row.iter_mut().zip(bias).zip(res) {
-                        *v = (*v + b) + r;
-                    }
-                } else {
-                    let mask = std::slice::from_raw_parts(mask.add(i * ld + j0), w);
-                    for (((v, &b), &m), &r) in row.iter_mut().zip(bias).zip(mask).zip(res) {
-                        *v = (*v + b) * m + r;
-                    }
-                }
-            }
-        }
+        let row = part_mut(c.ptr.add(i * c.ldc + j0), w);
+        let e = match epi {
+            Epilogue::None => continue,
+            Epilogue::Bias(bias) => RowEpilogue::Bias(part(bias.add(j0), w)),
+            Epilogue::BiasGelu(bias, act) => RowEpilogue::BiasGelu(part(bias.add(j0), w),
+                                                                    part_mut(act.ptr.add(i * act.ldc + j0), w)),
+            Epilogue::Mul(f, ld) => RowEpilogue::Mul(part(f.add(i * ld + j0), w)),
+            Epilogue::BiasDropRes(bias, mask, res, ld) => RowEpilogue::BiasDropRes(
+                part(bias.add(j0), w), (!mask.is_null()).then(|| part(mask.add(i * ld + j0), w)),
+                part(res.add(i * ld + j0), w)),
+        };
+        epilogue_row(row, e);
     }
 }
 
