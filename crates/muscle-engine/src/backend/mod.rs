@@ -60,13 +60,17 @@ pub trait Backend: Send + Sync + 'static {
         self.matmul(c, 0, n, a, b, m, n, k, 1.0, false);
         self.add_bias(c, bias, m, n);
     }
-    /// `out = (op(A) op(B) + bias) * mask + residual` (`[m, n]`; no mask when dropout is off): a
-    /// layer's output through dropout into the residual sum. The default composes `matmul_bias`,
-    /// `mul` and `axpby`; a backend may do it in the GEMM's store.
+    /// `out = (op(A) op(B) + bias) * mask + residual` (`[m, n]`; no mask when dropout is off, no
+    /// bias for a branch without one): a layer's output through dropout into the residual sum, or
+    /// an adapter's input gradient through its dropout into the gradient it joins. The default
+    /// composes `matmul_bias`, `mul` and `axpby`; a backend may do it in the GEMM's store.
     #[allow(clippy::too_many_arguments)]
     fn matmul_bias_dropout_residual(&self, out: &mut Self::Buf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize, n: usize,
-                                    k: usize, bias: &Self::Buf, mask: Option<&Self::Buf>, residual: &Self::Buf) {
-        self.matmul_bias(out, a, b, m, n, k, bias);
+                                    k: usize, bias: Option<&Self::Buf>, mask: Option<&Self::Buf>, residual: &Self::Buf) {
+        match bias {
+            Some(bias) => self.matmul_bias(out, a, b, m, n, k, bias),
+            None => self.matmul(out, 0, n, a, b, m, n, k, 1.0, false),
+        }
         if let Some(mask) = mask {
             self.mul(out, mask, m * n);
         }
@@ -118,6 +122,12 @@ pub trait Backend: Send + Sync + 'static {
     fn dropout_mask(&self, mask: &mut Self::Buf, n: usize, p: f32, seed: u64, stream: &[u64]);
     /// `x[i] *= mask[i]` (forward and backward of dropout alike).
     fn mul(&self, x: &mut Self::Buf, mask: &Self::Buf, n: usize);
+    /// `out[i] = x[i] * mask[i]`: dropout out of place, where the undropped `x` is still needed.
+    /// The default copies, then multiplies; a backend may do it in one pass.
+    fn mul_into(&self, out: &mut Self::Buf, x: &Self::Buf, mask: &Self::Buf, n: usize) {
+        self.copy(out, x, n);
+        self.mul(out, mask, n);
+    }
 
     // ---- fused layers ---------------------------------------------------------------------------
     #[allow(clippy::too_many_arguments)]

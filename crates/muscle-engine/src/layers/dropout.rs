@@ -13,6 +13,21 @@ pub fn dropout_backward<B: Backend>(be: &B, dx: &mut B::Buf, mask: &B::Buf, n: u
     be.mul(dx, mask, n);
 }
 
+/// [`dropout_forward`] out of place: `out = x * mask`, `x` kept (the branch it feeds is one of
+/// several that read `x`).
+#[allow(clippy::too_many_arguments)]
+pub fn dropout_forward_into<B: Backend>(be: &B, out: &mut B::Buf, x: &B::Buf, mask: &mut B::Buf, n: usize, p: f32, seed: u64,
+                                        stream: &[u64]) {
+    be.dropout_mask(mask, n, p, seed, stream);
+    be.mul_into(out, x, mask, n);
+}
+
+/// [`dropout_backward`] out of place: `dx = dy * mask`, `dy` kept (it also flows past the dropout,
+/// as a residual's gradient does).
+pub fn dropout_backward_into<B: Backend>(be: &B, dx: &mut B::Buf, dy: &B::Buf, mask: &B::Buf, n: usize) {
+    be.mul_into(dx, dy, mask, n);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ pub fn linear_dropout_residual_forward<B: Backend>(be: &B, out: &mut B::Buf, inp
                                                    mask: Option<&B::Buf>, residual: &B::Buf, rows: usize, in_f: usize,
                                                    out_f: usize) {
     be.matmul_bias_dropout_residual(out, Mat { buf: inp, offset: 0, ld: in_f, trans: false },
-                                    Mat { buf: w, offset: 0, ld: in_f, trans: true }, rows, out_f, in_f, bias, mask,
+                                    Mat { buf: w, offset: 0, ld: in_f, trans: true }, rows, out_f, in_f, Some(bias), mask,
                                     residual);
 }
 

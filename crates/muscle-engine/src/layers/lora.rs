@@ -36,6 +36,18 @@ pub fn lora_backward<B: Backend>(be: &B, dinp: Option<&mut B::Buf>, da: Option<&
     }
 }
 
+/// The input gradient of a LoRA branch whose input went through dropout, joined to the gradient
+/// `d_base` that reaches the same input by other paths: `out = (dxa A) * mask + d_base`, one GEMM
+/// with the rest in its store (`dxa` from [`lora_backward`], which is then given no `dinp`).
+/// `out` must not be `d_base`; callers swap the two after.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_backward_input_dropped<B: Backend>(be: &B, out: &mut B::Buf, dxa: &B::Buf, a: &B::Buf, mask: &B::Buf,
+                                               d_base: &B::Buf, rows: usize, in_f: usize, r: usize) {
+    be.matmul_bias_dropout_residual(out, Mat { buf: dxa, offset: 0, ld: r, trans: false },
+                                    Mat { buf: a, offset: 0, ld: in_f, trans: false }, rows, in_f, r, None, Some(mask),
+                                    d_base);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +77,35 @@ mod tests {
         check("lora dx", &x, &dx, &gy, |v| f(v, &a, &b));
         check("lora dA", &a, &da, &gy, |v| f(&x, v, &b));
         check("lora dB", &b, &db, &gy, |v| f(&x, &a, v));
+    }
+
+    /// The branch on a dropped-out input, `y = W-free base + s B A (x * mask)`: the fused input
+    /// gradient minus the gradient it joins must be the branch's own.
+    #[test]
+    fn gradcheck_lora_input_through_dropout() {
+        let be = Cpu::new();
+        // rows x in large enough for the fused store's full tiles and an edge
+        let (rows, i, o, r, s) = (13, 40, 9, 3, 2.0);
+        let x = rand_vec(rows * i, 11);
+        let a = rand_vec(r * i, 12);
+        let b = rand_vec(o * r, 13);
+        let gy = rand_vec(rows * o, 14);
+        let mask: Vec<f32> = rand_vec(rows * i, 15).iter().map(|&u| if u < -0.5 { 0.0 } else { 4.0 / 3.0 }).collect();
+        let d_base = rand_vec(rows * i, 16);
+        let f = |x: &[f32]| {
+            let xd: Vec<f32> = x.iter().zip(&mask).map(|(v, m)| v * m).collect();
+            let (mut y, mut xa) = (vec![0.0; rows * o], vec![0.0; rows * r]);
+            lora_forward(&be, &mut y, &mut xa, &xd, &a, &b, rows, i, o, r, s);
+            y
+        };
+        let xd: Vec<f32> = x.iter().zip(&mask).map(|(v, m)| v * m).collect();
+        let (mut y, mut xa) = (vec![0.0; rows * o], vec![0.0; rows * r]);
+        lora_forward(&be, &mut y, &mut xa, &xd, &a, &b, rows, i, o, r, s);
+        let mut dxa = vec![0.0; rows * r];
+        lora_backward(&be, None, None, None, &mut dxa, &gy, &xa, &xd, &a, &b, rows, i, o, r, s);
+        let mut out = vec![0.0; rows * i];
+        lora_backward_input_dropped(&be, &mut out, &dxa, &a, &mask, &d_base, rows, i, r);
+        let own: Vec<f32> = out.iter().zip(&d_base).map(|(g, d)| g - d).collect();
+        check("lora dx through dropout", &x, &own, &gy, f);
     }
 }

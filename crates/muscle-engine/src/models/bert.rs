@@ -554,9 +554,8 @@ impl<B: Backend> BertClassifier<B> {
                 if let Some((la_a, la_b)) = lp.lora[ti] {
                     let lo = &mut la.lora[ti];
                     let inp = if live(ad.lora_dropout) {
-                        be.copy(&mut lo.xd, x, n * h);
-                        dropout::dropout_forward(be, &mut lo.xd, &mut lo.mask, n * h, ad.lora_dropout, seed,
-                                                 &[pass, site::LORA, lid, ti as u64]);
+                        dropout::dropout_forward_into(be, &mut lo.xd, x, &mut lo.mask, n * h, ad.lora_dropout, seed,
+                                                      &[pass, site::LORA, lid, ti as u64]);
                         &lo.xd
                     } else {
                         x
@@ -604,8 +603,8 @@ impl<B: Backend> BertClassifier<B> {
         linear::linear_forward(be, &mut a.pre, &a.head_in, &pv[hd.dense.0], Some(&pv[hd.dense.1]), b, h, h);
         if let Some((ml, mr)) = hd.mslr {
             let inp = if live(ad.mslr_dropout) {
-                be.copy(&mut a.mslr_in, &a.head_in, b * h);
-                dropout::dropout_forward(be, &mut a.mslr_in, &mut a.mslr_drop, b * h, ad.mslr_dropout, seed, &[pass, site::MSLR]);
+                dropout::dropout_forward_into(be, &mut a.mslr_in, &a.head_in, &mut a.mslr_drop, b * h, ad.mslr_dropout, seed,
+                                              &[pass, site::MSLR]);
                 &a.mslr_in
             } else {
                 &a.head_in
@@ -708,34 +707,38 @@ impl<B: Backend> BertClassifier<B> {
             let la = &a.layers[l];
             let x = if l == 0 { &a.emb_out } else { &a.layers[l - 1].out };
             let need_dx = l > self.lowest_trainable || self.embeddings_train;
-            // second layer norm, residual around the feed-forward block
+            // Second layer norm. Its input gradient is the residual's (d_h1, which the feed-forward's
+            // input gradient is then added to) and, through the dropout, the feed-forward output's.
             let (dw, db) = two(pg, lp.ln2.0, lp.ln2.1);
-            layer_norm::layer_norm_backward(be, &mut s.d_res, dw, db, &s.d_out, &la.res2, &pv[lp.ln2.0], &la.ln2_mean,
+            layer_norm::layer_norm_backward(be, &mut s.d_h1, dw, db, &s.d_out, &la.res2, &pv[lp.ln2.0], &la.ln2_mean,
                                             &la.ln2_rstd, n, h);
-            be.copy(&mut s.d_h1, &s.d_res, n * h);
-            be.copy(&mut s.d_tmp, &s.d_res, n * h);
-            if live(hp) {
-                dropout::dropout_backward(be, &mut s.d_tmp, &la.ffn_drop, n * h);
-            }
+            let d_ffn = if live(hp) {
+                dropout::dropout_backward_into(be, &mut s.d_tmp, &s.d_h1, &la.ffn_drop, n * h);
+                &s.d_tmp
+            } else {
+                &s.d_h1
+            };
             let (dw, db) = two(pg, lp.out.0, lp.out.1);
-            linear::linear_backward(be, None, dw, db, &s.d_tmp, &la.inter, &pv[lp.out.0], n, inter, h);
-            linear::linear_gelu_backward_input(be, &mut s.d_inter_pre, &mut s.d_inter, &s.d_tmp, &pv[lp.out.0],
+            linear::linear_backward(be, None, dw, db, d_ffn, &la.inter, &pv[lp.out.0], n, inter, h);
+            linear::linear_gelu_backward_input(be, &mut s.d_inter_pre, &mut s.d_inter, d_ffn, &pv[lp.out.0],
                                                &la.inter_saved, n, inter, h);
             let (dw, db) = two(pg, lp.inter.0, lp.inter.1);
             linear::linear_backward(be, Some((&mut s.d_h1, true)), dw, db, &s.d_inter_pre, &la.h1, &pv[lp.inter.0], n, h, inter);
-            // first layer norm, residual around attention
+            // First layer norm, the same way round: the residual's gradient goes to d_x (where the
+            // q, k, v input gradients are added), or nowhere below the lowest trainable layer.
             let (dw, db) = two(pg, lp.ln1.0, lp.ln1.1);
-            layer_norm::layer_norm_backward(be, &mut s.d_res, dw, db, &s.d_h1, &la.res1, &pv[lp.ln1.0], &la.ln1_mean,
+            let d_ln1 = if need_dx { &mut s.d_x } else { &mut s.d_res };
+            layer_norm::layer_norm_backward(be, d_ln1, dw, db, &s.d_h1, &la.res1, &pv[lp.ln1.0], &la.ln1_mean,
                                             &la.ln1_rstd, n, h);
-            if need_dx {
-                be.copy(&mut s.d_x, &s.d_res, n * h);
-            }
-            be.copy(&mut s.d_tmp, &s.d_res, n * h);
-            if live(hp) {
-                dropout::dropout_backward(be, &mut s.d_tmp, &la.attn_drop, n * h);
-            }
+            let d_ln1 = if need_dx { &s.d_x } else { &s.d_res };
+            let d_attn = if live(hp) {
+                dropout::dropout_backward_into(be, &mut s.d_tmp, d_ln1, &la.attn_drop, n * h);
+                &s.d_tmp
+            } else {
+                d_ln1
+            };
             let (dw, db) = two(pg, lp.attn_out.0, lp.attn_out.1);
-            linear::linear_backward(be, Some((&mut s.d_ctx, false)), dw, db, &s.d_tmp, &la.ctx, &pv[lp.attn_out.0], n, h, h);
+            linear::linear_backward(be, Some((&mut s.d_ctx, false)), dw, db, d_attn, &la.ctx, &pv[lp.attn_out.0], n, h, h);
             let pdrop = if live(cfg.attention_probs_dropout_prob) { Some(&la.probs_drop) } else { None };
             {
                 let [dq, dk, dv] = &mut s.d_qkv;
@@ -753,11 +756,12 @@ impl<B: Backend> BertClassifier<B> {
                     let inp = if dropped { &lo.xd } else { x };
                     let (da, dbb) = two(pg, la_a, la_b);
                     if need_dx && dropped {
-                        be.fill(&mut s.d_lx, n * h, 0.0);
-                        lora::lora_backward(be, Some(&mut s.d_lx), da, dbb, &mut s.d_small, &s.d_qkv[ti], &lo.xa, inp,
-                                            &pv[la_a], &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
-                        dropout::dropout_backward(be, &mut s.d_lx, &lo.mask, n * h);
-                        be.axpby(&mut s.d_x, 1.0, &s.d_lx, 1.0, n * h);
+                        // d_x += (dxa A) * mask, in the GEMM's store: into d_lx, which becomes d_x
+                        lora::lora_backward(be, None, da, dbb, &mut s.d_small, &s.d_qkv[ti], &lo.xa, inp, &pv[la_a],
+                                            &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
+                        lora::lora_backward_input_dropped(be, &mut s.d_lx, &s.d_small, &pv[la_a], &lo.mask, &s.d_x, n, h,
+                                                          ad.lora_r);
+                        std::mem::swap(&mut s.d_x, &mut s.d_lx);
                     } else {
                         lora::lora_backward(be, if need_dx { Some(&mut s.d_x) } else { None }, da, dbb, &mut s.d_small,
                                             &s.d_qkv[ti], &lo.xa, inp, &pv[la_a], &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);

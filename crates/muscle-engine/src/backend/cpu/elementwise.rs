@@ -69,6 +69,18 @@ pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
     });
 }
 
+pub fn copy(dst: &mut [f32], src: &[f32]) {
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+pub fn mul_into(out: &mut [f32], x: &[f32], m: &[f32]) {
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(m.par_chunks(CHUNK))).for_each(|(o, (x, m))| {
+        for ((o, &x), &m) in o.iter_mut().zip(x).zip(m) {
+            *o = x * m;
+        }
+    });
+}
+
 pub fn mul(x: &mut [f32], m: &[f32]) {
     x.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK)).for_each(|(x, m)| {
         for (x, &m) in x.iter_mut().zip(m) {
@@ -130,8 +142,8 @@ pub(crate) enum RowEpilogue<'a> {
     BiasGelu(&'a [f32], &'a mut [f32]),
     /// `row *= s`.
     Mul(&'a [f32]),
-    /// `row = (row + bias) * mask + res` (no mask: dropout off).
-    BiasDropRes(&'a [f32], Option<&'a [f32]>, &'a [f32]),
+    /// `row = (row + bias) * mask + res` (no bias: none added; no mask: dropout off).
+    BiasDropRes(Option<&'a [f32]>, Option<&'a [f32]>, &'a [f32]),
 }
 
 #[inline(always)]
@@ -144,13 +156,17 @@ pub(crate) fn epilogue_row(row: &mut [f32], epi: RowEpilogue) {
             }
         }
         RowEpilogue::Mul(f) => row.iter_mut().zip(f).for_each(|(v, &x)| *v *= x),
-        RowEpilogue::BiasDropRes(bias, None, res) => {
+        RowEpilogue::BiasDropRes(Some(bias), None, res) => {
             row.iter_mut().zip(bias).zip(res).for_each(|((v, &b), &r)| *v = (*v + b) + r)
         }
-        RowEpilogue::BiasDropRes(bias, Some(mask), res) => {
+        RowEpilogue::BiasDropRes(Some(bias), Some(mask), res) => {
             for (((v, &b), &m), &r) in row.iter_mut().zip(bias).zip(mask).zip(res) {
                 *v = (*v + b) * m + r;
             }
+        }
+        RowEpilogue::BiasDropRes(None, None, res) => row.iter_mut().zip(res).for_each(|(v, &r)| *v += r),
+        RowEpilogue::BiasDropRes(None, Some(mask), res) => {
+            row.iter_mut().zip(mask).zip(res).for_each(|((v, &m), &r)| *v = *v * m + r)
         }
     }
 }

@@ -86,8 +86,8 @@ pub(crate) enum Fused<'a> {
     BiasGelu(&'a [f32], &'a mut [f32]),
     /// `C *= s` element-wise.
     Mul(&'a [f32]),
-    /// `C = (C + bias[j]) * mask + res` (no mask: dropout off).
-    BiasDropRes(&'a [f32], Option<&'a [f32]>, &'a [f32]),
+    /// `C = (C + bias[j]) * mask + res` (no bias: none added; no mask: dropout off).
+    BiasDropRes(Option<&'a [f32]>, Option<&'a [f32]>, &'a [f32]),
 }
 
 impl Fused<'_> {
@@ -99,7 +99,9 @@ impl Fused<'_> {
             Fused::Bias(b) => RowEpilogue::Bias(&b[..n]),
             Fused::BiasGelu(b, act) => RowEpilogue::BiasGelu(&b[..n], &mut act[r]),
             Fused::Mul(f) => RowEpilogue::Mul(&f[r]),
-            Fused::BiasDropRes(b, mask, res) => RowEpilogue::BiasDropRes(&b[..n], mask.map(|m| &m[r.clone()]), &res[r]),
+            Fused::BiasDropRes(b, mask, res) => {
+                RowEpilogue::BiasDropRes(b.map(|b| &b[..n]), mask.map(|m| &m[r.clone()]), &res[r])
+            }
         })
     }
 
@@ -131,7 +133,7 @@ pub(crate) fn sgemm_fused(
         Fused::Bias(bias) => assert!(bias.len() >= n, "sgemm bias shorter than C's width"),
         Fused::BiasGelu(bias, act) => assert!(bias.len() >= n && act.len() > c_last, "sgemm epilogue out of bounds"),
         Fused::Mul(f) => assert!(f.len() > c_last, "sgemm epilogue out of bounds"),
-        Fused::BiasDropRes(bias, mask, res) => assert!(bias.len() >= n && res.len() > c_last
+        Fused::BiasDropRes(bias, mask, res) => assert!(bias.is_none_or(|b| b.len() >= n) && res.len() > c_last
             && mask.is_none_or(|m| m.len() > c_last), "sgemm epilogue out of bounds"),
     }
     // Bounds: the last element each operand touches must be inside its slice.
@@ -163,7 +165,8 @@ pub(crate) fn sgemm_fused(
             Fused::BiasGelu(b, act) => sgemm::Epilogue::BiasGelu(b.as_ptr(), Out { ptr: act.as_mut_ptr(), ldc }),
             Fused::Mul(f) => sgemm::Epilogue::Mul(f.as_ptr(), ldc),
             Fused::BiasDropRes(b, mask, res) => sgemm::Epilogue::BiasDropRes(
-                b.as_ptr(), mask.map_or(std::ptr::null(), |m| m.as_ptr()), res.as_ptr(), ldc),
+                b.map_or(std::ptr::null(), |b| b.as_ptr()), mask.map_or(std::ptr::null(), |m| m.as_ptr()), res.as_ptr(),
+                ldc),
         };
         // SAFETY: `gemm_kernel` checked AVX2/FMA; the asserts above keep every access inside the
         // slices (the epilogue's operands span C's extent); `c` and `act` are borrowed mutably, so
@@ -235,7 +238,7 @@ impl Backend for Cpu {
         elementwise::par_fill(&mut buf[..n], value);
     }
     fn copy(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize) {
-        dst[..n].copy_from_slice(&src[..n]);
+        elementwise::copy(&mut dst[..n], &src[..n]);
     }
 
     fn matmul(&self, c: &mut Vec<f32>, c_off: usize, ldc: usize, a: Mat<'_, Self>, b: Mat<'_, Self>,
@@ -256,8 +259,8 @@ impl Backend for Cpu {
         self.matmul_fused(saved, a, b, m, n, k, Fused::BiasGelu(&bias[..n], &mut act[..m * n]));
     }
     fn matmul_bias_dropout_residual(&self, out: &mut Vec<f32>, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize, n: usize,
-                                    k: usize, bias: &Vec<f32>, mask: Option<&Vec<f32>>, residual: &Vec<f32>) {
-        let fused = Fused::BiasDropRes(&bias[..n], mask.map(|x| &x[..m * n]), &residual[..m * n]);
+                                    k: usize, bias: Option<&Vec<f32>>, mask: Option<&Vec<f32>>, residual: &Vec<f32>) {
+        let fused = Fused::BiasDropRes(bias.map(|b| &b[..n]), mask.map(|x| &x[..m * n]), &residual[..m * n]);
         self.matmul_fused(out, a, b, m, n, k, fused);
     }
     /// `d_pre = (A B) * saved`, `saved` holding gelu' (see `matmul_bias_gelu`).
@@ -309,6 +312,9 @@ impl Backend for Cpu {
     }
     fn mul(&self, x: &mut Vec<f32>, mask: &Vec<f32>, n: usize) {
         elementwise::mul(&mut x[..n], &mask[..n]);
+    }
+    fn mul_into(&self, out: &mut Vec<f32>, x: &Vec<f32>, mask: &Vec<f32>, n: usize) {
+        elementwise::mul_into(&mut out[..n], &x[..n], &mask[..n]);
     }
 
     fn embedding_forward(&self, out: &mut Vec<f32>, word: &Vec<f32>, pos: &Vec<f32>, typ: &Vec<f32>,

@@ -63,8 +63,8 @@ pub enum Epilogue {
     /// `C[i, j] *= s[i, j]` (`s` shaped like C, rows `.1` apart).
     Mul(*const f32, usize),
     /// `C[i, j] = (C[i, j] + bias[j]) * mask[i, j] + res[i, j]`: a layer's output through dropout
-    /// into the residual sum (`mask` null when dropout is off; `mask` and `res` shaped like C,
-    /// rows `.3` apart).
+    /// into the residual sum (`bias` null: none added; `mask` null when dropout is off; `mask` and
+    /// `res` shaped like C, rows `.3` apart).
     BiasDropRes(*const f32, *const f32, *const f32, usize),
 }
 
@@ -81,7 +81,8 @@ impl Epilogue {
             Epilogue::Mul(f, ld) => Epilogue::Mul(f.add(i * ld + j), ld),
             Epilogue::BiasDropRes(b, mask, res, ld) => {
                 let mask = if mask.is_null() { mask } else { mask.add(i * ld + j) };
-                Epilogue::BiasDropRes(b.add(j), mask, res.add(i * ld + j), ld)
+                let b = if b.is_null() { b } else { b.add(j) };
+                Epilogue::BiasDropRes(b, mask, res.add(i * ld + j), ld)
             }
         }
     }
@@ -385,7 +386,7 @@ unsafe fn epilogue_block(c: Out, m: usize, j0: usize, j1: usize, epi: Epilogue) 
                                                                     part_mut(act.ptr.add(i * act.ldc + j0), w)),
             Epilogue::Mul(f, ld) => RowEpilogue::Mul(part(f.add(i * ld + j0), w)),
             Epilogue::BiasDropRes(bias, mask, res, ld) => RowEpilogue::BiasDropRes(
-                part(bias.add(j0), w), (!mask.is_null()).then(|| part(mask.add(i * ld + j0), w)),
+                (!bias.is_null()).then(|| part(bias.add(j0), w)), (!mask.is_null()).then(|| part(mask.add(i * ld + j0), w)),
                 part(res.add(i * ld + j0), w)),
         };
         epilogue_row(row, e);
