@@ -26,15 +26,28 @@ struct Args {
     json: Option<String>,
     gemms: bool,
     kernels: bool,
+    tune: Option<Vec<[usize; 4]>>,
     cuda: bool,
     roberta: bool,
     bf16: bool,
 }
 
+/// `--tune`'s "kc,mc,nc,split;..." list.
+fn parse_tune(spec: &str) -> std::result::Result<Vec<[usize; 4]>, String> {
+    spec.split(';').map(|c| {
+        let v: Vec<usize> = c.split(',').map(|x| x.trim().parse::<usize>()).collect::<std::result::Result<_, _>>()
+            .map_err(|e| format!("--tune: `{c}`: {e} (give kc,mc,nc,split per configuration, 0 = built-in)"))?;
+        match v[..] {
+            [kc, mc, nc, split] if split <= 2 && kc % 8 == 0 && mc % 6 == 0 && nc % 16 == 0 => Ok([kc, mc, nc, split]),
+            _ => Err(format!("--tune: `{c}` is not kc,mc,nc,split with kc a multiple of 8, mc of 6, nc of 16, split 0-2")),
+        }
+    }).collect()
+}
+
 fn parse_args() -> std::result::Result<Args, String> {
     let mut a = Args { layers: 12, hidden: 768, batch: 32, seq: 64, iters: 3,
                        modes: vec!["lora".into(), "musclelora".into(), "full".into(), "eval".into()], json: None,
-                       gemms: false, kernels: false, cuda: false, roberta: false, bf16: false };
+                       gemms: false, kernels: false, tune: None, cuda: false, roberta: false, bf16: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -48,6 +61,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--json" => a.json = Some(val()?),
             "--gemms" => a.gemms = true,
             "--kernels" => a.kernels = true,
+            "--tune" => a.tune = Some(parse_tune(&val()?)?),
             "--precision" => a.bf16 = match val()?.as_str() {
                 "f32" => false,
                 "bf16" => true,
@@ -65,14 +79,17 @@ fn parse_args() -> std::result::Result<Args, String> {
             },
             "-h" | "--help" => {
                 println!("muscle-bench [--layers 12] [--hidden 768] [--batch 32] [--seq 64] [--iters 3] \
-                          [--modes lora,musclelora,full,eval] [--device cpu|cuda] [--precision f32|bf16] [--family bert|roberta] [--json out.json] [--gemms] [--kernels]\n\n\
+                          [--modes lora,musclelora,full,eval] [--device cpu|cuda] [--precision f32|bf16] [--family bert|roberta] [--json out.json] [--gemms] [--kernels] [--tune CONFIGS]\n\n\
                           Times training steps of a random BERT- (or RoBERTa-) shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
                           dropout 0.1) against the machine's SGEMM peak (2048^3 on the CPU, ours and numpy's; cuBLAS f32 at\n\
                           8192^3 on a GPU), measured right before every timed step: a step's ratio is the median of\n\
                           (step GFLOP/s / best SGEMM just before it), which cancels the drift of a shared machine.\n\
                           --device cuda: the CUDA backend on GPU 0, with the device memory in use after the steps;\n\
                           --precision bf16 (GPU only): frozen weights and their GEMMs in bf16, f32 accumulation.\n\
-                          --gemms: GFLOP/s of each layer GEMM shape; --kernels: ms of the non-GEMM kernels per layer (CPU).");
+                          --gemms: GFLOP/s of each layer GEMM shape; --kernels: ms of the non-GEMM kernels per layer (CPU).\n\
+                          --tune \"kc,mc,nc,split;...\" (CPU, x86-64): our SGEMM's blockings (0 = built-in; split 0 rule, 1 M,\n\
+                          2 N) run interleaved for --iters rounds on the layer shapes and 2048^3, each as median GFLOP/s and\n\
+                          median ratio to the first configuration; no steps are timed.");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other}; see --help")),
@@ -199,6 +216,61 @@ fn gemm_shapes(be: &Cpu, n: usize, h: usize) {
     }
 }
 
+/// `--tune`: each blocking in `configs` ("kc,mc,nc,split" with 0 = the built-in value; split 0 =
+/// the rule, 1 = along M, 2 = along N) against the first, on the layer shapes and 2048^3. The
+/// configurations run interleaved, `reps` rounds, so the machine's drift hits all alike; each
+/// shape reports the median over rounds of (config GFLOP/s / first config GFLOP/s).
+#[cfg(target_arch = "x86_64")]
+fn tune(be: &Cpu, n: usize, h: usize, configs: &[[usize; 4]], reps: usize) {
+    use muscle_engine::backend::cpu::gemm_tune as t;
+    use std::sync::atomic::Ordering::Relaxed;
+    let i = 4 * h;
+    let cases = [("h->h fwd", n, h, h, false, true), ("h->4h fwd", n, i, h, false, true), ("h<-h dx", n, h, h, false, false),
+                 ("h<-4h dx", n, h, i, false, false), ("h->4h dx", n, i, h, false, false), ("dW h,h", h, h, n, true, false),
+                 ("dW 4h,h", i, h, n, true, false), ("2048^3", 2048, 2048, 2048, false, false)];
+    print!("| shape |");
+    for c in configs {
+        print!(" {c:?} |");
+    }
+    println!();
+    for (name, m, nn, k, ta, tb) in cases {
+        let a = vec![0.5f32; m * k];
+        let b = vec![0.25f32; nn * k];
+        let mut c = vec![0.0f32; m * nn];
+        let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { nn });
+        let mut run = |cfg: &[usize; 4]| {
+            t::KC.store(cfg[0], Relaxed);
+            t::MC.store(cfg[1], Relaxed);
+            t::NC.store(cfg[2], Relaxed);
+            t::SPLIT.store(cfg[3], Relaxed);
+            let s = Instant::now();
+            be.matmul(&mut c, 0, nn, Mat { buf: &a, offset: 0, ld: lda, trans: ta },
+                      Mat { buf: &b, offset: 0, ld: ldb, trans: tb }, m, nn, k, 1.0, false);
+            2.0 * (m * nn * k) as f64 / s.elapsed().as_secs_f64() / 1e9
+        };
+            for cfg in configs {
+            run(cfg);
+        }
+        let mut ratios = vec![vec![]; configs.len()];
+        let mut rates = vec![vec![]; configs.len()];
+        for _ in 0..reps {
+            let g: Vec<f64> = configs.iter().map(&mut run).collect();
+            for (j, x) in g.iter().enumerate() {
+                ratios[j].push(x / g[0]);
+                rates[j].push(*x);
+            }
+        }
+        print!("| {name} {m}x{nn}x{k} |");
+        for j in 0..configs.len() {
+            print!(" {:.1} ({:.3}) |", median(rates[j].clone()), median(ratios[j].clone()));
+        }
+        println!();
+    }
+    for v in [&t::KC, &t::MC, &t::NC, &t::SPLIT] {
+        v.store(0, Relaxed);
+    }
+}
+
 /// Best-of-5 milliseconds of `f`.
 fn best_ms(mut f: impl FnMut()) -> f64 {
     (0..5).map(|_| {
@@ -287,6 +359,11 @@ fn main() {
     }
     if args.kernels {
         kernel_times(&be, args.batch, args.seq, args.hidden);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(configs) = &args.tune {
+        tune(&be, args.batch * args.seq, args.hidden, configs, args.iters.max(3));
+        return;
     }
     bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| 0);
 }

@@ -9,6 +9,11 @@ mod norm;
 mod sgemm;
 mod vmath;
 
+/// Blocking overrides for `muscle-bench --tune` (x86-64 only).
+#[cfg(target_arch = "x86_64")]
+#[doc(hidden)]
+pub use sgemm::tune as gemm_tune;
+
 use super::{Backend, Mat};
 use elementwise::RowEpilogue;
 use gemm::Parallelism;

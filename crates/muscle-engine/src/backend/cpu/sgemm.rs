@@ -5,7 +5,7 @@
 //! - the `6 x 16` micro-kernel keeps the C tile in 12 ymm accumulators (two FMA pipes with a
 //!   4-cycle latency need at least 8 independent chains), streams one B row (2 loads) and six
 //!   broadcasts of A per `k`;
-//! - `kc` is chosen so an A micro-panel plus a B micro-panel stay in L1 (32 KiB per core), `mc`
+//! - `kc` is chosen so an A micro-panel plus a B micro-panel stay (about) in L1 (32 KiB per core), `mc`
 //!   so the packed A block stays in L2 (512 KiB per core), `nc` so the C panel stays in L3;
 //! - a parallel call splits C into one block per thread (along M when it is tall enough, else N);
 //!   each thread runs the whole blocked loop on its block with its own packing. Packing B twice
@@ -23,15 +23,37 @@ use std::cell::Cell;
 pub const MR: usize = 6;
 pub const NR: usize = 16;
 
-/// Upper bound on the k block. `kc = 256`: A micro-panel 6 KiB + B micro-panel 16 KiB in L1.
-const KC_MAX: usize = 256;
-/// Rows of A per packed block: `MC * KC_MAX * 4` = 144 KiB, well inside L2 with B panels passing.
-const MC: usize = 144;
-/// Columns of B per packed block (`KC_MAX * NC * 4` = 1 MiB) and so of the C panel every k block
+/// Upper bound on the k block. Every k block reads and writes the C panel once more, and BERT's
+/// forward and input-gradient GEMMs have k = 768: `kc = 384` (two blocks) instead of 256 (three)
+/// measured 1-4% faster on those shapes and about 2% at 2048^3 (`muscle-bench --tune`, the
+/// configurations interleaved). The B micro-panel (24 KiB) then shares L1 with the A micro-panel
+/// only just; the hardware prefetcher covers the rest.
+const KC_MAX: usize = 384;
+/// Rows of A per packed block: `MC * KC_MAX * 4` = 108 KiB of L2. At `kc = 384`, 72 rows ran
+/// 1-3% faster than 144 (the B micro-panel is reused over fewer A panels, which the prefetcher
+/// keeps ahead of).
+const MC: usize = 72;
+/// Columns of B per packed block (`KC_MAX * NC * 4` = 1.5 MiB) and so of the C panel every k block
 /// reads and writes again: at 1024 a thread's C panel (1024 x 1024 at 2048^3, 4 MiB) stays in L3
 /// across the k blocks, where with the whole width (4096) it went to memory each time; measured
 /// 5-8% faster at 2048^3 and no slower on the layer shapes (3 A repacks at n = 3072 cost little).
 const NC: usize = 1024;
+
+/// Blocking overrides for tuning experiments (`muscle-bench --tune`); 0 = the constant.
+pub mod tune {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    pub static KC: AtomicUsize = AtomicUsize::new(0);
+    pub static MC: AtomicUsize = AtomicUsize::new(0);
+    pub static NC: AtomicUsize = AtomicUsize::new(0);
+    /// 0: the rule; 1: always split M; 2: always split N.
+    pub static SPLIT: AtomicUsize = AtomicUsize::new(0);
+    pub(super) fn get(v: &AtomicUsize, default: usize) -> usize {
+        match v.load(Relaxed) {
+            0 => default,
+            x => x,
+        }
+    }
+}
 
 /// Strided view of a row-major operand: element `(i, j)` is at `ptr + i * rs + j * cs`.
 #[derive(Clone, Copy)]
@@ -132,8 +154,9 @@ impl AlignedBuf {
 /// Largest `kc <= KC_MAX` that splits `k` into equal blocks (rounded up to a multiple of 8), so a
 /// `k` just above `KC_MAX` does not leave a thin, inefficient last block.
 fn pick_kc(k: usize) -> usize {
-    let blocks = k.div_ceil(KC_MAX);
-    k.div_ceil(blocks).next_multiple_of(8).min(KC_MAX)
+    let kc_max = tune::get(&tune::KC, KC_MAX);
+    let blocks = k.div_ceil(kc_max);
+    k.div_ceil(blocks).next_multiple_of(8).min(kc_max)
 }
 
 /// `C[m, n] = alpha * A[m, k] B[k, n] (+ C if accumulate)`, then `epi`, one thread.
@@ -147,12 +170,13 @@ pub unsafe fn gemm_serial(m: usize, n: usize, k: usize, a: View, b: View, c: Out
                           epi: Epilogue) {
     let (mut abuf, mut bbuf) = PACK.with(|p| p.take()).unwrap_or_default();
     let kc_blk = pick_kc(k);
-    let nc_blk = NC.min(n.next_multiple_of(NR));
-    let mc_blk = MC.min(m.next_multiple_of(MR));
+    let (mc_max, nc_max) = (tune::get(&tune::MC, MC), tune::get(&tune::NC, NC));
+    let nc_blk = nc_max.min(n.next_multiple_of(NR));
+    let mc_blk = mc_max.min(m.next_multiple_of(MR));
     let ap = abuf.get(mc_blk * kc_blk);
     let bp = bbuf.get(kc_blk * nc_blk);
-    for jc in (0..n).step_by(NC) {
-        let nc = NC.min(n - jc);
+    for jc in (0..n).step_by(nc_max) {
+        let nc = nc_max.min(n - jc);
         for pc in (0..k).step_by(kc_blk) {
             let kc = kc_blk.min(k - pc);
             let bv = View { ptr: b.ptr.add(pc * b.rs + jc * b.cs), ..b };
@@ -161,8 +185,8 @@ pub unsafe fn gemm_serial(m: usize, n: usize, k: usize, a: View, b: View, c: Out
             // one finishes C, so it runs the epilogue.
             let beta = accumulate || pc > 0;
             let last = pc + kc == k;
-            for ic in (0..m).step_by(MC) {
-                let mc = MC.min(m - ic);
+            for ic in (0..m).step_by(mc_max) {
+                let mc = mc_max.min(m - ic);
                 let av = View { ptr: a.ptr.add(ic * a.rs + pc * a.cs), ..a };
                 pack_a(mc, kc, av, ap);
                 let cb = Out { ptr: c.ptr.add(ic * c.ldc + jc), ldc: c.ldc };
@@ -183,7 +207,11 @@ pub unsafe fn gemm_serial(m: usize, n: usize, k: usize, a: View, b: View, c: Out
 pub unsafe fn gemm_parallel(m: usize, n: usize, k: usize, a: View, b: View, c: Out, alpha: f32, accumulate: bool,
                             epi: Epilogue, threads: usize) {
     use rayon::prelude::*;
-    let split_m = m >= n || n < threads * NR;
+    let split_m = match tune::SPLIT.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => m >= threads * MR,
+        2 => n < threads * NR,
+        _ => m >= n || n < threads * NR,
+    };
     let (len, unit) = if split_m { (m, MR) } else { (n, NR) };
     let parts = threads.min(len.div_ceil(unit)).max(1);
     if parts == 1 {
@@ -717,10 +745,12 @@ mod tests {
 
     #[test]
     fn kc_blocks_are_even() {
+        assert_eq!(KC_MAX, 384, "the cases below assume it");
         assert_eq!(pick_kc(1), 8);
-        assert_eq!(pick_kc(256), 256);
-        assert_eq!(pick_kc(257), 136);
-        assert_eq!(pick_kc(768), 256);
-        assert_eq!(pick_kc(3072), 256);
+        assert_eq!(pick_kc(384), 384);
+        assert_eq!(pick_kc(385), 200);
+        assert_eq!(pick_kc(768), 384);
+        assert_eq!(pick_kc(2048), 344);
+        assert_eq!(pick_kc(3072), 384);
     }
 }
