@@ -733,7 +733,9 @@ mod tests {
     #[test]
     fn multi_block_shapes() {
         for &(m, n, k, ta, tb) in &[(MC + 7, 2 * NR + 3, 2 * KC_MAX + 5, false, true), (300, 70, 700, true, false),
-                                    (13, NC + 37, KC_MAX + 9, false, false)] {
+                                    (13, NC + 37, KC_MAX + 9, false, false),
+                                    // split along M, each part with two column and two k blocks
+                                    (NC + 100, NC + 37, KC_MAX + 9, false, true)] {
             for accumulate in [false, true] {
                 let case = Case { m, n, k, ta, tb, pad: 1, off: 3, alpha: 0.5, accumulate };
                 check(case, &|c, cbuf, ldc, a, lda, b, ldb| {
