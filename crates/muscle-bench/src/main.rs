@@ -61,7 +61,8 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--json" => a.json = Some(val()?),
             "--gemms" => a.gemms = true,
             "--kernels" => a.kernels = true,
-            "--tune" => a.tune = Some(parse_tune(&val()?)?),
+            "--tune" if cfg!(target_arch = "x86_64") => a.tune = Some(parse_tune(&val()?)?),
+            "--tune" => return Err("--tune tunes our AVX2 SGEMM, which runs on x86-64 only".into()),
             "--precision" => a.bf16 = match val()?.as_str() {
                 "f32" => false,
                 "bf16" => true,
@@ -178,19 +179,43 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0) // USER_HZ, 100 on every Linux ABI
 }
 
-/// GFLOP/s of each GEMM shape a layer runs (forward, input gradient, weight gradient), to show
-/// where a step loses time against the square peak.
-fn gemm_shapes(be: &Cpu, n: usize, h: usize) {
+/// A GEMM shape: name, m, n, k, A transposed, B transposed.
+type Shape = (&'static str, usize, usize, usize, bool, bool);
+
+/// The GEMM shapes of an encoder layer at `n` tokens and width `h` (forward, input gradient,
+/// weight gradient).
+fn layer_shapes(n: usize, h: usize) -> [Shape; 6] {
     let i = 4 * h;
-    // LoRA's rank-8 products: skinny, so far below the peak, but few flops
-    let r = 8;
-    let cases: [(&str, usize, usize, usize, bool, bool); 12] = [
+    [
         ("fwd x W^T (h->h)", n, h, h, false, true),
         ("fwd x W^T (h->4h)", n, i, h, false, true),
         ("dx = dy W (h<-h)", n, h, h, false, false),
         ("dx = dy W (h<-4h)", n, h, i, false, false),
         ("dW = dy^T x (h,h)", h, h, n, true, false),
         ("dW = dy^T x (4h,h)", i, h, n, true, false),
+    ]
+}
+
+/// Operands for one GEMM shape, and a closure that runs it once and returns its GFLOP/s.
+fn gemm_runner(be: &Cpu, (_, m, nn, k, ta, tb): Shape) -> impl FnMut() -> f64 + '_ {
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; nn * k];
+    let mut c = vec![0.0f32; m * nn];
+    let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { nn });
+    move || {
+        let t = Instant::now();
+        be.matmul(&mut c, 0, nn, Mat { buf: &a, offset: 0, ld: lda, trans: ta },
+                  Mat { buf: &b, offset: 0, ld: ldb, trans: tb }, m, nn, k, 1.0, false);
+        2.0 * (m * nn * k) as f64 / t.elapsed().as_secs_f64() / 1e9
+    }
+}
+
+/// GFLOP/s (best of 5) of each GEMM shape a layer runs, to show where a step loses time against
+/// the square peak.
+fn gemm_shapes(be: &Cpu, n: usize, h: usize) {
+    // LoRA's rank-8 products: skinny, so far below the peak, but few flops
+    let r = 8;
+    let lora: [Shape; 6] = [
         ("LoRA xa = x A^T", n, r, h, false, true),
         ("LoRA y += xa B^T", n, h, r, false, true),
         ("LoRA dxa = dy B", n, r, h, false, false),
@@ -200,19 +225,11 @@ fn gemm_shapes(be: &Cpu, n: usize, h: usize) {
     ];
     println!("| GEMM | m x n x k | GFLOP/s |");
     println!("| --- | --- | ---: |");
-    for (name, m, nn, k, ta, tb) in cases {
-        let a = vec![0.5f32; m.max(k) * k.max(m)];
-        let b = vec![0.25f32; nn.max(k) * k.max(nn)];
-        let mut c = vec![0.0f32; m * nn];
-        let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { nn });
-        let mut best = f64::MAX;
-        for _ in 0..5 {
-            let t = Instant::now();
-            be.matmul(&mut c, 0, nn, Mat { buf: &a, offset: 0, ld: lda, trans: ta },
-                      Mat { buf: &b, offset: 0, ld: ldb, trans: tb }, m, nn, k, 1.0, false);
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        println!("| {name} | {m} x {nn} x {k} | {:.1} |", 2.0 * (m * nn * k) as f64 / best / 1e9);
+    for shape in layer_shapes(n, h).into_iter().chain(lora) {
+        let mut run = gemm_runner(be, shape);
+        let best = (0..5).map(|_| run()).fold(0.0, f64::max);
+        let (name, m, nn, k, _, _) = shape;
+        println!("| {name} | {m} x {nn} x {k} | {best:.1} |");
     }
 }
 
@@ -224,31 +241,23 @@ fn gemm_shapes(be: &Cpu, n: usize, h: usize) {
 fn tune(be: &Cpu, n: usize, h: usize, configs: &[[usize; 4]], reps: usize) {
     use muscle_engine::backend::cpu::gemm_tune as t;
     use std::sync::atomic::Ordering::Relaxed;
-    let i = 4 * h;
-    let cases = [("h->h fwd", n, h, h, false, true), ("h->4h fwd", n, i, h, false, true), ("h<-h dx", n, h, h, false, false),
-                 ("h<-4h dx", n, h, i, false, false), ("h->4h dx", n, i, h, false, false), ("dW h,h", h, h, n, true, false),
-                 ("dW 4h,h", i, h, n, true, false), ("2048^3", 2048, 2048, 2048, false, false)];
+    // the input gradient into the feed-forward's 4h-wide middle, beside the layer shapes
+    let extra: [Shape; 2] = [("dx = dy W (h->4h)", n, 4 * h, h, false, false), ("2048^3", 2048, 2048, 2048, false, false)];
     print!("| shape |");
     for c in configs {
         print!(" {c:?} |");
     }
     println!();
-    for (name, m, nn, k, ta, tb) in cases {
-        let a = vec![0.5f32; m * k];
-        let b = vec![0.25f32; nn * k];
-        let mut c = vec![0.0f32; m * nn];
-        let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { nn });
+    for shape in layer_shapes(n, h).into_iter().chain(extra) {
+        let mut gflops = gemm_runner(be, shape);
         let mut run = |cfg: &[usize; 4]| {
             t::KC.store(cfg[0], Relaxed);
             t::MC.store(cfg[1], Relaxed);
             t::NC.store(cfg[2], Relaxed);
             t::SPLIT.store(cfg[3], Relaxed);
-            let s = Instant::now();
-            be.matmul(&mut c, 0, nn, Mat { buf: &a, offset: 0, ld: lda, trans: ta },
-                      Mat { buf: &b, offset: 0, ld: ldb, trans: tb }, m, nn, k, 1.0, false);
-            2.0 * (m * nn * k) as f64 / s.elapsed().as_secs_f64() / 1e9
+            gflops()
         };
-            for cfg in configs {
+        for cfg in configs {
             run(cfg);
         }
         let mut ratios = vec![vec![]; configs.len()];
@@ -260,6 +269,7 @@ fn tune(be: &Cpu, n: usize, h: usize, configs: &[[usize; 4]], reps: usize) {
                 rates[j].push(*x);
             }
         }
+        let (name, m, nn, k, _, _) = shape;
         print!("| {name} {m}x{nn}x{k} |");
         for j in 0..configs.len() {
             print!(" {:.1} ({:.3}) |", median(rates[j].clone()), median(ratios[j].clone()));
