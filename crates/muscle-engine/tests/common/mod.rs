@@ -100,12 +100,18 @@ impl Reference {
 /// Asserts `|got - want| <= 1e-5` or relative error `<= 1e-4` elementwise (the tolerance),
 /// and returns the largest absolute difference seen.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32]) -> f64 {
+    assert_close_within(what, got, want, 1e-5, 1e-4)
+}
+
+/// [`assert_close`] with another absolute and relative tolerance.
+#[allow(dead_code)] // not every test file uses it
+pub fn assert_close_within(what: &str, got: &[f32], want: &[f32], abs_tol: f64, rel_tol: f64) -> f64 {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut worst = 0.0f64;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let abs = (g as f64 - w as f64).abs();
         let rel = abs / (w as f64).abs().max(1e-30);
-        assert!(abs <= 1e-5 || rel <= 1e-4, "{what}[{i}]: got {g}, want {w} (abs {abs:.2e}, rel {rel:.2e})");
+        assert!(abs <= abs_tol || rel <= rel_tol, "{what}[{i}]: got {g}, want {w} (abs {abs:.2e}, rel {rel:.2e})");
         worst = worst.max(abs);
     }
     worst

@@ -11,14 +11,14 @@
 
 pub mod kernels;
 pub mod libs;
+pub mod runtime;
 
 use super::{Backend, Mat};
 use crate::error::{EngineError, Result};
-use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaContext, DeviceRepr, ValidAsZeroBits};
+use runtime::{Driver, Gemm, KernelEmulator, Mem, Runtime};
 use std::collections::HashMap;
-use std::ffi::c_void;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// A device buffer: f32, or bf16 for a frozen weight in bf16 mode (`freeze_weight`).
 pub struct GpuBuf {
@@ -27,9 +27,9 @@ pub struct GpuBuf {
 }
 
 enum Store {
-    F32(CudaSlice<f32>),
+    F32(Mem<f32>),
     /// bf16 bit patterns; only `matmul` and `to_host` read these
-    Bf16(CudaSlice<u16>),
+    Bf16(Mem<u16>),
     /// an allocation failed (the error is then sticky)
     Missing,
 }
@@ -63,20 +63,17 @@ pub struct DeviceInfo {
 /// Device scratch the verbs reuse: uploaded indices, per-block partial sums, attention's dS.
 #[derive(Default)]
 struct Scratch {
-    ints: Vec<Option<CudaSlice<i32>>>,
-    f64s: Option<CudaSlice<f64>>,
-    f32s: Option<CudaSlice<f32>>,
+    ints: Vec<Option<Mem<i32>>>,
+    f64s: Option<Mem<f64>>,
+    f32s: Option<Mem<f32>>,
     /// bf16 copies of the f32 operands of a mixed GEMM (A and B)
-    halves: [Option<CudaSlice<u16>>; 2],
+    halves: [Option<Mem<u16>>; 2],
     /// attention's head-major copies and [b*heads, t, t] temporaries (see `attention`)
-    attn: Vec<Option<CudaSlice<f32>>>,
+    attn: Vec<Option<Mem<f32>>>,
 }
 
 pub struct Cuda {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    blas: cudarc::cublas::CudaBlas,
-    functions: HashMap<&'static str, CudaFunction>,
+    rt: Runtime,
     scratch: Mutex<Scratch>,
     error: Mutex<Option<String>>,
     info: DeviceInfo,
@@ -174,8 +171,18 @@ impl Cuda {
             }
         }
         let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| fail("creating the cuBLAS handle", &e))?;
-        Ok(Cuda { ctx, stream, blas, functions, scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info,
-                  precision })
+        Ok(Cuda { rt: Runtime::Driver(Driver { ctx, stream, blas, functions }), scratch: Mutex::new(Scratch::default()),
+                  error: Mutex::new(None), info, precision })
+    }
+
+    /// The backend on the CPU: host memory, the kernels run by `emulator` (the `muscle-cuda-emu`
+    /// crate compiles their sources for the CPU) and cuBLAS's GEMMs written out. For tests on machines
+    /// without a GPU; as slow as it is exact.
+    #[doc(hidden)]
+    pub fn emulated(emulator: Box<dyn KernelEmulator>, precision: Precision) -> Self {
+        let info = DeviceInfo { ordinal: 0, name: "emulated on the CPU".into(), compute_capability: (0, 0), total_memory: 0 };
+        Cuda { rt: Runtime::Emulated(emulator), scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info,
+               precision }
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -191,12 +198,12 @@ impl Cuda {
     }
 
     /// Keeps the first error; later ones are consequences of it.
-    fn record<T, E: std::fmt::Debug>(&self, what: &str, r: std::result::Result<T, E>) -> Option<T> {
+    fn record<T>(&self, what: &str, r: std::result::Result<T, String>) -> Option<T> {
         match r {
             Ok(v) => Some(v),
             Err(e) => {
                 if let Ok(mut slot) = self.error.lock() {
-                    slot.get_or_insert_with(|| driver_error(what, e));
+                    slot.get_or_insert_with(|| format!("CUDA: {what} failed: {e}"));
                 }
                 None
             }
@@ -208,16 +215,16 @@ impl Cuda {
         if self.failed() {
             return false;
         }
-        self.record("binding the context", self.ctx.bind_to_thread()).is_some()
+        self.record("binding the context", self.rt.bind()).is_some()
     }
 
     /// The device address of an f32 buffer (0, with the error kept, for anything else: a launch
     /// checks `failed` first, so a 0 never reaches a kernel).
     fn ptr(&self, b: &GpuBuf) -> u64 {
         match &b.store {
-            Store::F32(s) => s.device_ptr(&self.stream).0,
+            Store::F32(s) => self.rt.addr(s),
             Store::Bf16(_) => {
-                self.record::<(), _>("internal", Err("a bf16 weight was passed to an f32 kernel"));
+                self.record::<()>("internal", Err("a bf16 weight was passed to an f32 kernel".into()));
                 0
             }
             Store::Missing => 0,
@@ -228,17 +235,10 @@ impl Cuda {
         if self.failed() {
             return; // an argument may be a 0 address from the failure
         }
-        let Some(f) = self.functions.get(name) else {
-            self.record::<(), _>("launch", Err(format!("kernel {name} was not loaded")));
-            return;
-        };
         let mut slots: Vec<u64> = args.iter().map(|a| a.bits()).collect();
-        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
-        // SAFETY: `params` point at live slots holding each argument in the layout the kernel's
-        // signature declares (checked by the kernel tests on a GPU); the grid covers the sizes passed.
-        let r = unsafe {
-            cudarc::driver::result::launch_kernel(f.cu_function(), grid, block, smem, self.stream.cu_stream(), &mut params)
-        };
+        // SAFETY: the slots hold each argument in the layout the kernel's signature declares (the
+        // emulated tests check every launch's count against the source); the grid covers the sizes passed.
+        let r = unsafe { self.rt.launch(name, grid, block, smem, &mut slots) };
         self.record(name, r);
     }
 
@@ -257,9 +257,8 @@ impl Cuda {
             scratch.ints.resize_with(slot + 1, || None);
         }
         let p = self.grown(&mut scratch.ints[slot], data.len().max(1), data.len().next_power_of_two());
-        if let (Some(dst), false) = (scratch.ints[slot].as_mut(), data.is_empty()) {
-            let mut view = dst.slice_mut(..data.len());
-            if self.record("uploading indices", self.stream.memcpy_htod(data, &mut view)).is_none() {
+        if let Some(dst) = scratch.ints[slot].as_mut() {
+            if self.record("uploading indices", self.rt.upload(dst, data)).is_none() {
                 return 0;
             }
         }
@@ -269,12 +268,12 @@ impl Cuda {
     /// The address of `slot`'s scratch after growing it to hold at least `need` elements
     /// (reallocated zeroed with `alloc` of them, the old one freed first); 0 with the error kept
     /// when the allocation fails.
-    fn grown<T: DeviceRepr + ValidAsZeroBits>(&self, slot: &mut Option<CudaSlice<T>>, need: usize, alloc: usize) -> u64 {
+    fn grown<T: DeviceRepr + ValidAsZeroBits + Copy + Default>(&self, slot: &mut Option<Mem<T>>, need: usize, alloc: usize) -> u64 {
         if slot.as_ref().is_none_or(|s| s.len() < need) {
             *slot = None;
-            *slot = self.record("allocating scratch", self.stream.alloc_zeros::<T>(alloc.max(need).max(1)));
+            *slot = self.record("allocating scratch", self.rt.alloc_zeros::<T>(alloc.max(need).max(1)));
         }
-        slot.as_ref().map_or(0, |s| s.device_ptr(&self.stream).0)
+        slot.as_ref().map_or(0, |s| self.rt.addr(s))
     }
 
     fn usizes_to_i32(v: &[usize]) -> Vec<i32> {
@@ -283,11 +282,11 @@ impl Cuda {
 
     fn download_f64(&self, scratch: &Scratch, n: usize) -> Vec<f64> {
         let Some(s) = scratch.f64s.as_ref() else { return vec![0.0; n] };
-        self.record("downloading results", self.stream.clone_dtoh(&s.slice(..n))).unwrap_or_else(|| vec![0.0; n])
+        self.record("downloading results", self.rt.download(s, n)).unwrap_or_else(|| vec![0.0; n])
     }
 
     fn alloc(&self, n: usize) -> GpuBuf {
-        let slice = if self.begin() { self.record("allocating device memory", self.stream.alloc_zeros::<f32>(n.max(1))) } else { None };
+        let slice = if self.begin() { self.record("allocating device memory", self.rt.alloc_zeros::<f32>(n)) } else { None };
         GpuBuf { store: slice.map_or(Store::Missing, Store::F32), len: n }
     }
 
@@ -295,7 +294,7 @@ impl Cuda {
     /// scratch `slot`) of the stored extent of an f32 operand of `rows x cols` with its `ld`.
     fn bf16_operand(&self, scratch: &mut Scratch, slot: usize, m: &Mat<'_, Self>, rows: usize, cols: usize) -> u64 {
         if let Store::Bf16(s) = &m.buf.store {
-            return s.device_ptr(&self.stream).0 + 2 * m.offset as u64;
+            return self.rt.addr(s) + 2 * m.offset as u64;
         }
         let extent = (rows - 1) * m.ld + cols;
         let dst = self.grown(&mut scratch.halves[slot], extent, extent.next_power_of_two());
@@ -303,10 +302,6 @@ impl Cuda {
         self.launch_n("f32_to_bf16", extent, &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I64(extent as i64)]);
         dst
     }
-}
-
-fn op(trans: bool) -> cublasOperation_t {
-    if trans { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N }
 }
 
 impl Backend for Cuda {
@@ -319,7 +314,7 @@ impl Backend for Cuda {
     fn check(&self) -> Result<()> {
         if !self.failed() {
             // surface asynchronous failures (a kernel fault shows at the next synchronisation)
-            let r = self.stream.synchronize();
+            let r = self.rt.synchronize();
             self.record("running the step", r);
         }
         match self.error.lock() {
@@ -334,11 +329,8 @@ impl Backend for Cuda {
     fn from_host(&self, data: &[f32]) -> GpuBuf {
         let mut b = self.alloc(data.len());
         if let Store::F32(s) = &mut b.store {
-            if !data.is_empty() {
-                let mut view = s.slice_mut(..data.len());
-                let r = self.stream.memcpy_htod(data, &mut view);
-                self.record("uploading", r);
-            }
+            let r = self.rt.upload(s, data);
+            self.record("uploading", r);
         }
         b
     }
@@ -347,8 +339,8 @@ impl Backend for Cuda {
             return vec![0.0; n];
         }
         match &buf.store {
-            Store::F32(s) => self.record("downloading", self.stream.clone_dtoh(&s.slice(..n))).unwrap_or_else(|| vec![0.0; n]),
-            Store::Bf16(s) => match self.record("downloading", self.stream.clone_dtoh(&s.slice(..n))) {
+            Store::F32(s) => self.record("downloading", self.rt.download(s, n)).unwrap_or_else(|| vec![0.0; n]),
+            Store::Bf16(s) => match self.record("downloading", self.rt.download(s, n)) {
                 Some(bits) => bits.into_iter().map(|b| half::bf16::from_bits(b).to_f32()).collect(),
                 None => vec![0.0; n],
             },
@@ -368,8 +360,8 @@ impl Backend for Cuda {
         if self.precision != Precision::Bf16 || buf.is_bf16() || !self.begin() {
             return;
         }
-        let Some(half) = self.record("allocating bf16 weights", self.stream.alloc_zeros::<u16>(n.max(1))) else { return };
-        let (dst, src) = (half.device_ptr(&self.stream).0, self.ptr(buf));
+        let Some(half) = self.record("allocating bf16 weights", self.rt.alloc_zeros::<u16>(n)) else { return };
+        let (dst, src) = (self.rt.addr(&half), self.ptr(buf));
         self.launch_n("f32_to_bf16", n, &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I64(n as i64)]);
         // the f32 copy is freed in stream order, after the conversion has read it
         buf.store = Store::Bf16(half);
@@ -385,7 +377,7 @@ impl Backend for Cuda {
         }
         let (d, s) = (self.ptr(dst), self.ptr(src));
         // SAFETY: both buffers hold at least n floats (the trait's contract) on this context.
-        let r = unsafe { cudarc::driver::result::memcpy_dtod_async(d, s, n * 4, self.stream.cu_stream()) };
+        let r = unsafe { self.rt.copy(d, s, n * 4) };
         self.record("device copy", r);
     }
 
@@ -397,40 +389,26 @@ impl Backend for Cuda {
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands and
         // keep each one's transpose flag (a row-major matrix read column-major is its transpose).
         let beta: f32 = if accumulate { 1.0 } else { 0.0 };
-        if a.buf.is_bf16() || b.buf.is_bf16() {
+        let bf16 = a.buf.is_bf16() || b.buf.is_bf16();
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let (pa, pb) = if bf16 {
             // a frozen bf16 weight: both operands in bf16 on the tensor cores, f32 accumulation and C
-            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
             let (ar, ac) = if a.trans { (k, m) } else { (m, k) };
             let (br, bc) = if b.trans { (n, k) } else { (k, n) };
-            let pa = self.bf16_operand(&mut scratch, 0, &a, ar, ac);
-            let pb = self.bf16_operand(&mut scratch, 1, &b, br, bc);
-            let pc = self.ptr(c) + 4 * c_off as u64;
-            if self.failed() {
-                return;
-            }
-            use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
-            // SAFETY: as the f32 path; the bf16 operands hold the same extents as their f32 sources.
-            let r = unsafe {
-                cudarc::cublas::result::gemm_ex(
-                    *self.blas.handle(), op(b.trans), op(a.trans), n as i32, m as i32, k as i32,
-                    &alpha as *const f32 as *const c_void, pb as *const c_void, cudaDataType::CUDA_R_16BF, b.ld as i32,
-                    pa as *const c_void, cudaDataType::CUDA_R_16BF, a.ld as i32, &beta as *const f32 as *const c_void,
-                    pc as *mut c_void, cudaDataType::CUDA_R_32F, ldc as i32, cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT)
-            };
-            self.record("cublasGemmEx (bf16)", r);
+            (self.bf16_operand(&mut scratch, 0, &a, ar, ac), self.bf16_operand(&mut scratch, 1, &b, br, bc))
+        } else {
+            (self.ptr(a.buf) + 4 * a.offset as u64, self.ptr(b.buf) + 4 * b.offset as u64)
+        };
+        let pc = self.ptr(c) + 4 * c_off as u64;
+        if self.failed() {
             return;
         }
-        let (pa, pb, pc) = (self.ptr(a.buf) + 4 * a.offset as u64, self.ptr(b.buf) + 4 * b.offset as u64,
-                            self.ptr(c) + 4 * c_off as u64);
+        let g = Gemm { ta: b.trans, tb: a.trans, m: n, n: m, k, alpha, a: (pb, b.ld, 0), b: (pa, a.ld, 0), beta,
+                       c: (pc, ldc, 0), batch: 1, bf16 };
         // SAFETY: operands and C are inside their buffers (the layers' shapes; checked on the CPU
-        // backend by bounds asserts); alpha/beta are host pointers (cuBLAS's default pointer mode).
-        let r = unsafe {
-            cudarc::cublas::result::sgemm(
-                *self.blas.handle(), op(b.trans), op(a.trans), n as i32, m as i32, k as i32, &alpha,
-                pb as *const f32, b.ld as i32, pa as *const f32, a.ld as i32, &beta, pc as *mut f32, ldc as i32)
-        };
-        self.record("cublasSgemm", r);
+        // backend by bounds asserts); a bf16 operand holds the same extent as its f32 source.
+        let r = unsafe { self.rt.gemm(&g) };
+        self.record(if bf16 { "cublasGemmEx (bf16)" } else { "cublasSgemm" }, r);
     }
     fn add_bias(&self, out: &mut GpuBuf, bias: &GpuBuf, rows: usize, n: usize) {
         if self.begin() {
@@ -466,8 +444,7 @@ impl Backend for Cuda {
         // the factors go through the f32 scratch; it is not in use between verbs
         let p = self.grown(&mut scratch.f32s, n, n);
         if let Some(dst) = scratch.f32s.as_mut() {
-            let mut view = dst.slice_mut(..n);
-            let r = self.stream.memcpy_htod(&s[..n], &mut view);
+            let r = self.rt.upload(dst, &s[..n]);
             self.record("uploading scales", r);
         }
         self.launch_n("scale_cols_f32", rows * n, &[Arg::Ptr(self.ptr(x)), Arg::Ptr(p), Arg::I64(rows as i64), Arg::I32(n as i32)]);
@@ -717,10 +694,12 @@ impl Cuda {
         std::array::from_fn(|i| self.grown(&mut scratch.attn[i], sizes[i], sizes[i]))
     }
 
-    /// Copies between the projections' layout [b*t, heads*d] and head-major [b*heads, t, d].
+    /// Copies between a projection's layout [b*t, heads*d] (`proj`) and head-major [b*heads, t, d]
+    /// (`head_major`), in the direction `to_heads` says. Both kernels take their destination first.
     #[allow(clippy::too_many_arguments)]
-    fn heads(&self, to_heads: bool, dst: u64, src: u64, b: usize, t: usize, heads: usize, d: usize) {
-        let name = if to_heads { "to_heads_f32" } else { "from_heads_f32" };
+    fn heads(&self, to_heads: bool, head_major: u64, proj: u64, b: usize, t: usize, heads: usize, d: usize) {
+        let (name, dst, src) =
+            if to_heads { ("to_heads_f32", head_major, proj) } else { ("from_heads_f32", proj, head_major) };
         self.launch_n(name, b * t * heads * d, &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I32(b as i32), Arg::I32(t as i32),
                                                  Arg::I32(heads as i32), Arg::I32(d as i32)]);
     }
@@ -732,15 +711,11 @@ impl Cuda {
         if self.failed() {
             return;
         }
-        let beta = 0.0f32;
         // the row-major to column-major swap of `matmul`
+        let g = Gemm { ta: b.3, tb: a.3, m: n, n: m, k, alpha, a: (b.0, b.1, b.2), b: (a.0, a.1, a.2), beta: 0.0,
+                       c: (c, ldc, stride_c), batch, bf16: false };
         // SAFETY: every item lies inside the scratch or activation buffer its address came from.
-        let r = unsafe {
-            cudarc::cublas::result::sgemm_strided_batched(
-                *self.blas.handle(), op(b.3), op(a.3), n as i32, m as i32, k as i32, &alpha,
-                b.0 as *const f32, b.1 as i32, b.2 as i64, a.0 as *const f32, a.1 as i32, a.2 as i64, &beta,
-                c as *mut f32, ldc as i32, stride_c as i64, batch as i32)
-        };
+        let r = unsafe { self.rt.gemm(&g) };
         self.record("cublasSgemmStridedBatched", r);
     }
 
@@ -757,7 +732,6 @@ impl Cuda {
 
     /// Bytes of device memory in use by this process's context (for benchmarks).
     pub fn memory_used(&self) -> usize {
-        let _ = self.ctx.bind_to_thread();
-        self.ctx.mem_get_info().map(|(free, total)| total - free).unwrap_or(0)
+        self.rt.memory_used()
     }
 }

@@ -1,0 +1,81 @@
+//! The engine's CUDA kernels, compiled as C++ for the CPU, launched the way the CUDA driver
+//! launches them (a name, a grid, a block, dynamic shared memory, and a pointer to each argument).
+//!
+//! For tests only: with it the engine's CUDA backend runs every verb and whole training steps on a
+//! machine without a GPU (`Cuda::emulated`), so its kernels' arithmetic and indexing and the backend's
+//! orchestration are checked against the CPU backend in every `cargo test`. Device addresses are host
+//! addresses here. Each block's threads are fibers that switch at barriers (see `cpp/emu.hpp`): what
+//! this does not test is timing, or a race that needs another interleaving than the two (forward and
+//! reverse thread order, alternating per launch) it tries.
+
+use std::ffi::{c_char, c_void, CString};
+
+extern "C" {
+    fn muscle_emu_launch(name: *const c_char, grid: *const u32, block: *const u32, shared_bytes: u32,
+                         params: *mut *mut c_void, n_params: u32, error: *mut c_char, error_len: usize) -> i32;
+}
+
+/// Runs kernel `name` over `grid` blocks of `block` threads. Each argument is an 8-byte slot holding
+/// the value in its low bytes (a pointer, an integer, a float's bits), as `cuLaunchKernel` reads them.
+///
+/// # Safety
+/// Every pointer argument must address host memory that covers what the kernel reads and writes for
+/// this grid, and each slot must hold a value of the type the kernel declares at that position.
+pub unsafe fn launch(name: &str, grid: (u32, u32, u32), block: (u32, u32, u32), shared_bytes: u32,
+                     args: &mut [u64]) -> Result<(), String> {
+    let cname = CString::new(name).map_err(|_| format!("kernel name {name:?} holds a NUL byte"))?;
+    let mut params: Vec<*mut c_void> = args.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+    let (g, b) = ([grid.0, grid.1, grid.2], [block.0, block.1, block.2]);
+    let mut error = vec![0u8; 512];
+    let rc = muscle_emu_launch(cname.as_ptr(), g.as_ptr(), b.as_ptr(), shared_bytes, params.as_mut_ptr(),
+                               params.len() as u32, error.as_mut_ptr() as *mut c_char, error.len());
+    if rc == 0 {
+        return Ok(());
+    }
+    let end = error.iter().position(|&c| c == 0).unwrap_or(error.len());
+    Err(String::from_utf8_lossy(&error[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::launch;
+
+    fn ptr<T>(v: &mut [T]) -> u64 {
+        v.as_mut_ptr() as u64
+    }
+
+    #[test]
+    fn a_grid_stride_kernel_covers_every_element() {
+        let n = 1000usize;
+        let mut x = vec![0.0f32; n];
+        let mut args = [ptr(&mut x), n as u64, 2.5f32.to_bits() as u64];
+        unsafe { launch("fill_f32", (3, 1, 1), (64, 1, 1), 0, &mut args) }.unwrap();
+        assert!(x.iter().all(|&v| v == 2.5));
+    }
+
+    #[test]
+    fn block_reductions_and_warp_shuffles_are_exact() {
+        // dot_partial_f32: f64 warp shuffles, shared memory and a barrier; one partial per block
+        let n = 5000usize;
+        let a: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| (i % 5) as f32 * 0.5).collect();
+        let mut partial = vec![0.0f64; 4];
+        let mut args = [a.as_ptr() as u64, b.as_ptr() as u64, n as u64, ptr(&mut partial)];
+        unsafe { launch("dot_partial_f32", (4, 1, 1), (256, 1, 1), 0, &mut args) }.unwrap();
+        let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        assert_eq!(partial.iter().sum::<f64>(), want);
+    }
+
+    #[test]
+    fn misuse_is_an_error_not_a_hang() {
+        let mut x = vec![0.0f32; 4];
+        let mut args = [ptr(&mut x), 4];
+        let e = unsafe { launch("fill_f32", (1, 1, 1), (32, 1, 1), 0, &mut args) }.unwrap_err();
+        assert!(e.contains("launched with 2 arguments, declared with 3"), "{e}");
+        let e = unsafe { launch("no_such_kernel", (1, 1, 1), (32, 1, 1), 0, &mut []) }.unwrap_err();
+        assert!(e.contains("no kernel named no_such_kernel"), "{e}");
+        let mut args = [ptr(&mut x), 4, 0];
+        let e = unsafe { launch("fill_f32", (1, 1, 1), (2048, 1, 1), 0, &mut args) }.unwrap_err();
+        assert!(e.contains("invalid launch configuration"), "{e}");
+    }
+}

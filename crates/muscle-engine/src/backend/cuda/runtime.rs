@@ -1,0 +1,273 @@
+//! Where the CUDA backend's memory and work live: a GPU through the CUDA driver and cuBLAS, or the
+//! CPU through a kernel emulator (tests on machines without a GPU; see the `muscle-cuda-emu`
+//! crate). The backend's verbs are written once against this layer, so on a machine without a GPU
+//! every verb and whole training steps still run the same kernel sources, argument lists, scratch
+//! handling and GEMM calls, and are held to the CPU backend.
+
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+/// Runs one kernel by name on host memory, arguments as `cuLaunchKernel` takes them: an 8-byte slot
+/// per argument holding its value in the low bytes.
+pub trait KernelEmulator: Send + Sync {
+    /// # Safety
+    /// Every pointer in `args` addresses host memory covering what the kernel touches for this grid.
+    unsafe fn launch(&self, name: &str, grid: (u32, u32, u32), block: (u32, u32, u32), shared_bytes: u32,
+                     args: &mut [u64]) -> Result<(), String>;
+}
+
+/// A buffer of `T`: device memory, or (emulated) host memory whose address stands for a device address.
+pub enum Mem<T> {
+    Device(CudaSlice<T>),
+    Host(HostMem<T>),
+}
+
+impl<T> Mem<T> {
+    pub fn len(&self) -> usize {
+        match self {
+            Mem::Device(s) => s.len(),
+            Mem::Host(h) => h.len,
+        }
+    }
+}
+
+/// Zeroed host memory written through raw addresses by emulated kernels (hence no `Vec`: nothing
+/// else holds a reference into it while a kernel runs).
+pub struct HostMem<T> {
+    ptr: NonNull<T>,
+    len: usize,
+}
+
+// SAFETY: plain numbers; the backend orders every access on one logical stream.
+unsafe impl<T: Send> Send for HostMem<T> {}
+unsafe impl<T: Sync> Sync for HostMem<T> {}
+
+impl<T: Copy + Default> HostMem<T> {
+    fn zeroed(n: usize) -> Self {
+        let b: Box<[T]> = vec![T::default(); n.max(1)].into_boxed_slice();
+        let len = b.len();
+        // SAFETY: Box::into_raw never returns null.
+        HostMem { ptr: unsafe { NonNull::new_unchecked(Box::into_raw(b) as *mut T) }, len }
+    }
+}
+
+impl<T> Drop for HostMem<T> {
+    fn drop(&mut self) {
+        // SAFETY: made by `zeroed` from a boxed slice of exactly `len` elements.
+        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len))) };
+    }
+}
+
+/// The CUDA driver's side: context, the one stream all work goes to, cuBLAS, the loaded kernels.
+pub struct Driver {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub blas: cudarc::cublas::CudaBlas,
+    pub functions: HashMap<&'static str, CudaFunction>,
+}
+
+pub enum Runtime {
+    Driver(Driver),
+    Emulated(Box<dyn KernelEmulator>),
+}
+
+/// A GEMM in cuBLAS's column-major terms: `C_i = alpha op(A_i) op(B_i) + beta C_i` for `batch` items
+/// at fixed strides (elements). With `bf16`, A and B hold bf16 bit patterns (C stays f32, and the
+/// products accumulate in f32).
+pub struct Gemm {
+    pub ta: bool,
+    pub tb: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub a: (u64, usize, usize),
+    pub b: (u64, usize, usize),
+    pub beta: f32,
+    pub c: (u64, usize, usize),
+    pub batch: usize,
+    pub bf16: bool,
+}
+
+fn op(trans: bool) -> cublasOperation_t {
+    if trans { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N }
+}
+
+fn dbg(e: impl std::fmt::Debug) -> String {
+    format!("{e:?}")
+}
+
+impl Runtime {
+    /// Makes the context current on this thread (N-API worker threads change).
+    pub fn bind(&self) -> Result<(), String> {
+        match self {
+            Runtime::Driver(d) => d.ctx.bind_to_thread().map_err(dbg),
+            Runtime::Emulated(_) => Ok(()),
+        }
+    }
+
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits + Copy + Default>(&self, n: usize) -> Result<Mem<T>, String> {
+        match self {
+            Runtime::Driver(d) => d.stream.alloc_zeros::<T>(n.max(1)).map(Mem::Device).map_err(dbg),
+            Runtime::Emulated(_) => Ok(Mem::Host(HostMem::zeroed(n))),
+        }
+    }
+
+    /// The address kernels and GEMMs are given for `m`.
+    pub fn addr<T>(&self, m: &Mem<T>) -> u64 {
+        match (self, m) {
+            (Runtime::Driver(d), Mem::Device(s)) => s.device_ptr(&d.stream).0,
+            (_, Mem::Host(h)) => h.ptr.as_ptr() as u64,
+            (Runtime::Emulated(_), Mem::Device(_)) => 0, // never made: emulated runtimes allocate host memory
+        }
+    }
+
+    /// Copies `data` into the start of `dst` (in stream order).
+    pub fn upload<T: DeviceRepr>(&self, dst: &mut Mem<T>, data: &[T]) -> Result<(), String> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if data.len() > dst.len() {
+            return Err(format!("upload of {} elements into a buffer of {}", data.len(), dst.len()));
+        }
+        match (self, dst) {
+            (Runtime::Driver(d), Mem::Device(s)) => d.stream.memcpy_htod(data, &mut s.slice_mut(..data.len())).map_err(dbg),
+            // SAFETY: `h` holds at least data.len() elements (checked above).
+            (_, Mem::Host(h)) => unsafe {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), h.ptr.as_ptr(), data.len());
+                Ok(())
+            },
+            _ => Err("a device buffer on an emulated runtime".into()),
+        }
+    }
+
+    /// The first `n` elements of `src` (waits for the work before it).
+    pub fn download<T: DeviceRepr + Copy + Default>(&self, src: &Mem<T>, n: usize) -> Result<Vec<T>, String> {
+        if n > src.len() {
+            return Err(format!("download of {n} elements from a buffer of {}", src.len()));
+        }
+        match (self, src) {
+            (Runtime::Driver(d), Mem::Device(s)) => d.stream.clone_dtoh(&s.slice(..n)).map_err(dbg),
+            // SAFETY: in bounds (checked above); no kernel runs concurrently on an emulated runtime.
+            (_, Mem::Host(h)) => Ok(unsafe { std::slice::from_raw_parts(h.ptr.as_ptr(), n) }.to_vec()),
+            _ => Err("a device buffer on an emulated runtime".into()),
+        }
+    }
+
+    /// # Safety
+    /// Both ranges lie inside live buffers of this runtime.
+    pub unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), String> {
+        match self {
+            Runtime::Driver(d) => cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, d.stream.cu_stream()).map_err(dbg),
+            Runtime::Emulated(_) => {
+                std::ptr::copy(src as *const u8, dst as *mut u8, bytes);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn synchronize(&self) -> Result<(), String> {
+        match self {
+            Runtime::Driver(d) => d.stream.synchronize().map_err(dbg),
+            Runtime::Emulated(_) => Ok(()),
+        }
+    }
+
+    /// # Safety
+    /// `args` hold, in order, values of the types kernel `name` declares; pointers cover the grid's accesses.
+    pub unsafe fn launch(&self, name: &'static str, grid: (u32, u32, u32), block: (u32, u32, u32), shared_bytes: u32,
+                         args: &mut [u64]) -> Result<(), String> {
+        match self {
+            Runtime::Driver(d) => {
+                let f = d.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
+                let mut params: Vec<*mut c_void> = args.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+                cudarc::driver::result::launch_kernel(f.cu_function(), grid, block, shared_bytes, d.stream.cu_stream(),
+                                                      &mut params).map_err(dbg)
+            }
+            Runtime::Emulated(e) => e.launch(name, grid, block, shared_bytes, args),
+        }
+    }
+
+    /// # Safety
+    /// Every item of A, B and C lies inside a live buffer of this runtime.
+    pub unsafe fn gemm(&self, g: &Gemm) -> Result<(), String> {
+        match self {
+            Runtime::Driver(d) => driver_gemm(d, g),
+            Runtime::Emulated(_) => {
+                emulated_gemm(g);
+                Ok(())
+            }
+        }
+    }
+
+    /// Bytes of device memory in use (0 when emulated).
+    pub fn memory_used(&self) -> usize {
+        match self {
+            Runtime::Driver(d) => {
+                let _ = d.ctx.bind_to_thread();
+                d.ctx.mem_get_info().map(|(free, total)| total - free).unwrap_or(0)
+            }
+            Runtime::Emulated(_) => 0,
+        }
+    }
+}
+
+unsafe fn driver_gemm(d: &Driver, g: &Gemm) -> Result<(), String> {
+    let h = *d.blas.handle();
+    let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
+    if g.bf16 {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+        if g.batch != 1 {
+            return Err("batched bf16 GEMMs are not used".into());
+        }
+        return cudarc::cublas::result::gemm_ex(
+            h, op(g.ta), op(g.tb), m, n, k, &g.alpha as *const f32 as *const c_void, g.a.0 as *const c_void,
+            cudaDataType::CUDA_R_16BF, g.a.1 as i32, g.b.0 as *const c_void, cudaDataType::CUDA_R_16BF, g.b.1 as i32,
+            &g.beta as *const f32 as *const c_void, g.c.0 as *mut c_void, cudaDataType::CUDA_R_32F, g.c.1 as i32,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F, cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT).map_err(dbg);
+    }
+    if g.batch == 1 {
+        return cudarc::cublas::result::sgemm(h, op(g.ta), op(g.tb), m, n, k, &g.alpha, g.a.0 as *const f32, g.a.1 as i32,
+                                             g.b.0 as *const f32, g.b.1 as i32, &g.beta, g.c.0 as *mut f32, g.c.1 as i32)
+            .map_err(dbg);
+    }
+    cudarc::cublas::result::sgemm_strided_batched(
+        h, op(g.ta), op(g.tb), m, n, k, &g.alpha, g.a.0 as *const f32, g.a.1 as i32, g.a.2 as i64, g.b.0 as *const f32,
+        g.b.1 as i32, g.b.2 as i64, &g.beta, g.c.0 as *mut f32, g.c.1 as i32, g.c.2 as i64, g.batch as i32).map_err(dbg)
+}
+
+/// cuBLAS's column-major GEMM, written out: element (i, j) of a column-major matrix with leading
+/// dimension `ld` is at `i + j ld`; op(X) = X^T reads X(j, i). f32 products (bf16 operands widened
+/// exactly) summed in f64, then rounded: as exact as the tensor cores' f32 accumulation, or more.
+unsafe fn emulated_gemm(g: &Gemm) {
+    let load = |base: u64, idx: usize| -> f32 {
+        if g.bf16 {
+            half::bf16::from_bits(*(base as *const u16).add(idx)).to_f32()
+        } else {
+            *(base as *const f32).add(idx)
+        }
+    };
+    for item in 0..g.batch {
+        let (a, b, c) = (g.a.0 + (item * g.a.2 * if g.bf16 { 2 } else { 4 }) as u64,
+                         g.b.0 + (item * g.b.2 * if g.bf16 { 2 } else { 4 }) as u64,
+                         (g.c.0 as *mut f32).add(item * g.c.2));
+        for j in 0..g.n {
+            for i in 0..g.m {
+                let mut acc = 0.0f64;
+                for p in 0..g.k {
+                    let av = if g.ta { load(a, p + i * g.a.1) } else { load(a, i + p * g.a.1) };
+                    let bv = if g.tb { load(b, j + p * g.b.1) } else { load(b, p + j * g.b.1) };
+                    acc += av as f64 * bv as f64;
+                }
+                let out = c.add(i + j * g.c.1);
+                // beta = 0 must not read C (it may hold NaN), as cuBLAS does not
+                let prior = if g.beta == 0.0 { 0.0 } else { g.beta as f64 * *out as f64 };
+                *out = (g.alpha as f64 * acc + prior) as f32;
+            }
+        }
+    }
+}
