@@ -390,10 +390,10 @@ fn bf16_round(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()
 }
 
+on_both!(bf16_gemms, bf16_gemms_equal_f32_gemms_of_rounded_operands_emulated, bf16_gemms_equal_f32_gemms_of_rounded_operands);
 /// A frozen weight in bf16 mode: stored as bf16 (read back rounded to nearest even), and every
 /// GEMM with it equals the CPU's f32 GEMM of the bf16-rounded operands (products of bf16 values are
 /// exact in f32; only the summation order differs).
-on_both!(bf16_gemms, bf16_gemms_equal_f32_gemms_of_rounded_operands_emulated, bf16_gemms_equal_f32_gemms_of_rounded_operands);
 fn bf16_gemms(target: Target) {
     let gpu = target.open(Precision::Bf16);
     let cpu = Cpu::new();
@@ -422,13 +422,13 @@ fn bf16_gemms(target: Target) {
     eprintln!("bf16 GEMMs: equal to f32 GEMMs of the rounded operands; max abs diff {worst:.2e}");
 }
 
+on_both!(bf16_training, bf16_training_tracks_the_cpu_emulated, bf16_training_tracks_the_cpu);
 /// Training in bf16 mode stays near the f32 CPU run: losses and logits within 3% relative L2 after
 /// three steps, every trained tensor within 20%. The per-tensor bound is loose because LoRA's B
 /// starts at zero and Adam's first steps normalise its tiny gradients: on the CPU alone, rounding
 /// the frozen weights to bf16 (and nothing else) moves a B matrix by up to 7.7% after these three
 /// steps; bf16 mode also rounds the activations entering those GEMMs (emulated: up to 10.8%). The
 /// bf16 arithmetic itself is held exactly by `bf16_gemms`; this is the end-to-end sanity bound.
-on_both!(bf16_training, bf16_training_tracks_the_cpu_emulated, bf16_training_tracks_the_cpu);
 fn bf16_training(target: Target) {
     for (name, roberta) in [("tiny-bert", false), ("tiny-roberta", true)] {
         let dir = fixtures().join(name);
