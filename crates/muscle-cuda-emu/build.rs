@@ -53,6 +53,8 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "cu"))
         .collect();
     files.sort();
+    // the emulator's own test kernels
+    files.push(manifest.join("cpp/selftest.cu"));
 
     let mut build = cc::Build::new();
     build.cpp(true).std("c++17").opt_level(2).include(manifest.join("cpp")).define("MUSCLE_EMU", None)

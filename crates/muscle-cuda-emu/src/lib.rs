@@ -67,6 +67,38 @@ mod tests {
     }
 
     #[test]
+    fn barriers_publish_shared_memory_in_either_thread_order() {
+        for _ in 0..2 {
+            // launches alternate forward and reverse thread order
+            let mut out = vec![0.0f32; 3 * 64];
+            let mut args = [ptr(&mut out)];
+            unsafe { launch("emu_selftest_barrier", (3, 1, 1), (64, 1, 1), 0, &mut args) }.unwrap();
+            for (i, v) in out.iter().enumerate() {
+                assert_eq!(*v, 42.0 + (i / 64) as f32, "thread {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn shuffles_read_the_right_lane() {
+        let mut x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let mut args = [ptr(&mut x)];
+        unsafe { launch("emu_selftest_shuffle_down", (1, 1, 1), (64, 1, 1), 0, &mut args) }.unwrap();
+        for (i, v) in x.iter().enumerate() {
+            let want = if i % 32 == 31 { i } else { i + 1 };
+            assert_eq!(*v, want as f32, "lane {i}");
+        }
+    }
+
+    #[test]
+    fn a_shuffle_that_exited_lanes_never_reach_is_an_error() {
+        let mut x = vec![1.0f32; 32];
+        let mut args = [ptr(&mut x)];
+        let e = unsafe { launch("emu_selftest_exited_lane", (1, 1, 1), (32, 1, 1), 0, &mut args) }.unwrap_err();
+        assert!(e.contains("16 lanes wait at a warp exchange that 16 exited"), "{e}");
+    }
+
+    #[test]
     fn misuse_is_an_error_not_a_hang() {
         let mut x = vec![0.0f32; 4];
         let mut args = [ptr(&mut x), 4];
