@@ -55,13 +55,15 @@ mod tests {
 
     #[test]
     fn block_reductions_and_warp_shuffles_are_exact() {
-        // dot_partial_f32: f64 warp shuffles, shared memory and a barrier; one partial per block
+        // dots_many_f32: f64 warp shuffles, shared memory and a barrier; one partial per block
         let n = 5000usize;
         let a: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
         let b: Vec<f32> = (0..n).map(|i| (i % 5) as f32 * 0.5).collect();
         let mut partial = vec![0.0f64; 4];
-        let mut args = [a.as_ptr() as u64, b.as_ptr() as u64, n as u64, ptr(&mut partial)];
-        unsafe { launch("dot_partial_f32", (4, 1, 1), (256, 1, 1), 0, &mut args) }.unwrap();
+        // one pair owning blocks 0..4, then its record
+        let table = [0, 4, a.as_ptr() as u64, b.as_ptr() as u64, n as u64];
+        let mut args = [table.as_ptr() as u64, 1, ptr(&mut partial)];
+        unsafe { launch("dots_many_f32", (4, 1, 1), (256, 1, 1), 0, &mut args) }.unwrap();
         let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
         assert_eq!(partial.iter().sum::<f64>(), want);
     }

@@ -99,19 +99,21 @@ pub fn align<B: Backend>(be: &B, grads: &mut [Option<B::Buf>], g: &[Option<B::Bu
     let n_ref = if nonzero > 0 { sum_norm / nonzero as f64 } else { 0.0 };
     let (branch, mix) = decide(rule, ref_loss, n_ref);
     let mut projected = 0;
-    for i in 0..grads.len() {
-        let (Some((gr, gg, rr)), Some(r), Some(gi)) = (stats[i], grads[i].as_mut(), g[i].as_ref()) else { continue };
-        let n = numel[i];
+    let mut items = Vec::new();
+    for (((stat, r), gi), &n) in stats.iter().zip(grads.iter_mut()).zip(g).zip(numel) {
+        let (Some((gr, gg, rr)), Some(r), Some(gi)) = (*stat, r.as_mut(), gi.as_ref()) else { continue };
         match mix {
             Some(rho) if gg > 0.0 && rr > 0.0 => {
                 let coef = (gr.abs() / rr) as f32;
                 // r <- (1 - rho) * coef * r + rho * g
-                be.axpby(r, rho, gi, (1.0 - rho) * coef, n);
+                items.push((r, rho, gi, (1.0 - rho) * coef, n));
                 projected += 1;
             }
-            _ => be.copy(r, gi, n),
+            // r <- g
+            _ => items.push((r, 1.0, gi, 0.0, n)),
         }
     }
+    be.axpby_many(&mut items);
     GaOutcome { branch, n_ref, ref_grad_norm: rr_total.sqrt(), projected }
 }
 

@@ -1,7 +1,7 @@
 //! AdamW with decoupled weight decay (none on biases and norm weights) and global-norm clipping,
 //! as `torch.optim.AdamW` and `torch.nn.utils.clip_grad_norm_` compute them.
 
-use crate::backend::Backend;
+use crate::backend::{AdamwItem, Backend};
 use crate::params::ParamStore;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,12 +37,15 @@ impl<B: Backend> AdamW<B> {
 
     pub fn update(&mut self, be: &B, params: &mut ParamStore<B>, lr: f32) {
         self.step += 1;
-        for i in 0..params.meta.len() {
-            let (Some(g), Some((m, v))) = (params.grads[i].as_ref(), self.moments[i].as_mut()) else { continue };
-            let wd = if params.meta[i].decay { self.cfg.weight_decay } else { 0.0 };
-            be.adamw(&mut params.values[i], g, m, v, params.meta[i].numel(), lr, self.cfg.beta1, self.cfg.beta2,
-                     self.cfg.eps, wd, self.step);
+        let mut items = Vec::new();
+        for (((param, grad), meta), moments) in
+            params.values.iter_mut().zip(&params.grads).zip(&params.meta).zip(self.moments.iter_mut())
+        {
+            let (Some(grad), Some((m, v))) = (grad.as_ref(), moments.as_mut()) else { continue };
+            let weight_decay = if meta.decay { self.cfg.weight_decay } else { 0.0 };
+            items.push(AdamwItem { param, grad, m, v, n: meta.numel(), weight_decay });
         }
+        be.adamw_many(&mut items, lr, self.cfg.beta1, self.cfg.beta2, self.cfg.eps, self.step);
     }
 }
 
@@ -66,12 +69,10 @@ pub fn clip_grad_norm<B: Backend>(be: &B, params: &mut ParamStore<B>, max_norm: 
 pub fn clip_to<B: Backend>(be: &B, params: &mut ParamStore<B>, max_norm: f32, norm: f64) {
     let coef = max_norm as f64 / (norm + 1e-6);
     if max_norm > 0.0 && coef < 1.0 {
-        for i in 0..params.meta.len() {
-            let n = params.meta[i].numel();
-            if let Some(g) = params.grads[i].as_mut() {
-                be.scale(g, coef as f32, n);
-            }
-        }
+        let mut items: Vec<_> = params.grads.iter_mut().zip(&params.meta)
+            .filter_map(|(g, meta)| g.as_mut().map(|g| (g, meta.numel())))
+            .collect();
+        be.scale_many(&mut items, coef as f32);
     }
 }
 

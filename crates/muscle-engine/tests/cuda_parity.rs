@@ -11,8 +11,9 @@
 
 mod common;
 
-use common::{assert_close, assert_close_within, fixtures, tiny_batch, tiny_checkpoint, TINY_LABELS};
-use muscle_engine::backend::Mat;
+use common::{assert_close, assert_close_within, fixtures, tiny_batch, tiny_checkpoint, tiny_checkpoint_with_layers,
+             TINY_LABELS};
+use muscle_engine::backend::{AdamwItem, Mat};
 use muscle_engine::rng::{counter_uniform, stream_key, Rng};
 use muscle_engine::backend::cuda::runtime::KernelEmulator;
 use muscle_engine::backend::cuda::Precision;
@@ -307,6 +308,104 @@ fn every_verb(target: Target) {
     worst = worst.max(p.same("adamw m", &mc, &mg, n));
     worst = worst.max(p.same("adamw v", &vc, &vg, n));
 
+    // many tensors at once: lengths from 1 element to more than 64 blocks' worth (grid-stride)
+    let lens = [1usize, 300, 70_001, 17];
+    let up_many = |seed: u64| -> Vec<(Vec<f32>, <Cuda as Backend>::Buf)> {
+        lens.iter().enumerate().map(|(i, &n)| p.up(&random(n, seed + i as u64, 1.0))).collect()
+    };
+    let (mut ys, xs) = (up_many(50), up_many(60));
+    {
+        let mut items_c: Vec<_> = ys.iter_mut().zip(&lens).map(|((c, _), &n)| (c, n)).collect();
+        p.cpu.scale_many(&mut items_c, 0.37);
+    }
+    {
+        let mut items_g: Vec<_> = ys.iter_mut().zip(&lens).map(|((_, g), &n)| (g, n)).collect();
+        p.gpu.scale_many(&mut items_g, 0.37);
+    }
+    for (i, (c, g)) in ys.iter().enumerate() {
+        worst = worst.max(p.same(&format!("scale_many[{i}]"), c, g, lens[i]));
+    }
+    let coefs = [(0.5f32, 0.0f32), (1.0, 0.0), (-0.3, 1.7), (0.0, 2.0)];
+    {
+        let mut items_c: Vec<_> = ys.iter_mut().zip(&xs).zip(coefs).zip(&lens)
+            .map(|((((yc, _), (xc, _)), (a, b)), &n)| (yc, a, xc, b, n)).collect();
+        p.cpu.axpby_many(&mut items_c);
+    }
+    {
+        let mut items_g: Vec<_> = ys.iter_mut().zip(&xs).zip(coefs).zip(&lens)
+            .map(|((((_, yg), (_, xg)), (a, b)), &n)| (yg, a, xg, b, n)).collect();
+        p.gpu.axpby_many(&mut items_g);
+    }
+    for (i, (c, g)) in ys.iter().enumerate() {
+        worst = worst.max(p.same(&format!("axpby_many[{i}] (a, b) = {:?}", coefs[i]), c, g, lens[i]));
+    }
+    let many_c = p.cpu.dots(&ys.iter().zip(&xs).zip(&lens).map(|(((yc, _), (xc, _)), &n)| (yc, xc, n)).collect::<Vec<_>>());
+    let many_g = p.gpu.dots(&ys.iter().zip(&xs).zip(&lens).map(|(((_, yg), (_, xg)), &n)| (yg, xg, n)).collect::<Vec<_>>());
+    for (i, (c, g)) in many_c.iter().zip(&many_g).enumerate() {
+        assert!((c - g).abs() <= 1e-9 * c.abs().max(1.0), "dots over many lengths [{i}]: cpu {c}, gpu {g}");
+    }
+    let (mut ms, mut vs) = (up_many(70), up_many(80));
+    for v in vs.iter_mut() {
+        // second moments are non-negative
+        v.0.iter_mut().for_each(|x| *x = x.abs());
+        v.1 = p.gpu.from_host(&v.0);
+    }
+    let decays = [0.0f32, 0.01, 0.1, 0.0];
+    for step in 1..=2 {
+        let mut items_c: Vec<_> = ys.iter_mut().zip(&xs).zip(ms.iter_mut().zip(vs.iter_mut())).zip(decays).zip(&lens)
+            .map(|(((((param, _), (grad, _)), ((m, _), (v, _))), weight_decay), &n)| AdamwItem { param, grad, m, v, n, weight_decay })
+            .collect();
+        p.cpu.adamw_many(&mut items_c, 1e-3, 0.9, 0.999, 1e-8, step);
+        let mut items_g: Vec<_> = ys.iter_mut().zip(&xs).zip(ms.iter_mut().zip(vs.iter_mut())).zip(decays).zip(&lens)
+            .map(|(((((_, param), (_, grad)), ((_, m), (_, v))), weight_decay), &n)| AdamwItem { param, grad, m, v, n, weight_decay })
+            .collect();
+        p.gpu.adamw_many(&mut items_g, 1e-3, 0.9, 0.999, 1e-8, step);
+    }
+    for i in 0..lens.len() {
+        worst = worst.max(p.same(&format!("adamw_many[{i}] param"), &ys[i].0, &ys[i].1, lens[i]));
+        worst = worst.max(p.same(&format!("adamw_many[{i}] m"), &ms[i].0, &ms[i].1, lens[i]));
+        worst = worst.max(p.same(&format!("adamw_many[{i}] v"), &vs[i].0, &vs[i].1, lens[i]));
+    }
+
+    // the fused stores after a GEMM, with and without bias and mask
+    let (m, n, k) = (19, 23, 11);
+    let (ac, ag) = p.up(&random(m * k, 90, 1.0));
+    let (wc, wg) = p.up(&random(n * k, 91, 1.0));
+    let (bc, bg) = p.up(&random(n, 92, 1.0));
+    let (rc, rg) = p.up(&random(m * n, 93, 1.0));
+    let (mut maskc, mut maskg) = p.up(&vec![0.0; m * n]);
+    p.cpu.dropout_mask(&mut maskc, m * n, 0.3, 4, &[9]);
+    p.gpu.dropout_mask(&mut maskg, m * n, 0.3, 4, &[9]);
+    for (with_bias, with_mask) in [(true, true), (false, true), (true, false), (false, false)] {
+        let (mut oc, mut og) = p.up(&vec![f32::NAN; m * n]);
+        p.cpu.matmul_bias_dropout_residual(&mut oc, Mat { buf: &ac, offset: 0, ld: k, trans: false },
+            Mat { buf: &wc, offset: 0, ld: k, trans: true }, m, n, k, with_bias.then_some(&bc), with_mask.then_some(&maskc), &rc);
+        p.gpu.matmul_bias_dropout_residual(&mut og, Mat { buf: &ag, offset: 0, ld: k, trans: false },
+            Mat { buf: &wg, offset: 0, ld: k, trans: true }, m, n, k, with_bias.then_some(&bg), with_mask.then_some(&maskg), &rg);
+        worst = worst.max(p.same(&format!("matmul_bias_dropout_residual bias={with_bias} mask={with_mask}"), &oc, &og, m * n));
+    }
+    // GELU: the CPU keeps gelu'(pre) where CUDA keeps pre, so the pair is checked through its backward
+    let (mut savedc, mut savedg) = p.up(&vec![0.0; m * n]);
+    let (mut actc, mut actg) = p.up(&vec![0.0; m * n]);
+    p.cpu.matmul_bias_gelu(&mut savedc, &mut actc, Mat { buf: &ac, offset: 0, ld: k, trans: false },
+                           Mat { buf: &wc, offset: 0, ld: k, trans: true }, m, n, k, &bc);
+    p.gpu.matmul_bias_gelu(&mut savedg, &mut actg, Mat { buf: &ag, offset: 0, ld: k, trans: false },
+                           Mat { buf: &wg, offset: 0, ld: k, trans: true }, m, n, k, &bg);
+    worst = worst.max(p.same("matmul_bias_gelu act", &actc, &actg, m * n));
+    let (dyc, dyg) = p.up(&random(m * k, 94, 1.0));
+    let (mut dpc, mut dpg) = p.up(&vec![0.0; m * n]);
+    let (mut dac, mut dag) = p.up(&vec![0.0; m * n]);
+    p.cpu.matmul_gelu_backward(&mut dpc, &mut dac, Mat { buf: &dyc, offset: 0, ld: k, trans: false },
+                               Mat { buf: &wc, offset: 0, ld: k, trans: true }, m, n, k, &savedc);
+    p.gpu.matmul_gelu_backward(&mut dpg, &mut dag, Mat { buf: &dyg, offset: 0, ld: k, trans: false },
+                               Mat { buf: &wg, offset: 0, ld: k, trans: true }, m, n, k, &savedg);
+    worst = worst.max(p.same("matmul_gelu_backward", &dpc, &dpg, m * n));
+    let (mut mic, mut mig) = p.up(&vec![0.0; m * n]);
+    p.cpu.mul_into(&mut mic, &rc, &maskc, m * n);
+    p.gpu.mul_into(&mut mig, &rg, &maskg, m * n);
+    worst = worst.max(p.same("mul_into", &mic, &mig, m * n));
+
+    let n = 3001;
     let (cc, cg) = p.up(&x);
     let (mut dst_c, mut dst_g) = p.up(&vec![0.0; n]);
     p.cpu.copy(&mut dst_c, &cc, n);
@@ -483,4 +582,36 @@ fn training_steps(target: Target) {
     }
     let dir = tiny_checkpoint("cuda-parity", false, false);
     same_training("generated BERT, head initialised", &dir, TINY_LABELS, &peft_spec(0.1), true, false, open());
+}
+
+/// The driver calls (kernel launches, GEMMs, copies) of one MuScleLoRA step in bf16 with dropout
+/// and gradient alignment, per encoder layer and for the rest of the model: counted on the emulated
+/// backend, where they are the same calls a GPU gets. On a GPU a small model's step is bound by
+/// the host issuing these, so the bounds below keep the count from creeping back up.
+#[test]
+fn driver_calls_per_training_step() {
+    let calls = |layers: usize| {
+        let dir = tiny_checkpoint_with_layers(&format!("calls-{layers}"), false, true, layers);
+        let be = Target::Emulated.open(Precision::Bf16);
+        let mut model = BertClassifier::load(&be, &dir, TINY_LABELS, &peft_spec(0.1), 5).unwrap();
+        model.set_dropout(true);
+        let mut clf = Classifier::new(be, model, AdamWConfig::default());
+        let (ids, mask, labels) = tiny_batch(false);
+        let batch = BatchRef { ids: &ids, mask: &mask, labels: Some(&labels), b: 3, t: 5 };
+        let reference = BatchRef { ids: &ids, mask: &mask, labels: Some(&[2, 1, 0]), b: 3, t: 5 };
+        let ga = Some(GaRule::Gated { min_ref_loss: 0.0, min_ref_grad_norm: 0.0, rho: None });
+        let settings = StepSettings { lr: 1e-3, max_grad_norm: 1.0, ga };
+        clf.train_step(&batch, Some(&reference), &settings).unwrap(); // the first step allocates
+        let before = clf.be.calls();
+        let rep = clf.train_step(&batch, Some(&reference), &settings).unwrap();
+        assert!(rep.projected > 0, "the step must take gradient alignment's projection branch");
+        clf.be.calls() - before
+    };
+    let (two, four) = (calls(2), calls(4));
+    let per_layer = |f: fn(&muscle_engine::backend::cuda::runtime::Calls) -> u64| (f(&four) - f(&two)) / 2;
+    let layer = (per_layer(|c| c.kernels), per_layer(|c| c.gemms), per_layer(|c| c.copies));
+    let rest = (two.kernels - 2 * layer.0, two.gemms - 2 * layer.1, two.copies - 2 * layer.2);
+    eprintln!("driver calls per MuScleLoRA step: per layer {} kernels, {} GEMMs, {} copies; rest {} kernels, {} GEMMs, \
+               {} copies; {} waits", layer.0, layer.1, layer.2, rest.0, rest.1, rest.2, two.waits);
+    eprintln!("BERT-base (12 layers): {} calls", 12 * (layer.0 + layer.1 + layer.2) + rest.0 + rest.1 + rest.2);
 }

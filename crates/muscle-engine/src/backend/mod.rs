@@ -18,6 +18,16 @@ pub struct Mat<'a, B: Backend + ?Sized> {
     pub trans: bool,
 }
 
+/// One tensor of a many-tensor AdamW step ([`Backend::adamw_many`]).
+pub struct AdamwItem<'a, B: Backend + ?Sized> {
+    pub param: &'a mut B::Buf,
+    pub grad: &'a B::Buf,
+    pub m: &'a mut B::Buf,
+    pub v: &'a mut B::Buf,
+    pub n: usize,
+    pub weight_decay: f32,
+}
+
 pub trait Backend: Send + Sync + 'static {
     type Buf: Send + Sync;
 
@@ -111,6 +121,40 @@ pub trait Backend: Send + Sync + 'static {
     /// one per tensor.
     fn dots(&self, pairs: &[(&Self::Buf, &Self::Buf, usize)]) -> Vec<f64> {
         pairs.iter().map(|&(a, b, n)| self.dot(a, b, n)).collect()
+    }
+
+
+    // ---- many tensors at once -------------------------------------------------------------------
+    // Clipping, gradient alignment's combination and AdamW touch every trainable tensor each step.
+    // The defaults loop over the one-tensor verbs; a GPU does each in one launch, so a step is not
+    // bound by one launch per tensor.
+
+    /// `x *= a` for every `(x, n)` (gradient clipping).
+    fn scale_many(&self, items: &mut [(&mut Self::Buf, usize)], a: f32) {
+        for (x, n) in items.iter_mut() {
+            self.scale(x, a, *n);
+        }
+    }
+    /// `y = a x + b y` for every `(y, a, x, b, n)`; with `b = 0`, `y` is not read (`y = a x`, so a
+    /// non-finite old `y` does not leak into the result): gradient alignment's combination.
+    fn axpby_many(&self, items: &mut [(&mut Self::Buf, f32, &Self::Buf, f32, usize)]) {
+        for (y, a, x, b, n) in items.iter_mut() {
+            if *b == 0.0 {
+                self.copy(y, x, *n);
+                if *a != 1.0 {
+                    self.scale(y, *a, *n);
+                }
+            } else {
+                self.axpby(y, *a, x, *b, *n);
+            }
+        }
+    }
+    /// One AdamW step (as [`Backend::adamw`]) for every item, each with its own weight decay.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw_many(&self, items: &mut [AdamwItem<'_, Self>], lr: f32, beta1: f32, beta2: f32, eps: f32, step: u64) {
+        for it in items.iter_mut() {
+            self.adamw(it.param, it.grad, it.m, it.v, it.n, lr, beta1, beta2, eps, it.weight_decay, step);
+        }
     }
 
     // ---- element-wise ---------------------------------------------------------------------------

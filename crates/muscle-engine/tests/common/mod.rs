@@ -29,10 +29,16 @@ pub fn tmpdir(tag: &str) -> PathBuf {
 
 /// Writes a random BERT or RoBERTa classifier (2 layers, hidden 8, 2 heads, 3 labels) to a temp dir.
 pub fn tiny_checkpoint(tag: &str, roberta: bool, with_head: bool) -> PathBuf {
+    tiny_checkpoint_with_layers(tag, roberta, with_head, 2)
+}
+
+/// [`tiny_checkpoint`] with `layers` encoder layers.
+#[allow(dead_code)] // not every test file uses it
+pub fn tiny_checkpoint_with_layers(tag: &str, roberta: bool, with_head: bool, layers: usize) -> PathBuf {
     let d = tmpdir(tag);
     let root = if roberta { "roberta" } else { "bert" };
     let config = serde_json::json!({
-        "model_type": root, "vocab_size": 23, "hidden_size": 8, "num_hidden_layers": 2,
+        "model_type": root, "vocab_size": 23, "hidden_size": 8, "num_hidden_layers": layers,
         "num_attention_heads": 2, "intermediate_size": 12, "hidden_act": "gelu",
         "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
         "max_position_embeddings": 20, "type_vocab_size": if roberta { 1 } else { 2 },

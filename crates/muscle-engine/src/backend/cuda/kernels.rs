@@ -24,14 +24,20 @@ pub const MODULES: &[Module] = &[
         kernels: &[
             "fill_f32", "add_bias_f32", "axpby_f32", "scale_f32", "add_f32", "mul_f32", "mul_into_f32", "scale_cols_f32",
             "gelu_forward_f32", "gelu_backward_f32", "tanh_forward_f32", "tanh_backward_f32",
-            "dropout_mask_f32", "counter_uniform_f32", "adamw_f32", "f32_to_bf16",
+            "dropout_mask_f32", "counter_uniform_f32", "adamw_f32", "f32_to_bf16", "bias_dropout_residual_f32",
+            "bias_gelu_f32",
         ],
+    },
+    Module {
+        file: "multi.cu",
+        source: include_str!("kernels/multi.cu"),
+        kernels: &["scale_many_f32", "axpby_many_f32", "adamw_many_f32", "dots_many_f32"],
     },
     Module {
         file: "reduce.cu",
         source: include_str!("kernels/reduce.cu"),
         kernels: &[
-            "column_sums_f32", "dot_partial_f32", "fill_f64", "layer_norm_forward_f32", "layer_norm_backward_f32",
+            "column_sums_f32", "layer_norm_forward_f32", "layer_norm_backward_f32",
             "layer_norm_params_backward_f32",
         ],
     },

@@ -13,10 +13,10 @@ pub mod kernels;
 pub mod libs;
 pub mod runtime;
 
-use super::{Backend, Mat};
+use super::{AdamwItem, Backend, Mat};
 use crate::error::{EngineError, Result};
 use cudarc::driver::{CudaContext, DeviceRepr, ValidAsZeroBits};
-use runtime::{Driver, Gemm, KernelEmulator, Mem, Runtime};
+use runtime::{Calls, Driver, Gemm, KernelEmulator, Kind, Mem, Runtime};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -70,6 +70,8 @@ struct Scratch {
     halves: [Option<Mem<u16>>; 2],
     /// attention's head-major copies and [b*heads, t, t] temporaries (see `attention`)
     attn: Vec<Option<Mem<f32>>>,
+    /// the records of a many-tensor launch (`launch_many`)
+    table: Option<Mem<u64>>,
 }
 
 pub struct Cuda {
@@ -171,7 +173,7 @@ impl Cuda {
             }
         }
         let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| fail("creating the cuBLAS handle", &e))?;
-        Ok(Cuda { rt: Runtime::Driver(Driver { ctx, stream, blas, functions }), scratch: Mutex::new(Scratch::default()),
+        Ok(Cuda { rt: Runtime::new(Kind::Driver(Driver { ctx, stream, blas, functions })), scratch: Mutex::new(Scratch::default()),
                   error: Mutex::new(None), info, precision })
     }
 
@@ -181,7 +183,7 @@ impl Cuda {
     #[doc(hidden)]
     pub fn emulated(emulator: Box<dyn KernelEmulator>, precision: Precision) -> Self {
         let info = DeviceInfo { ordinal: 0, name: "emulated on the CPU".into(), compute_capability: (0, 0), total_memory: 0 };
-        Cuda { rt: Runtime::Emulated(emulator), scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info,
+        Cuda { rt: Runtime::new(Kind::Emulated(emulator)), scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info,
                precision }
     }
 
@@ -410,6 +412,25 @@ impl Backend for Cuda {
         let r = unsafe { self.rt.gemm(&g) };
         self.record(if bf16 { "cublasGemmEx (bf16)" } else { "cublasSgemm" }, r);
     }
+    fn matmul_bias_dropout_residual(&self, out: &mut GpuBuf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize, n: usize,
+                                    k: usize, bias: Option<&GpuBuf>, mask: Option<&GpuBuf>, residual: &GpuBuf) {
+        self.matmul(out, 0, n, a, b, m, n, k, 1.0, false);
+        if m * n > 0 && self.begin() {
+            let (pb, pm) = (bias.map_or(0, |x| self.ptr(x)), mask.map_or(0, |x| self.ptr(x)));
+            self.launch_n("bias_dropout_residual_f32", m * n, &[
+                Arg::Ptr(self.ptr(out)), Arg::Ptr(pb), Arg::Ptr(pm), Arg::Ptr(self.ptr(residual)), Arg::I64(m as i64),
+                Arg::I32(n as i32)]);
+        }
+    }
+    fn matmul_bias_gelu(&self, saved: &mut GpuBuf, act: &mut GpuBuf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize,
+                        n: usize, k: usize, bias: &GpuBuf) {
+        // `saved` keeps the pre-activation, as the trait's default matmul_gelu_backward expects
+        self.matmul(saved, 0, n, a, b, m, n, k, 1.0, false);
+        if m * n > 0 && self.begin() {
+            self.launch_n("bias_gelu_f32", m * n, &[Arg::Ptr(self.ptr(saved)), Arg::Ptr(self.ptr(act)),
+                                                     Arg::Ptr(self.ptr(bias)), Arg::I64(m as i64), Arg::I32(n as i32)]);
+        }
+    }
     fn add_bias(&self, out: &mut GpuBuf, bias: &GpuBuf, rows: usize, n: usize) {
         if self.begin() {
             self.launch_n("add_bias_f32", rows * n, &[Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(bias)), Arg::I64(rows as i64), Arg::I32(n as i32)]);
@@ -456,21 +477,54 @@ impl Backend for Cuda {
         if pairs.is_empty() || !self.begin() {
             return vec![0.0; pairs.len()];
         }
-        // each pair's partial sums in its own stretch of the scratch; one download for all
-        const PER: usize = 64;
+        // one launch for all pairs, each pair's block partials in its own stretch; one download
+        let words: Vec<u64> = pairs.iter().flat_map(|&(a, b, n)| [self.ptr(a), self.ptr(b), n as u64]).collect();
+        let lens: Vec<usize> = pairs.iter().map(|p| p.2).collect();
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let partial = self.grown(&mut scratch.f64s, pairs.len() * PER, (pairs.len() * PER).next_power_of_two());
-        // a pair with fewer blocks than PER leaves the rest of its stretch: zero them all first
-        self.launch_n("fill_f64", pairs.len() * PER, &[Arg::Ptr(partial), Arg::I64((pairs.len() * PER) as i64)]);
-        for (i, &(a, b, n)) in pairs.iter().enumerate() {
-            let blocks = blocks_for(n).min(PER as u32);
-            if n > 0 {
-                self.launch("dot_partial_f32", (blocks, 1, 1), (THREADS, 1, 1), 0, &[
-                    Arg::Ptr(self.ptr(a)), Arg::Ptr(self.ptr(b)), Arg::I64(n as i64), Arg::Ptr(partial + (i * PER * 8) as u64)]);
-            }
+        // a block partial each (at most 64 per pair)
+        let partial = self.grown(&mut scratch.f64s, pairs.len() * 64, (pairs.len() * 64).next_power_of_two());
+        let starts = self.launch_many(&mut scratch, "dots_many_f32", 3, &words, &lens, |_| vec![Arg::Ptr(partial)]);
+        let total = starts.last().copied().unwrap_or(0) as usize;
+        let all = self.download_f64(&scratch, total);
+        starts.windows(2).map(|w| all.get(w[0] as usize..w[1] as usize).map_or(0.0, |p| p.iter().sum())).collect()
+    }
+    fn scale_many(&self, items: &mut [(&mut GpuBuf, usize)], a: f32) {
+        if items.is_empty() || !self.begin() {
+            return;
         }
-        let all = self.download_f64(&scratch, pairs.len() * PER);
-        all.chunks(PER).map(|c| c.iter().sum()).collect()
+        let words: Vec<u64> = items.iter().flat_map(|(x, n)| [self.ptr(x), *n as u64]).collect();
+        let lens: Vec<usize> = items.iter().map(|i| i.1).collect();
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        self.launch_many(&mut scratch, "scale_many_f32", 2, &words, &lens, |_| vec![Arg::F32(a)]);
+    }
+    fn axpby_many(&self, items: &mut [(&mut GpuBuf, f32, &GpuBuf, f32, usize)]) {
+        if items.is_empty() || !self.begin() {
+            return;
+        }
+        let words: Vec<u64> = items.iter()
+            .flat_map(|(y, a, x, b, n)| [self.ptr(y), self.ptr(x), *n as u64, a.to_bits() as u64, b.to_bits() as u64])
+            .collect();
+        let lens: Vec<usize> = items.iter().map(|i| i.4).collect();
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        self.launch_many(&mut scratch, "axpby_many_f32", 5, &words, &lens, |_| vec![]);
+    }
+    fn adamw_many(&self, items: &mut [AdamwItem<'_, Self>], lr: f32, beta1: f32, beta2: f32, eps: f32, step: u64) {
+        if items.is_empty() || !self.begin() {
+            return;
+        }
+        let (step_size, bc2_sqrt) = adam_corrections(lr, beta1, beta2, step);
+        let words: Vec<u64> = items.iter()
+            .flat_map(|it| {
+                let decay = 1.0 - lr * it.weight_decay;
+                [self.ptr(it.param), self.ptr(it.grad), self.ptr(it.m), self.ptr(it.v), it.n as u64,
+                 decay.to_bits() as u64]
+            })
+            .collect();
+        let lens: Vec<usize> = items.iter().map(|i| i.n).collect();
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        self.launch_many(&mut scratch, "adamw_many_f32", 6, &words, &lens, |_| {
+            vec![Arg::F32(beta1), Arg::F32(beta2), Arg::F32(eps), Arg::F32(step_size), Arg::F32(bc2_sqrt)]
+        });
     }
 
     fn gelu_forward(&self, out: &mut GpuBuf, inp: &GpuBuf, n: usize) {
@@ -500,6 +554,11 @@ impl Backend for Cuda {
         if self.begin() {
             let key = crate::rng::stream_key(seed, stream);
             self.launch_n("dropout_mask_f32", n, &[Arg::Ptr(self.ptr(mask)), Arg::I64(n as i64), Arg::F32(p), Arg::F32(1.0 / (1.0 - p)), Arg::U64(key)]);
+        }
+    }
+    fn mul_into(&self, out: &mut GpuBuf, x: &GpuBuf, mask: &GpuBuf, n: usize) {
+        if self.begin() {
+            self.launch_n("mul_into_f32", n, &[Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(x)), Arg::Ptr(self.ptr(mask)), Arg::I64(n as i64)]);
         }
     }
     fn mul(&self, x: &mut GpuBuf, mask: &GpuBuf, n: usize) {
@@ -666,17 +725,21 @@ impl Backend for Cuda {
         if !self.begin() {
             return;
         }
-        // the bias corrections in f64 on the host, as the CPU backend computes them
-        let bc1 = 1.0 - (beta1 as f64).powi(step as i32);
-        let bc2 = 1.0 - (beta2 as f64).powi(step as i32);
-        let step_size = (lr as f64 / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
+        let (step_size, bc2_sqrt) = adam_corrections(lr, beta1, beta2, step);
         let decay = 1.0 - lr * weight_decay;
         self.launch_n("adamw_f32", n, &[
             Arg::Ptr(self.ptr(param)), Arg::Ptr(self.ptr(grad)), Arg::Ptr(self.ptr(m)), Arg::Ptr(self.ptr(v)),
             Arg::I64(n as i64), Arg::F32(beta1), Arg::F32(beta2), Arg::F32(eps), Arg::F32(decay), Arg::F32(step_size),
             Arg::F32(bc2_sqrt)]);
     }
+}
+
+/// AdamW's bias-corrected step size `lr / (1 - beta1^t)` and `sqrt(1 - beta2^t)`, in f64 on the host
+/// as the CPU backend computes them.
+fn adam_corrections(lr: f32, beta1: f32, beta2: f32, step: u64) -> (f32, f32) {
+    let bc1 = 1.0 - (beta1 as f64).powi(step as i32);
+    let bc2 = 1.0 - (beta2 as f64).powi(step as i32);
+    ((lr as f64 / bc1) as f32, bc2.sqrt() as f32)
 }
 
 /// Rows (warps) per block of the attention row kernels.
@@ -686,6 +749,35 @@ const ATTN_WARPS: usize = 4;
 type BatchedMat = (u64, usize, usize, bool);
 
 impl Cuda {
+    /// Runs a many-tensor kernel of `multi.cu`: `records` holds `per` 64-bit words for each tensor and
+    /// `lens` each tensor's length. The block offsets and the records go up in one copy; `extra(total
+    /// blocks)` gives the kernel's arguments after the table and the tensor count. Returns each
+    /// tensor's block range (start of each, then the total).
+    fn launch_many(&self, scratch: &mut Scratch, name: &'static str, per: usize, records: &[u64], lens: &[usize],
+                   extra: impl Fn(usize) -> Vec<Arg>) -> Vec<u64> {
+        debug_assert_eq!(records.len(), per * lens.len());
+        let mut starts = Vec::with_capacity(lens.len() + 1 + records.len());
+        starts.push(0u64);
+        for &n in lens {
+            let blocks = n.div_ceil(THREADS as usize).clamp(1, 64) as u64;
+            starts.push(starts.last().copied().unwrap_or(0) + blocks);
+        }
+        let total = starts.last().copied().unwrap_or(0) as usize;
+        let mut words = starts.clone();
+        words.extend_from_slice(records);
+        let table = self.grown(&mut scratch.table, words.len(), words.len().next_power_of_two());
+        if let Some(dst) = scratch.table.as_mut() {
+            let r = self.rt.upload(dst, &words);
+            if self.record("uploading a tensor table", r).is_none() {
+                return starts;
+            }
+        }
+        let mut args = vec![Arg::Ptr(table), Arg::I32(lens.len() as i32)];
+        args.extend(extra(total));
+        self.launch(name, (total as u32, 1, 1), (THREADS, 1, 1), 0, &args);
+        starts
+    }
+
     /// Attention's scratch buffers, at least `sizes[i]` floats each; returns their addresses.
     fn attn_scratch<const N: usize>(&self, scratch: &mut Scratch, sizes: [usize; N]) -> [u64; N] {
         if scratch.attn.len() < N {
@@ -728,6 +820,11 @@ impl Cuda {
         }
         let v = self.to_host(&out, n);
         self.check().map(|_| v)
+    }
+
+    /// The driver calls made so far (for benchmarks and the launch-count test).
+    pub fn calls(&self) -> Calls {
+        self.rt.calls()
     }
 
     /// Bytes of device memory in use by this process's context (for benchmarks).

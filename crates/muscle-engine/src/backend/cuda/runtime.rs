@@ -70,9 +70,40 @@ pub struct Driver {
     pub functions: HashMap<&'static str, CudaFunction>,
 }
 
-pub enum Runtime {
+pub enum Kind {
     Driver(Driver),
     Emulated(Box<dyn KernelEmulator>),
+}
+
+/// What a runtime was asked to do: each is one call into the driver (or the emulator). A GPU step
+/// whose time is mostly the host issuing these is launch-bound; the counts say how far from that.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Calls {
+    pub kernels: u64,
+    pub gemms: u64,
+    /// host to device, device to host, and device to device copies
+    pub copies: u64,
+    /// downloads, each of which waits for all work before it
+    pub waits: u64,
+}
+
+impl Calls {
+    pub fn total(&self) -> u64 {
+        self.kernels + self.gemms + self.copies
+    }
+}
+
+impl std::ops::Sub for Calls {
+    type Output = Calls;
+    fn sub(self, o: Calls) -> Calls {
+        Calls { kernels: self.kernels - o.kernels, gemms: self.gemms - o.gemms, copies: self.copies - o.copies,
+                waits: self.waits - o.waits }
+    }
+}
+
+pub struct Runtime {
+    pub kind: Kind,
+    calls: std::sync::Mutex<Calls>,
 }
 
 /// A GEMM in cuBLAS's column-major terms: `C_i = alpha op(A_i) op(B_i) + beta C_i` for `batch` items
@@ -102,27 +133,39 @@ fn dbg(e: impl std::fmt::Debug) -> String {
 }
 
 impl Runtime {
+    pub fn new(kind: Kind) -> Self {
+        Runtime { kind, calls: Default::default() }
+    }
+
+    pub fn calls(&self) -> Calls {
+        *self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Calls)) {
+        f(&mut self.calls.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
     /// Makes the context current on this thread (N-API worker threads change).
     pub fn bind(&self) -> Result<(), String> {
-        match self {
-            Runtime::Driver(d) => d.ctx.bind_to_thread().map_err(dbg),
-            Runtime::Emulated(_) => Ok(()),
+        match &self.kind {
+            Kind::Driver(d) => d.ctx.bind_to_thread().map_err(dbg),
+            Kind::Emulated(_) => Ok(()),
         }
     }
 
     pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits + Copy + Default>(&self, n: usize) -> Result<Mem<T>, String> {
-        match self {
-            Runtime::Driver(d) => d.stream.alloc_zeros::<T>(n.max(1)).map(Mem::Device).map_err(dbg),
-            Runtime::Emulated(_) => Ok(Mem::Host(HostMem::zeroed(n))),
+        match &self.kind {
+            Kind::Driver(d) => d.stream.alloc_zeros::<T>(n.max(1)).map(Mem::Device).map_err(dbg),
+            Kind::Emulated(_) => Ok(Mem::Host(HostMem::zeroed(n))),
         }
     }
 
     /// The address kernels and GEMMs are given for `m`.
     pub fn addr<T>(&self, m: &Mem<T>) -> u64 {
-        match (self, m) {
-            (Runtime::Driver(d), Mem::Device(s)) => s.device_ptr(&d.stream).0,
+        match (&self.kind, m) {
+            (Kind::Driver(d), Mem::Device(s)) => s.device_ptr(&d.stream).0,
             (_, Mem::Host(h)) => h.ptr.as_ptr() as u64,
-            (Runtime::Emulated(_), Mem::Device(_)) => 0, // never made: emulated runtimes allocate host memory
+            (Kind::Emulated(_), Mem::Device(_)) => 0, // never made: emulated runtimes allocate host memory
         }
     }
 
@@ -134,8 +177,9 @@ impl Runtime {
         if data.len() > dst.len() {
             return Err(format!("upload of {} elements into a buffer of {}", data.len(), dst.len()));
         }
-        match (self, dst) {
-            (Runtime::Driver(d), Mem::Device(s)) => d.stream.memcpy_htod(data, &mut s.slice_mut(..data.len())).map_err(dbg),
+        self.count(|c| c.copies += 1);
+        match (&self.kind, dst) {
+            (Kind::Driver(d), Mem::Device(s)) => d.stream.memcpy_htod(data, &mut s.slice_mut(..data.len())).map_err(dbg),
             // SAFETY: `h` holds at least data.len() elements (checked above).
             (_, Mem::Host(h)) => unsafe {
                 std::ptr::copy_nonoverlapping(data.as_ptr(), h.ptr.as_ptr(), data.len());
@@ -150,8 +194,12 @@ impl Runtime {
         if n > src.len() {
             return Err(format!("download of {n} elements from a buffer of {}", src.len()));
         }
-        match (self, src) {
-            (Runtime::Driver(d), Mem::Device(s)) => d.stream.clone_dtoh(&s.slice(..n)).map_err(dbg),
+        self.count(|c| {
+            c.copies += 1;
+            c.waits += 1;
+        });
+        match (&self.kind, src) {
+            (Kind::Driver(d), Mem::Device(s)) => d.stream.clone_dtoh(&s.slice(..n)).map_err(dbg),
             // SAFETY: in bounds (checked above); no kernel runs concurrently on an emulated runtime.
             (_, Mem::Host(h)) => Ok(unsafe { std::slice::from_raw_parts(h.ptr.as_ptr(), n) }.to_vec()),
             _ => Err("a device buffer on an emulated runtime".into()),
@@ -161,9 +209,10 @@ impl Runtime {
     /// # Safety
     /// Both ranges lie inside live buffers of this runtime.
     pub unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), String> {
-        match self {
-            Runtime::Driver(d) => cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, d.stream.cu_stream()).map_err(dbg),
-            Runtime::Emulated(_) => {
+        self.count(|c| c.copies += 1);
+        match &self.kind {
+            Kind::Driver(d) => cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, d.stream.cu_stream()).map_err(dbg),
+            Kind::Emulated(_) => {
                 std::ptr::copy(src as *const u8, dst as *mut u8, bytes);
                 Ok(())
             }
@@ -171,9 +220,9 @@ impl Runtime {
     }
 
     pub fn synchronize(&self) -> Result<(), String> {
-        match self {
-            Runtime::Driver(d) => d.stream.synchronize().map_err(dbg),
-            Runtime::Emulated(_) => Ok(()),
+        match &self.kind {
+            Kind::Driver(d) => d.stream.synchronize().map_err(dbg),
+            Kind::Emulated(_) => Ok(()),
         }
     }
 
@@ -181,23 +230,25 @@ impl Runtime {
     /// `args` hold, in order, values of the types kernel `name` declares; pointers cover the grid's accesses.
     pub unsafe fn launch(&self, name: &'static str, grid: (u32, u32, u32), block: (u32, u32, u32), shared_bytes: u32,
                          args: &mut [u64]) -> Result<(), String> {
-        match self {
-            Runtime::Driver(d) => {
+        self.count(|c| c.kernels += 1);
+        match &self.kind {
+            Kind::Driver(d) => {
                 let f = d.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
                 let mut params: Vec<*mut c_void> = args.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
                 cudarc::driver::result::launch_kernel(f.cu_function(), grid, block, shared_bytes, d.stream.cu_stream(),
                                                       &mut params).map_err(dbg)
             }
-            Runtime::Emulated(e) => e.launch(name, grid, block, shared_bytes, args),
+            Kind::Emulated(e) => e.launch(name, grid, block, shared_bytes, args),
         }
     }
 
     /// # Safety
     /// Every item of A, B and C lies inside a live buffer of this runtime.
     pub unsafe fn gemm(&self, g: &Gemm) -> Result<(), String> {
-        match self {
-            Runtime::Driver(d) => driver_gemm(d, g),
-            Runtime::Emulated(_) => {
+        self.count(|c| c.gemms += 1);
+        match &self.kind {
+            Kind::Driver(d) => driver_gemm(d, g),
+            Kind::Emulated(_) => {
                 emulated_gemm(g);
                 Ok(())
             }
@@ -206,12 +257,12 @@ impl Runtime {
 
     /// Bytes of device memory in use (0 when emulated).
     pub fn memory_used(&self) -> usize {
-        match self {
-            Runtime::Driver(d) => {
+        match &self.kind {
+            Kind::Driver(d) => {
                 let _ = d.ctx.bind_to_thread();
                 d.ctx.mem_get_info().map(|(free, total)| total - free).unwrap_or(0)
             }
-            Runtime::Emulated(_) => 0,
+            Kind::Emulated(_) => 0,
         }
     }
 }

@@ -111,3 +111,24 @@ extern "C" __global__ void f32_to_bf16(unsigned short* dst, const float* src, i6
                                                  : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
     }
 }
+
+// The stores after a layer's GEMM (the CPU does these inside its GEMM's store):
+// out = (out + bias) * mask + residual over [rows, n]; bias and mask may be null.
+extern "C" __global__ void bias_dropout_residual_f32(float* out, const float* bias, const float* mask,
+                                                     const float* residual, i64 rows, int n) {
+    FOR_EACH(i, rows * n) {
+        float v = out[i];
+        if (bias) v += bias[i % n];
+        if (mask) v *= mask[i];
+        out[i] = v + residual[i];
+    }
+}
+
+// pre += bias, act = gelu(pre) (erf form, as gelu_forward_f32) over [rows, n].
+extern "C" __global__ void bias_gelu_f32(float* pre, float* act, const float* bias, i64 rows, int n) {
+    FOR_EACH(i, rows * n) {
+        const float v = pre[i] + bias[i % n];
+        pre[i] = v;
+        act[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    }
+}

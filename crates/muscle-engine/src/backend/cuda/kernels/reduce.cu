@@ -1,4 +1,4 @@
-// Reductions: column sums (bias gradients), dot products, layer norm forward and backward.
+// Reductions: column sums (bias gradients), layer norm forward and backward (dot products: multi.cu).
 // Column sums use a fixed summation order (no atomics), so gradients repeat bit for bit.
 
 // dst[j] (+)= sum_r m[r, j]. Block (32, 8): 32 columns per block, 8 row lanes, then a shared reduce.
@@ -15,27 +15,6 @@ extern "C" __global__ void column_sums_f32(float* dst, const float* m, int rows,
         for (int y = 0; y < 8; y++) s += part[y][threadIdx.x];
         dst[j] = accumulate ? dst[j] + s : s;
     }
-}
-
-// partial[block] = sum over the block's grid-stride share of a[i] * b[i], in f64 (as the CPU does);
-// the host adds the partials.
-extern "C" __global__ void dot_partial_f32(const float* a, const float* b, i64 n, double* partial) {
-    __shared__ double scratch[32];
-    double acc = 0.0;
-    FOR_EACH(i, n) acc += (double)a[i] * (double)b[i];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-    acc = warp_sum_f64(acc);
-    if (lane == 0) scratch[warp] = acc;
-    __syncthreads();
-    if (warp == 0) {
-        acc = lane < warps ? scratch[lane] : 0.0;
-        acc = warp_sum_f64(acc);
-        if (lane == 0) partial[blockIdx.x] = acc;
-    }
-}
-
-extern "C" __global__ void fill_f64(double* x, i64 n) {
-    FOR_EACH(i, n) x[i] = 0.0;
 }
 
 // One block per row: mean and variance in two passes over the row (kept in registers where h is
