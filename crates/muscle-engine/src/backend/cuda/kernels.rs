@@ -52,7 +52,7 @@ pub const MODULES: &[Module] = &[
     Module {
         file: "attention.cu",
         source: include_str!("kernels/attention.cu"),
-        kernels: &["to_heads_f32", "from_heads_f32", "attention_softmax_f32", "attention_dscores_f32"],
+        kernels: &["attention_softmax_f32", "attention_dscores_f32"],
     },
 ];
 

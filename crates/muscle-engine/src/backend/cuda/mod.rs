@@ -72,6 +72,8 @@ struct Scratch {
     attn: Vec<Option<Mem<f32>>>,
     /// the records of a many-tensor launch (`launch_many`)
     table: Option<Mem<u64>>,
+    /// the pointer arrays of attention's batched GEMMs
+    pointers: Option<Mem<u64>>,
 }
 
 pub struct Cuda {
@@ -406,7 +408,7 @@ impl Backend for Cuda {
             return;
         }
         let g = Gemm { ta: b.trans, tb: a.trans, m: n, n: m, k, alpha, a: (pb, b.ld, 0), b: (pa, a.ld, 0), beta,
-                       c: (pc, ldc, 0), batch: 1, bf16 };
+                       c: (pc, ldc, 0), batch: 1, bf16, arrays: None };
         // SAFETY: operands and C are inside their buffers (the layers' shapes; checked on the CPU
         // backend by bounds asserts); a bf16 operand holds the same extent as its f32 source.
         let r = unsafe { self.rt.gemm(&g) };
@@ -626,24 +628,25 @@ impl Backend for Cuda {
         if b * t == 0 || !self.begin() {
             return;
         }
-        let (bh, n) = (b * heads, b * t * heads * d);
+        let bh = b * heads;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let pm = self.upload_ints(&mut scratch, 0, &key_mask[..b * t]);
-        let [qh, kh, vh, oh, pd] = self.attn_scratch(&mut scratch, [n, n, n, n, if drop.is_some() { bh * t * t } else { 1 }]);
-        for (dst, src) in [(qh, q), (kh, k), (vh, v)] {
-            self.heads(true, dst, self.ptr(src), b, t, heads, d);
-        }
-        let pp = self.ptr(probs);
-        // scores = scale Q K^T, straight into `probs`
-        self.gemm_batched(pp, t, t * t, (qh, d, t * d, false), (kh, d, t * d, true), t, t, d, 1.0 / (d as f32).sqrt(), bh);
+        let [pd] = self.attn_scratch(&mut scratch, [if drop.is_some() { bh * t * t } else { 1 }]);
+        let heads_of = Heads { b, t, heads, d };
+        let (pq, pk, pv, po, pp) = (self.ptr(q), self.ptr(k), self.ptr(v), self.ptr(out), self.ptr(probs));
         let pdrop = drop.map_or(0, |x| self.ptr(x));
+        let used = if drop.is_some() { pd } else { pp };
+        // scores = scale Q K^T into `probs`, then out = P' V (P' the dropped-out probabilities)
+        let arrays = self.pointer_arrays(&mut scratch, &[
+            [heads_of.items(pq), heads_of.items(pk), heads_of.scores(pp, t)],
+            [heads_of.scores(used, t), heads_of.items(pv), heads_of.items(po)],
+        ]);
+        let hd = heads * d;
+        self.gemm_arrays(arrays[0], (hd, false), (hd, true), t, t, t, d, 1.0 / (d as f32).sqrt(), bh);
         self.launch("attention_softmax_f32", ((bh * t).div_ceil(ATTN_WARPS) as u32, 1, 1), (32 * ATTN_WARPS as u32, 1, 1), 0, &[
             Arg::Ptr(pp), Arg::Ptr(pd), Arg::Ptr(pdrop), Arg::Ptr(pm), Arg::I32((bh * t) as i32), Arg::I32(t as i32),
             Arg::I32(heads as i32)]);
-        // out = P' V, P' the dropped-out probabilities
-        let used = if drop.is_some() { pd } else { pp };
-        self.gemm_batched(oh, d, t * d, (used, t, t * t, false), (vh, d, t * d, false), t, d, t, 1.0, bh);
-        self.heads(false, oh, self.ptr(out), b, t, heads, d);
+        self.gemm_arrays(arrays[1], (t, false), (hd, false), hd, t, d, t, 1.0, bh);
     }
     fn attention_backward(&self, dq: &mut GpuBuf, dk: &mut GpuBuf, dv: &mut GpuBuf, dout: &GpuBuf,
                           probs: &GpuBuf, q: &GpuBuf, k: &GpuBuf, v: &GpuBuf,
@@ -651,12 +654,9 @@ impl Backend for Cuda {
         if b * t == 0 || !self.begin() {
             return;
         }
-        let (bh, n) = (b * heads, b * t * heads * d);
+        let bh = b * heads;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let [qh, kh, vh, gh, pd, dp, xh] = self.attn_scratch(&mut scratch, [n, n, n, n, bh * t * t, bh * t * t, n]);
-        for (dst, src) in [(qh, q), (kh, k), (vh, v), (gh, dout)] {
-            self.heads(true, dst, self.ptr(src), b, t, heads, d);
-        }
+        let [pd, dp] = self.attn_scratch(&mut scratch, [if drop.is_some() { bh * t * t } else { 1 }, bh * t * t]);
         let (pp, pdrop) = (self.ptr(probs), drop.map_or(0, |x| self.ptr(x)));
         let used = match drop {
             Some(_) => {
@@ -666,19 +666,22 @@ impl Backend for Cuda {
             }
             None => pp,
         };
-        let scale = 1.0 / (d as f32).sqrt();
-        // dV = P'^T dOut
-        self.gemm_batched(xh, d, t * d, (used, t, t * t, true), (gh, d, t * d, false), t, d, t, 1.0, bh);
-        self.heads(false, xh, self.ptr(dv), b, t, heads, d);
-        // dP = dOut V^T, then dS in place
-        self.gemm_batched(dp, t, t * t, (gh, d, t * d, false), (vh, d, t * d, true), t, t, d, 1.0, bh);
+        let h = Heads { b, t, heads, d };
+        let (pq, pk, pv, pg) = (self.ptr(q), self.ptr(k), self.ptr(v), self.ptr(dout));
+        let (pdq, pdk, pdv) = (self.ptr(dq), self.ptr(dk), self.ptr(dv));
+        let arrays = self.pointer_arrays(&mut scratch, &[
+            [h.scores(used, t), h.items(pg), h.items(pdv)], // dV = P'^T dOut
+            [h.items(pg), h.items(pv), h.scores(dp, t)],    // dP = dOut V^T
+            [h.scores(dp, t), h.items(pk), h.items(pdq)],   // dQ = scale dS K
+            [h.scores(dp, t), h.items(pq), h.items(pdk)],   // dK = scale dS^T Q
+        ]);
+        let (hd, scale) = (heads * d, 1.0 / (d as f32).sqrt());
+        self.gemm_arrays(arrays[0], (t, true), (hd, false), hd, t, d, t, 1.0, bh);
+        self.gemm_arrays(arrays[1], (hd, false), (hd, true), t, t, t, d, 1.0, bh);
         self.launch("attention_dscores_f32", ((bh * t).div_ceil(ATTN_WARPS) as u32, 1, 1), (32 * ATTN_WARPS as u32, 1, 1), 0, &[
             Arg::Ptr(dp), Arg::Ptr(pp), Arg::Ptr(pdrop), Arg::I32((bh * t) as i32), Arg::I32(t as i32)]);
-        // dQ = scale dS K ; dK = scale dS^T Q
-        self.gemm_batched(xh, d, t * d, (dp, t, t * t, false), (kh, d, t * d, false), t, d, t, scale, bh);
-        self.heads(false, xh, self.ptr(dq), b, t, heads, d);
-        self.gemm_batched(xh, d, t * d, (dp, t, t * t, true), (qh, d, t * d, false), t, d, t, scale, bh);
-        self.heads(false, xh, self.ptr(dk), b, t, heads, d);
+        self.gemm_arrays(arrays[2], (t, false), (hd, false), hd, t, d, t, scale, bh);
+        self.gemm_arrays(arrays[3], (t, true), (hd, false), hd, t, d, t, scale, bh);
     }
     fn softmax_xent_forward(&self, probs: &mut GpuBuf, logits: &GpuBuf, labels: &[i32], rows: usize, n: usize) -> f32 {
         if rows == 0 || !self.begin() {
@@ -745,8 +748,29 @@ fn adam_corrections(lr: f32, beta1: f32, beta2: f32, step: u64) -> (f32, f32) {
 /// Rows (warps) per block of the attention row kernels.
 const ATTN_WARPS: usize = 4;
 
-/// A batched GEMM operand: (device address, leading dimension, stride between batch items, transposed).
-type BatchedMat = (u64, usize, usize, bool);
+/// Where attention's per-(sequence, head) matrices start. The projections stay in their layout
+/// [b*t, heads*d] (a head's [t, d] block has leading dimension heads*d), so the batched GEMMs read
+/// and write them in place through pointer arrays; scores and probabilities are [b*heads, t, t].
+struct Heads {
+    b: usize,
+    t: usize,
+    heads: usize,
+    d: usize,
+}
+
+impl Heads {
+    /// Item (sequence i, head h), in that order, of a projection at `base`.
+    fn items(&self, base: u64) -> Vec<u64> {
+        (0..self.b * self.heads)
+            .map(|j| base + 4 * ((j / self.heads) * self.t * self.heads * self.d + (j % self.heads) * self.d) as u64)
+            .collect()
+    }
+
+    /// Item j of a [b*heads, t, t] buffer at `base`.
+    fn scores(&self, base: u64, t: usize) -> Vec<u64> {
+        (0..self.b * self.heads).map(|j| base + 4 * (j * t * t) as u64).collect()
+    }
+}
 
 impl Cuda {
     /// Runs a many-tensor kernel of `multi.cu`: `records` holds `per` 64-bit words for each tensor and
@@ -786,29 +810,40 @@ impl Cuda {
         std::array::from_fn(|i| self.grown(&mut scratch.attn[i], sizes[i], sizes[i]))
     }
 
-    /// Copies between a projection's layout [b*t, heads*d] (`proj`) and head-major [b*heads, t, d]
-    /// (`head_major`), in the direction `to_heads` says. Both kernels take their destination first.
-    #[allow(clippy::too_many_arguments)]
-    fn heads(&self, to_heads: bool, head_major: u64, proj: u64, b: usize, t: usize, heads: usize, d: usize) {
-        let (name, dst, src) =
-            if to_heads { ("to_heads_f32", head_major, proj) } else { ("from_heads_f32", proj, head_major) };
-        self.launch_n(name, b * t * heads * d, &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I32(b as i32), Arg::I32(t as i32),
-                                                 Arg::I32(heads as i32), Arg::I32(d as i32)]);
+    /// Uploads the pointer arrays of several batched GEMMs in one copy: `gemms[g]` holds the item
+    /// addresses of GEMM g's A, B and C. Returns each GEMM's three array addresses.
+    fn pointer_arrays(&self, scratch: &mut Scratch, gemms: &[[Vec<u64>; 3]]) -> Vec<(u64, u64, u64)> {
+        let words: Vec<u64> = gemms.iter().flat_map(|g| g.iter().flatten().copied()).collect();
+        let base = self.grown(&mut scratch.pointers, words.len(), words.len().next_power_of_two());
+        if let Some(dst) = scratch.pointers.as_mut() {
+            let r = self.rt.upload(dst, &words);
+            self.record("uploading GEMM pointer arrays", r);
+        }
+        let mut at = base;
+        gemms.iter().map(|g| {
+            let mut next = || {
+                let p = at;
+                at += 8 * g[0].len() as u64;
+                p
+            };
+            (next(), next(), next())
+        }).collect()
     }
 
-    /// `C_i[m, n] = alpha op(A_i) op(B_i)` for `batch` row-major items at fixed strides (C not accumulated).
+    /// `C_i[m, n] = alpha op(A_i) op(B_i)` (row-major, C overwritten) for `batch` items at the
+    /// addresses in `arrays` (A's, B's, C's); each operand is (leading dimension, transposed).
     #[allow(clippy::too_many_arguments)]
-    fn gemm_batched(&self, c: u64, ldc: usize, stride_c: usize, a: BatchedMat, b: BatchedMat, m: usize, n: usize, k: usize,
-                    alpha: f32, batch: usize) {
+    fn gemm_arrays(&self, arrays: (u64, u64, u64), a: (usize, bool), b: (usize, bool), ldc: usize, m: usize, n: usize,
+                   k: usize, alpha: f32, batch: usize) {
         if self.failed() {
             return;
         }
-        // the row-major to column-major swap of `matmul`
-        let g = Gemm { ta: b.3, tb: a.3, m: n, n: m, k, alpha, a: (b.0, b.1, b.2), b: (a.0, a.1, a.2), beta: 0.0,
-                       c: (c, ldc, stride_c), batch, bf16: false };
-        // SAFETY: every item lies inside the scratch or activation buffer its address came from.
+        // the row-major to column-major swap of `matmul`: B's items first
+        let g = Gemm { ta: b.1, tb: a.1, m: n, n: m, k, alpha, a: (0, b.0, 0), b: (0, a.0, 0), beta: 0.0,
+                       c: (0, ldc, 0), batch, bf16: false, arrays: Some((arrays.1, arrays.0, arrays.2)) };
+        // SAFETY: every item address lies inside the buffer it came from (`Heads`), with its extent.
         let r = unsafe { self.rt.gemm(&g) };
-        self.record("cublasSgemmStridedBatched", r);
+        self.record("cublasSgemmBatched", r);
     }
 
     /// Draws `n` values of the counter-based stream `key` on the GPU (the test holding the kernel

@@ -107,8 +107,9 @@ pub struct Runtime {
 }
 
 /// A GEMM in cuBLAS's column-major terms: `C_i = alpha op(A_i) op(B_i) + beta C_i` for `batch` items
-/// at fixed strides (elements). With `bf16`, A and B hold bf16 bit patterns (C stays f32, and the
-/// products accumulate in f32).
+/// at fixed strides (elements), or, with `arrays`, at the addresses held by three device arrays of
+/// `batch` pointers (A's, B's, C's; the strides are then unused). With `bf16`, A and B hold bf16
+/// bit patterns (C stays f32, and the products accumulate in f32).
 pub struct Gemm {
     pub ta: bool,
     pub tb: bool,
@@ -122,6 +123,7 @@ pub struct Gemm {
     pub c: (u64, usize, usize),
     pub batch: usize,
     pub bf16: bool,
+    pub arrays: Option<(u64, u64, u64)>,
 }
 
 fn op(trans: bool) -> cublasOperation_t {
@@ -281,6 +283,11 @@ unsafe fn driver_gemm(d: &Driver, g: &Gemm) -> Result<(), String> {
             &g.beta as *const f32 as *const c_void, g.c.0 as *mut c_void, cudaDataType::CUDA_R_32F, g.c.1 as i32,
             cublasComputeType_t::CUBLAS_COMPUTE_32F, cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT).map_err(dbg);
     }
+    if let Some((pa, pb, pc)) = g.arrays {
+        return cudarc::cublas::sys::cublasSgemmBatched(
+            h, op(g.ta), op(g.tb), m, n, k, &g.alpha, pa as *const *const f32, g.a.1 as i32, pb as *const *const f32,
+            g.b.1 as i32, &g.beta, pc as *const *mut f32, g.c.1 as i32, g.batch as i32).result().map_err(dbg);
+    }
     if g.batch == 1 {
         return cudarc::cublas::result::sgemm(h, op(g.ta), op(g.tb), m, n, k, &g.alpha, g.a.0 as *const f32, g.a.1 as i32,
                                              g.b.0 as *const f32, g.b.1 as i32, &g.beta, g.c.0 as *mut f32, g.c.1 as i32)
@@ -302,10 +309,16 @@ unsafe fn emulated_gemm(g: &Gemm) {
             *(base as *const f32).add(idx)
         }
     };
+    let size = if g.bf16 { 2 } else { 4 };
     for item in 0..g.batch {
-        let (a, b, c) = (g.a.0 + (item * g.a.2 * if g.bf16 { 2 } else { 4 }) as u64,
-                         g.b.0 + (item * g.b.2 * if g.bf16 { 2 } else { 4 }) as u64,
-                         (g.c.0 as *mut f32).add(item * g.c.2));
+        let (a, b, c) = match g.arrays {
+            Some((pa, pb, pc)) => {
+                let at = |arr: u64| *(arr as *const u64).add(item);
+                (at(pa), at(pb), at(pc) as *mut f32)
+            }
+            None => (g.a.0 + (item * g.a.2 * size) as u64, g.b.0 + (item * g.b.2 * size) as u64,
+                     (g.c.0 as *mut f32).add(item * g.c.2)),
+        };
         for j in 0..g.n {
             for i in 0..g.m {
                 let mut acc = 0.0f64;

@@ -1,35 +1,8 @@
-// Multi-head attention around cuBLAS's batched GEMMs. The projections are [b*t, heads*d] row-major
-// (heads interleaved in a row); the GEMMs want each (batch, head) as a contiguous [t, d] block, so
-// q, k, v (and the gradients) are copied to and from that head-major layout [b*heads, t, d]. The
-// kernels here are the rest: the copies, the masked row softmax (with the dropout mask applied to a
-// copy, since the backward needs the probabilities before dropout) and dS. Semantics are the CPU
-// backend's (backend/cpu/attention.rs) exactly.
-
-// x [b*t, heads*d] -> xh [b*heads, t, d]
-extern "C" __global__ void to_heads_f32(float* xh, const float* x, int b, int t, int heads, int d) {
-    const i64 n = (i64)b * t * heads * d;
-    FOR_EACH(i, n) {
-        const int c = (int)(i % d);
-        const i64 r = i / d;                 // row of xh: (bh, j)
-        const int j = (int)(r % t);
-        const int bh = (int)(r / t);
-        const int bi = bh / heads, h = bh % heads;
-        xh[i] = x[((i64)bi * t + j) * heads * d + (i64)h * d + c];
-    }
-}
-
-// xh [b*heads, t, d] -> x [b*t, heads*d]
-extern "C" __global__ void from_heads_f32(float* x, const float* xh, int b, int t, int heads, int d) {
-    const i64 n = (i64)b * t * heads * d;
-    FOR_EACH(i, n) {
-        const int c = (int)(i % d);
-        const i64 r = i / d;
-        const int j = (int)(r % t);
-        const int bh = (int)(r / t);
-        const int bi = bh / heads, h = bh % heads;
-        x[((i64)bi * t + j) * heads * d + (i64)h * d + c] = xh[i];
-    }
-}
+// Multi-head attention's row kernels. The GEMMs around them (cuBLAS, batched through pointer arrays
+// that address each head's block of the projections [b*t, heads*d] in place; see `Heads` in mod.rs)
+// produce the scores [b*heads, t, t]; these kernels are the masked row softmax (with the dropout mask
+// applied to a copy, since the backward needs the probabilities before dropout) and dS. Semantics
+// are the CPU backend's (backend/cpu/attention.rs) exactly.
 
 // One warp per row of the scores [b*heads*t, t] (already scaled): softmax over the keys the mask keeps
 // (1 = token), 0 for the others, an all-zero row when every key is masked. `probs` is written in place;
