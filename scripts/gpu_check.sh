@@ -43,7 +43,8 @@ stage() {  # stage <name> <seconds> <command...>
   timeout "$secs" "$@" > >(tee "$out/$name.txt") 2>&1 || { echo "!! $name failed (exit $?)"; status=1; }
 }
 stage kernels 60 .gpu/bin/cuda_kernels --test-threads=1
-stage parity 120 .gpu/bin/cuda_parity --nocapture --test-threads=1
+# the emulated twins of the parity checks ran in CI already; here only the GPU ones
+stage parity 120 .gpu/bin/cuda_parity --skip emulated --skip driver_calls --nocapture --test-threads=1
 for fam in bert roberta; do
   for seq in 64 128; do
     for prec in bf16 f32; do

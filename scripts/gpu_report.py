@@ -31,18 +31,20 @@ def main():
             continue
         for s in d["steps"]:
             torch[(s["model"], s["mode"], s["batch"], s["seq"], s["dtype"])] = s
-    print("| model | step | batch x seq | precision | ours ms | PyTorch ms | speed-up | ours tokens/s | ours memory GiB | PyTorch peak GiB |")
-    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | step | batch x seq | precision | ours ms | PyTorch ms | speed-up | ours tokens/s | ours memory GiB | PyTorch peak GiB | ours driver calls |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for key in sorted(ours):
         fam, mode, b, t, prec = key
         o, r = ours[key], torch.get(key)
         mem = o.get("device_memory_bytes")
         print(f"| {fam} | {mode} | {b} x {t} | {prec} | {o['ms']:.1f} | " + (f"{r['ms']:.1f}" if r else "-") + " | "
               + (f"{r['ms'] / o['ms']:.2f}x" if r else "-") + f" | {b * t / (o['ms'] / 1e3):.0f} | "
-              + (f"{mem / 2**30:.2f}" if mem else "-") + " | " + (f"{r['peak_memory_gib']:.2f}" if r else "-") + " |")
+              + (f"{mem / 2**30:.2f}" if mem else "-") + " | " + (f"{r['peak_memory_gib']:.2f}" if r else "-") + " | "
+              + str(o.get("driver_calls", "-")) + " |")
     print("\nspeed-up = PyTorch ms / ours ms at the same precision (> 1: ours faster). Issue 6's target: the "
           "MuScleLoRA step at >= 4x PyTorch's bf16 step. Our memory is what the context holds after the steps "
-          "(cuMemGetInfo), PyTorch's its allocator's peak.")
+          "(cuMemGetInfo), PyTorch's its allocator's peak. Driver calls: kernel launches, GEMMs and copies "
+          "of one step (a step that takes less than their count x a few microseconds is launch-bound).")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ fn parse_args() -> std::result::Result<Args, String> {
                           dropout 0.1) against the machine's SGEMM peak (2048^3 on the CPU, ours and numpy's; cuBLAS f32 at\n\
                           8192^3 on a GPU), measured right before every timed step: a step's ratio is the median of\n\
                           (step GFLOP/s / best SGEMM just before it), which cancels the drift of a shared machine.\n\
-                          --device cuda: the CUDA backend on GPU 0, with the device memory in use after the steps;\n\
+                          --device cuda: the CUDA backend on GPU 0, with the device memory in use after the steps\n\
+                          and the driver calls (kernel launches, GEMMs, copies) of the last timed step;\n\
                           --precision bf16 (GPU only): frozen weights and their GEMMs in bf16, f32 accumulation.\n\
                           --gemms: GFLOP/s of each layer GEMM shape; --kernels: ms of the non-GEMM kernels per layer (CPU).\n\
                           --tune \"kc,mc,nc,split;...\" (CPU, x86-64): our SGEMM's blockings (0 = built-in; split 0 rule, 1 M,\n\
@@ -354,7 +355,7 @@ fn main() {
             drop(be);
             let name = format!("SGEMM 8192^3, cuBLAS f32 ({})", info.name);
             let peaks = move |be: &Cuda| vec![(name.clone(), sgemm_peak(be, 8192, 3))];
-            return bench(&args, open, &device, peaks, |be| be.memory_used());
+            return bench(&args, open, &device, peaks, |be| (be.memory_used(), be.calls().total()));
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -375,7 +376,7 @@ fn main() {
         tune(&be, args.batch * args.seq, args.hidden, configs, args.iters.max(3));
         return;
     }
-    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| 0);
+    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, 0));
 }
 
 /// Times each mode's step on backends from `open` and prints the table (and the JSON).
@@ -384,7 +385,7 @@ fn main() {
 /// measured right before every timed step and each step is set against the best GEMM of its own
 /// measurement; a mode's ratio is the median of those paired ratios.
 fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: impl Fn(&B) -> Peaks,
-                     memory: impl Fn(&B) -> usize) {
+                     device_stats: impl Fn(&B) -> (usize, u64)) {
     let heads = (args.hidden / 64).max(1);
     // RoBERTa: its vocabulary, position offset (514 = 512 + padding index + 1) and single token type
     let (family, kind, vocab, positions, types, pad) =
@@ -438,7 +439,7 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         };
         eprintln!("{mode}: warm-up...");
         run(&mut clf);
-        let (mut times, mut ratios, mut busy) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut times, mut ratios, mut busy, mut calls) = (Vec::new(), Vec::new(), Vec::new(), 0);
         let gflop = flops::step(&shape, kind, ga) / 1e9;
         for _ in 0..args.iters {
             let peaks = peaks_of(&clf.be);
@@ -450,9 +451,10 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
                 }
             }
             best_samples.push(best);
-            let (t0, cpu0) = (Instant::now(), cpu_seconds());
+            let (t0, cpu0, calls0) = (Instant::now(), cpu_seconds(), device_stats(&clf.be).1);
             run(&mut clf);
             let secs = t0.elapsed().as_secs_f64();
+            calls = device_stats(&clf.be).1 - calls0;
             if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
                 busy.push((b - a) / secs);
             }
@@ -464,10 +466,10 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         }
         let secs = median(times);
         let rate = gflop / secs;
-        let mem = memory(&clf.be);
+        let mem = device_stats(&clf.be).0;
         let busy = (!busy.is_empty()).then(|| busy.iter().sum::<f64>() / busy.len() as f64);
         eprintln!("{mode}: {:.1} ms{}", secs * 1e3, busy.map_or(String::new(), |u| format!(", {u:.2} cores busy")));
-        rows.push((mode.clone(), secs * 1e3, gflop, rate, median(ratios), mem, busy));
+        rows.push((mode.clone(), secs * 1e3, gflop, rate, median(ratios), mem, busy, calls));
     }
     if rows.is_empty() {
         eprintln!("muscle-bench: nothing timed (--iters 0)");
@@ -477,13 +479,13 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
     let peaks: Vec<(String, f64)> = samples.into_iter().map(|(n, v)| (n, median(v))).collect();
 
     println!("Device: {device}\n");
-    println!("| measurement | ms | GFLOP | GFLOP/s | of peak |{}", if args.cuda { " device memory |" } else { "" });
-    println!("| --- | ---: | ---: | ---: | ---: |{}", if args.cuda { " ---: |" } else { "" });
+    println!("| measurement | ms | GFLOP | GFLOP/s | of peak |{}", if args.cuda { " device memory | driver calls |" } else { "" });
+    println!("| --- | ---: | ---: | ---: | ---: |{}", if args.cuda { " ---: | ---: |" } else { "" });
     for (name, p) in &peaks {
-        println!("| {name} | | | {p:.1} | {:.0}% |{}", 100.0 * p / peak_ref, if args.cuda { " |" } else { "" });
+        println!("| {name} | | | {p:.1} | {:.0}% |{}", 100.0 * p / peak_ref, if args.cuda { " | |" } else { "" });
     }
-    for (m, ms, gflop, rate, ratio, mem, _) in &rows {
-        let mem = if args.cuda { format!(" {:.2} GiB |", *mem as f64 / (1u64 << 30) as f64) } else { String::new() };
+    for (m, ms, gflop, rate, ratio, mem, _, calls) in &rows {
+        let mem = if args.cuda { format!(" {:.2} GiB | {calls} |", *mem as f64 / (1u64 << 30) as f64) } else { String::new() };
         println!("| {kind} {m} step, {b} x {t}, {}L/{}H | {ms:.1} | {gflop:.1} | {rate:.1} | {:.0}% |{mem}", args.layers,
                  args.hidden, 100.0 * ratio);
     }
@@ -496,9 +498,10 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
             "peak_gflops": peak_ref,
             "precision": if args.bf16 { "bf16" } else { "f32" },
             "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
-            "steps": rows.iter().map(|(m, ms, gflop, rate, ratio, mem, busy)| serde_json::json!({
+            "steps": rows.iter().map(|(m, ms, gflop, rate, ratio, mem, busy, calls)| serde_json::json!({
                 "mode": m, "ms": ms, "gflop": gflop, "gflops": rate, "ratio_to_peak": ratio, "cores_busy": busy,
-                "device_memory_bytes": if args.cuda { Some(*mem) } else { None }})).collect::<Vec<_>>(),
+                "device_memory_bytes": if args.cuda { Some(*mem) } else { None },
+                "driver_calls": if args.cuda { Some(*calls) } else { None }})).collect::<Vec<_>>(),
         });
         let tmp = format!("{path}.tmp");
         std::fs::write(&tmp, serde_json::to_string_pretty(&json).unwrap()).and_then(|_| std::fs::rename(&tmp, path))
