@@ -18,6 +18,14 @@ pub struct Mat<'a, B: Backend + ?Sized> {
     pub trans: bool,
 }
 
+// By hand: a derive would ask for `B: Clone`, and only the reference is copied.
+impl<B: Backend + ?Sized> Clone for Mat<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend + ?Sized> Copy for Mat<'_, B> {}
+
 /// One tensor of a many-tensor AdamW step ([`Backend::adamw_many`]).
 pub struct AdamwItem<'a, B: Backend + ?Sized> {
     pub param: &'a mut B::Buf,
@@ -69,6 +77,16 @@ pub trait Backend: Send + Sync + 'static {
                    bias: &Self::Buf) {
         self.matmul(c, 0, n, a, b, m, n, k, 1.0, false);
         self.add_bias(c, bias, m, n);
+    }
+    /// `C_i = op(A) op(B_i) + bias_i` (each `[m, n]`, contiguous) for several layers reading one
+    /// input: attention's q, k and v projections. The default runs `matmul_bias` for each; a backend
+    /// may share the work on `A` (the CUDA backend in bf16 converts it to bf16 once, not three times).
+    #[allow(clippy::too_many_arguments)]
+    fn matmuls_bias(&self, a: Mat<'_, Self>, items: &mut [(&mut Self::Buf, Mat<'_, Self>, &Self::Buf)], m: usize,
+                    n: usize, k: usize) {
+        for (c, b, bias) in items.iter_mut() {
+            self.matmul_bias(c, a, *b, m, n, k, bias);
+        }
     }
     /// `out = (op(A) op(B) + bias) * mask + residual` (`[m, n]`; no mask when dropout is off, no
     /// bias for a branch without one): a layer's output through dropout into the residual sum, or

@@ -12,6 +12,17 @@ pub fn linear_forward<B: Backend>(be: &B, out: &mut B::Buf, inp: &B::Buf, w: &B:
     }
 }
 
+/// [`linear_forward`] with a bias for several layers of one input (`(out, w, bias)` each, all
+/// `out_f` wide): attention's q, k and v, which a backend may compute sharing work on `inp`.
+pub fn linears_forward<B: Backend>(be: &B, items: &mut [(&mut B::Buf, &B::Buf, &B::Buf)], inp: &B::Buf, rows: usize,
+                                   in_f: usize, out_f: usize) {
+    let x = Mat { buf: inp, offset: 0, ld: in_f, trans: false };
+    let mut gemms: Vec<_> = items.iter_mut()
+        .map(|(out, w, bias)| (&mut **out, Mat { buf: *w, offset: 0, ld: in_f, trans: true }, *bias))
+        .collect();
+    be.matmuls_bias(x, &mut gemms, rows, out_f, in_f);
+}
+
 /// `out = (x W^T + b) * mask + residual`: a layer's output through dropout (`mask` from
 /// `Backend::dropout_mask`, `None` when dropout is off) into the residual sum, in one pass where
 /// the backend fuses them. The backward is the usual one: the residual's gradient passes as is,

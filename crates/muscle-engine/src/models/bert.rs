@@ -548,9 +548,14 @@ impl<B: Backend> BertClassifier<B> {
             let la = &mut rest[0];
             let x = if l == 0 { &a.emb_out } else { &prev[l - 1].out };
             let lid = l as u64;
+            // the three projections of x first (a backend may share work on x), then their adapters
+            {
+                let [q, k, v] = &mut la.qkv;
+                let [(wq, bq), (wk, bk), (wv, bv)] = lp.qkv;
+                linear::linears_forward(be, &mut [(q, &pv[wq], &pv[bq]), (k, &pv[wk], &pv[bk]), (v, &pv[wv], &pv[bv])],
+                                        x, n, h, h);
+            }
             for ti in 0..3 {
-                let (w, bias) = lp.qkv[ti];
-                linear::linear_forward(be, &mut la.qkv[ti], x, &pv[w], Some(&pv[bias]), n, h, h);
                 if let Some((la_a, la_b)) = lp.lora[ti] {
                     let lo = &mut la.lora[ti];
                     let inp = if live(ad.lora_dropout) {

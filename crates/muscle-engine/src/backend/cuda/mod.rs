@@ -294,6 +294,39 @@ impl Cuda {
         GpuBuf { store: slice.map_or(Store::Missing, Store::F32), len: n }
     }
 
+    /// `matmul`'s GEMM. With a frozen bf16 operand both go to the tensor cores in bf16 (f32
+    /// accumulation and C): the f32 one converted into scratch, unless `a_half` already holds A in
+    /// bf16 (`matmuls_bias`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(&self, scratch: &mut Scratch, c: &mut GpuBuf, c_off: usize, ldc: usize, a: Mat<'_, Self>,
+            a_half: Option<u64>, b: Mat<'_, Self>, m: usize, n: usize, k: usize, alpha: f32, accumulate: bool) {
+        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands and
+        // keep each one's transpose flag (a row-major matrix read column-major is its transpose).
+        let beta: f32 = if accumulate { 1.0 } else { 0.0 };
+        let bf16 = a.buf.is_bf16() || b.buf.is_bf16();
+        let (pa, pb) = if bf16 {
+            let (ar, ac) = if a.trans { (k, m) } else { (m, k) };
+            let (br, bc) = if b.trans { (n, k) } else { (k, n) };
+            let pa = match a_half {
+                Some(p) => p,
+                None => self.bf16_operand(scratch, 0, &a, ar, ac),
+            };
+            (pa, self.bf16_operand(scratch, 1, &b, br, bc))
+        } else {
+            (self.ptr(a.buf) + 4 * a.offset as u64, self.ptr(b.buf) + 4 * b.offset as u64)
+        };
+        let pc = self.ptr(c) + 4 * c_off as u64;
+        if self.failed() {
+            return;
+        }
+        let g = Gemm { ta: b.trans, tb: a.trans, m: n, n: m, k, alpha, a: (pb, b.ld, 0), b: (pa, a.ld, 0), beta,
+                       c: (pc, ldc, 0), batch: 1, bf16, arrays: None };
+        // SAFETY: operands and C are inside their buffers (the layers' shapes; checked on the CPU
+        // backend by bounds asserts); a bf16 operand holds the same extent as its f32 source.
+        let r = unsafe { self.rt.gemm(&g) };
+        self.record(if bf16 { "cublasGemmEx (bf16)" } else { "cublasSgemm" }, r);
+    }
+
     /// The bf16 address of a GEMM operand: a frozen weight's own storage, or a bf16 copy (in
     /// scratch `slot`) of the stored extent of an f32 operand of `rows x cols` with its `ld`.
     fn bf16_operand(&self, scratch: &mut Scratch, slot: usize, m: &Mat<'_, Self>, rows: usize, cols: usize) -> u64 {
@@ -390,29 +423,26 @@ impl Backend for Cuda {
         if m == 0 || n == 0 || !self.begin() {
             return;
         }
-        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands and
-        // keep each one's transpose flag (a row-major matrix read column-major is its transpose).
-        let beta: f32 = if accumulate { 1.0 } else { 0.0 };
-        let bf16 = a.buf.is_bf16() || b.buf.is_bf16();
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let (pa, pb) = if bf16 {
-            // a frozen bf16 weight: both operands in bf16 on the tensor cores, f32 accumulation and C
-            let (ar, ac) = if a.trans { (k, m) } else { (m, k) };
-            let (br, bc) = if b.trans { (n, k) } else { (k, n) };
-            (self.bf16_operand(&mut scratch, 0, &a, ar, ac), self.bf16_operand(&mut scratch, 1, &b, br, bc))
-        } else {
-            (self.ptr(a.buf) + 4 * a.offset as u64, self.ptr(b.buf) + 4 * b.offset as u64)
-        };
-        let pc = self.ptr(c) + 4 * c_off as u64;
-        if self.failed() {
+        self.gemm(&mut scratch, c, c_off, ldc, a, None, b, m, n, k, alpha, accumulate);
+    }
+    fn matmuls_bias(&self, a: Mat<'_, Self>, items: &mut [(&mut GpuBuf, Mat<'_, Self>, &GpuBuf)], m: usize, n: usize,
+                    k: usize) {
+        if m == 0 || n == 0 || !self.begin() {
             return;
         }
-        let g = Gemm { ta: b.trans, tb: a.trans, m: n, n: m, k, alpha, a: (pb, b.ld, 0), b: (pa, a.ld, 0), beta,
-                       c: (pc, ldc, 0), batch: 1, bf16, arrays: None };
-        // SAFETY: operands and C are inside their buffers (the layers' shapes; checked on the CPU
-        // backend by bounds asserts); a bf16 operand holds the same extent as its f32 source.
-        let r = unsafe { self.rt.gemm(&g) };
-        self.record(if bf16 { "cublasGemmEx (bf16)" } else { "cublasSgemm" }, r);
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        // A in bf16 once for every bf16 GEMM of the set (scratch slot 0 is not touched by the GEMMs)
+        let a_half = (items.iter().any(|(_, b, _)| b.buf.is_bf16()) && !a.buf.is_bf16()).then(|| {
+            let (ar, ac) = if a.trans { (k, m) } else { (m, k) };
+            self.bf16_operand(&mut scratch, 0, &a, ar, ac)
+        });
+        for (c, b, bias) in items.iter_mut() {
+            let half = if b.buf.is_bf16() { a_half } else { None };
+            self.gemm(&mut scratch, c, 0, n, a, half, *b, m, n, k, 1.0, false);
+            self.launch_n("add_bias_f32", m * n, &[Arg::Ptr(self.ptr(c)), Arg::Ptr(self.ptr(bias)), Arg::I64(m as i64),
+                                                   Arg::I32(n as i32)]);
+        }
     }
     fn matmul_bias_dropout_residual(&self, out: &mut GpuBuf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize, n: usize,
                                     k: usize, bias: Option<&GpuBuf>, mask: Option<&GpuBuf>, residual: &GpuBuf) {
