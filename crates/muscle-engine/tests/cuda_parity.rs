@@ -216,6 +216,51 @@ fn every_verb(target: Target) {
         worst = worst.max(p.same("layer_norm_backward db", &dbc, &dbg, h));
     }
 
+    // decoder kernels: RMSNorm (h above and below the block size), SiLU gating, rotary embeddings
+    for h in [24, 300] {
+        let rows = 13;
+        let (inc, ing) = p.up(&random(rows * h, 120, 2.0));
+        let (wc, wg) = p.up(&random(h, 121, 1.0));
+        let (mut outc, mut outg) = p.up(&vec![0.0; rows * h]);
+        let (mut rc, mut rg) = p.up(&vec![0.0; rows]);
+        p.cpu.rms_norm_forward(&mut outc, &mut rc, &inc, &wc, rows, h, 1e-6);
+        p.gpu.rms_norm_forward(&mut outg, &mut rg, &ing, &wg, rows, h, 1e-6);
+        worst = worst.max(p.same(&format!("rms_norm_forward h={h}"), &outc, &outg, rows * h));
+        worst = worst.max(p.same(&format!("rms_norm rstd h={h}"), &rc, &rg, rows));
+        let (gc, gg) = p.up(&random(rows * h, 122, 1.0));
+        let (mut dc, mut dg) = p.up(&vec![0.0; rows * h]);
+        let (mut dwc, mut dwg) = p.up(&vec![0.0; h]);
+        p.cpu.rms_norm_backward(&mut dc, Some(&mut dwc), &gc, &inc, &wc, &rc, rows, h);
+        p.gpu.rms_norm_backward(&mut dg, Some(&mut dwg), &gg, &ing, &wg, &rg, rows, h);
+        worst = worst.max(p.same(&format!("rms_norm_backward dinp h={h}"), &dc, &dg, rows * h));
+        worst = worst.max(p.same(&format!("rms_norm_backward dw h={h}"), &dwc, &dwg, h));
+    }
+    {
+        let n = 5003;
+        let (gatec, gateg) = p.up(&random(n, 123, 4.0));
+        let (upc, upg) = p.up(&random(n, 124, 1.0));
+        let (mut oc, mut og) = p.up(&vec![0.0; n]);
+        p.cpu.silu_gate_forward(&mut oc, &gatec, &upc, n);
+        p.gpu.silu_gate_forward(&mut og, &gateg, &upg, n);
+        worst = worst.max(p.same("silu_gate_forward", &oc, &og, n));
+        let (gc, gg) = p.up(&random(n, 125, 1.0));
+        let (mut dgc, mut dgg) = p.up(&vec![0.0; n]);
+        let (mut duc, mut dug) = p.up(&vec![0.0; n]);
+        p.cpu.silu_gate_backward(&mut dgc, &mut duc, &gatec, &upc, &gc, n);
+        p.gpu.silu_gate_backward(&mut dgg, &mut dug, &gateg, &upg, &gg, n);
+        worst = worst.max(p.same("silu_gate_backward dgate", &dgc, &dgg, n));
+        worst = worst.max(p.same("silu_gate_backward dup", &duc, &dug, n));
+        let (heads, d) = (4, 16);
+        let positions: Vec<i32> = (0..37).map(|i| (i * 97) % 4096).collect();
+        let rows = positions.len();
+        let (mut xc, mut xg) = p.up(&random(rows * heads * d, 126, 1.0));
+        for inverse in [false, true] {
+            p.cpu.rope(&mut xc, &positions, heads, d, 10000.0, inverse);
+            p.gpu.rope(&mut xg, &positions, heads, d, 10000.0, inverse);
+            worst = worst.max(p.same(&format!("rope inverse={inverse}"), &xc, &xg, rows * heads * d));
+        }
+    }
+
     // attention with padding and probability dropout, t not a multiple of the warps per block
     for (t, d, with_drop) in [(7, 8, false), (37, 64, true), (130, 32, true)] {
         let (b, heads) = (3, 2);

@@ -208,6 +208,23 @@ pub trait Backend: Send + Sync + 'static {
     fn layer_norm_backward(&self, dinp: &mut Self::Buf, dw: Option<&mut Self::Buf>, db: Option<&mut Self::Buf>,
                            dout: &Self::Buf, inp: &Self::Buf, w: &Self::Buf, mean: &Self::Buf,
                            rstd: &Self::Buf, rows: usize, h: usize);
+    /// RMSNorm (decoders): `out = x rstd w` per row, `rstd = 1 / sqrt(mean(x^2) + eps)` saved for
+    /// the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_forward(&self, out: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, w: &Self::Buf, rows: usize,
+                        h: usize, eps: f32);
+    /// Writes `dinp` (not accumulated) and, where it trains, `dw`.
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_backward(&self, dinp: &mut Self::Buf, dw: Option<&mut Self::Buf>, dout: &Self::Buf, inp: &Self::Buf,
+                         w: &Self::Buf, rstd: &Self::Buf, rows: usize, h: usize);
+    /// The gated MLP's middle (Llama): `out = silu(gate) * up`.
+    fn silu_gate_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf, n: usize);
+    fn silu_gate_backward(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf,
+                          dout: &Self::Buf, n: usize);
+    /// Rotary position embeddings in place over `x: [rows, heads * d]` (rows = `positions.len()`),
+    /// as Hugging Face's `apply_rotary_pos_emb` with base `theta`; `inverse` applies the opposite
+    /// rotation, which is the backward.
+    fn rope(&self, x: &mut Self::Buf, positions: &[i32], heads: usize, d: usize, theta: f32, inverse: bool);
     /// Multi-head scaled dot-product attention over `q, k, v: [b*t, heads*d]` with a key padding
     /// mask `[b*t]` (1 = token, 0 = padding). Saves the softmax probabilities `[b, heads, t, t]`;
     /// `drop` is an optional inverted-dropout mask of the same shape applied to them.

@@ -3,12 +3,15 @@
 
 pub mod activation;
 pub mod attention;
+pub mod decoder_mlp;
 pub mod dropout;
 pub mod embedding;
 pub mod layer_norm;
 pub mod linear;
 pub mod lora;
 pub mod mslr;
+pub mod rms_norm;
+pub mod rope;
 pub mod softmax_xent;
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! (batch, head).
 
 mod attention;
+mod decoder;
 mod elementwise;
 mod norm;
 #[cfg(target_arch = "x86_64")]
@@ -363,6 +364,26 @@ impl Backend for Cpu {
                            rstd: &Vec<f32>, rows: usize, h: usize) {
         norm::layer_norm_backward(&mut dinp[..rows * h], dw.map(|x| &mut x[..h]), db.map(|x| &mut x[..h]),
                                   &dout[..rows * h], &inp[..rows * h], &w[..h], &mean[..rows], &rstd[..rows]);
+    }
+    fn rms_norm_forward(&self, out: &mut Vec<f32>, rstd: &mut Vec<f32>, inp: &Vec<f32>, w: &Vec<f32>, rows: usize,
+                        h: usize, eps: f32) {
+        decoder::rms_norm_forward(&mut out[..rows * h], &mut rstd[..rows], &inp[..rows * h], &w[..h], eps);
+    }
+    fn rms_norm_backward(&self, dinp: &mut Vec<f32>, dw: Option<&mut Vec<f32>>, dout: &Vec<f32>, inp: &Vec<f32>,
+                         w: &Vec<f32>, rstd: &Vec<f32>, rows: usize, h: usize) {
+        decoder::rms_norm_backward(&mut dinp[..rows * h], dw.map(|x| &mut x[..h]), &dout[..rows * h], &inp[..rows * h],
+                                   &w[..h], &rstd[..rows]);
+    }
+    fn silu_gate_forward(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, n: usize) {
+        decoder::silu_gate_forward(&mut out[..n], &gate[..n], &up[..n]);
+    }
+    fn silu_gate_backward(&self, dgate: &mut Vec<f32>, dup: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>,
+                          dout: &Vec<f32>, n: usize) {
+        decoder::silu_gate_backward(&mut dgate[..n], &mut dup[..n], &gate[..n], &up[..n], &dout[..n]);
+    }
+    fn rope(&self, x: &mut Vec<f32>, positions: &[i32], heads: usize, d: usize, theta: f32, inverse: bool) {
+        let rows = positions.len();
+        decoder::rope(&mut x[..rows * heads * d], positions, heads, d, theta, inverse);
     }
     fn attention_forward(&self, out: &mut Vec<f32>, probs: &mut Vec<f32>, q: &Vec<f32>, k: &Vec<f32>,
                          v: &Vec<f32>, key_mask: &[i32], drop: Option<&Vec<f32>>, b: usize, t: usize,

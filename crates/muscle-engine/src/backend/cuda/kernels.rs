@@ -29,6 +29,12 @@ pub const MODULES: &[Module] = &[
         ],
     },
     Module {
+        file: "decoder.cu",
+        source: include_str!("kernels/decoder.cu"),
+        kernels: &["rms_norm_forward_f32", "rms_norm_backward_f32", "rms_norm_weight_backward_f32",
+                   "silu_gate_forward_f32", "silu_gate_backward_f32", "rope_f32"],
+    },
+    Module {
         file: "multi.cu",
         source: include_str!("kernels/multi.cu"),
         kernels: &["scale_many_f32", "axpby_many_f32", "adamw_many_f32", "dots_many_f32"],

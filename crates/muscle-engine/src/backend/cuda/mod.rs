@@ -652,6 +652,53 @@ impl Backend for Cuda {
                 Arg::Ptr(self.ptr(rstd)), Arg::I32(rows as i32), Arg::I32(h as i32)]);
         }
     }
+    fn rms_norm_forward(&self, out: &mut GpuBuf, rstd: &mut GpuBuf, inp: &GpuBuf, w: &GpuBuf, rows: usize, h: usize,
+                        eps: f32) {
+        if rows > 0 && self.begin() {
+            self.launch("rms_norm_forward_f32", (rows as u32, 1, 1), (THREADS, 1, 1), 0, &[
+                Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(rstd)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(self.ptr(w)),
+                Arg::I32(rows as i32), Arg::I32(h as i32), Arg::F32(eps)]);
+        }
+    }
+    fn rms_norm_backward(&self, dinp: &mut GpuBuf, dw: Option<&mut GpuBuf>, dout: &GpuBuf, inp: &GpuBuf, w: &GpuBuf,
+                         rstd: &GpuBuf, rows: usize, h: usize) {
+        if rows == 0 || !self.begin() {
+            return;
+        }
+        self.launch("rms_norm_backward_f32", (rows as u32, 1, 1), (THREADS, 1, 1), 0, &[
+            Arg::Ptr(self.ptr(dinp)), Arg::Ptr(self.ptr(dout)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(self.ptr(w)),
+            Arg::Ptr(self.ptr(rstd)), Arg::I32(rows as i32), Arg::I32(h as i32)]);
+        if let Some(dw) = dw {
+            self.launch("rms_norm_weight_backward_f32", (h.div_ceil(32) as u32, 1, 1), (32, 8, 1), 0, &[
+                Arg::Ptr(self.ptr(dw)), Arg::Ptr(self.ptr(dout)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(self.ptr(rstd)),
+                Arg::I32(rows as i32), Arg::I32(h as i32)]);
+        }
+    }
+    fn silu_gate_forward(&self, out: &mut GpuBuf, gate: &GpuBuf, up: &GpuBuf, n: usize) {
+        if self.begin() {
+            self.launch_n("silu_gate_forward_f32", n, &[Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(gate)),
+                                                        Arg::Ptr(self.ptr(up)), Arg::I64(n as i64)]);
+        }
+    }
+    fn silu_gate_backward(&self, dgate: &mut GpuBuf, dup: &mut GpuBuf, gate: &GpuBuf, up: &GpuBuf, dout: &GpuBuf,
+                          n: usize) {
+        if self.begin() {
+            self.launch_n("silu_gate_backward_f32", n, &[
+                Arg::Ptr(self.ptr(dgate)), Arg::Ptr(self.ptr(dup)), Arg::Ptr(self.ptr(gate)), Arg::Ptr(self.ptr(up)),
+                Arg::Ptr(self.ptr(dout)), Arg::I64(n as i64)]);
+        }
+    }
+    fn rope(&self, x: &mut GpuBuf, positions: &[i32], heads: usize, d: usize, theta: f32, inverse: bool) {
+        if positions.is_empty() || !self.begin() {
+            return;
+        }
+        let rows = positions.len();
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let pp = self.upload_ints(&mut scratch, 0, positions);
+        self.launch_n("rope_f32", rows * heads * (d / 2), &[
+            Arg::Ptr(self.ptr(x)), Arg::Ptr(pp), Arg::I32(rows as i32), Arg::I32(heads as i32), Arg::I32(d as i32),
+            Arg::F32(theta), Arg::I32(inverse as i32)]);
+    }
     fn attention_forward(&self, out: &mut GpuBuf, probs: &mut GpuBuf, q: &GpuBuf, k: &GpuBuf,
                          v: &GpuBuf, key_mask: &[i32], drop: Option<&GpuBuf>, b: usize, t: usize,
                          heads: usize, d: usize) {
