@@ -297,6 +297,39 @@ fn every_verb(target: Target) {
         worst = worst.max(p.same(&format!("attention_backward t={t} dv"), &dvc, &dvg, b * t * hd));
     }
 
+    // flash attention: one and several tiles, head dimensions below and at a warp, causal or not,
+    // padding, a fully padded sequence, dropout
+    for (t, d, causal, p_drop) in [(7, 8, false, 0.0f32), (37, 32, true, 0.2), (70, 100, false, 0.1), (45, 64, true, 0.0)] {
+        let (b, heads) = (3, 2);
+        let n = b * t * heads * d;
+        let (qc, qg) = p.up(&random(n, 130, 1.5));
+        let (kc, kg) = p.up(&random(n, 131, 1.5));
+        let (vc, vg) = p.up(&random(n, 132, 1.0));
+        let mut mask = vec![1i32; b * t];
+        mask[t + t / 2..2 * t].iter_mut().for_each(|x| *x = 0);
+        mask[2 * t..].iter_mut().for_each(|x| *x = 0);
+        let dropout = Some((p_drop, stream_key(5, &[t as u64])));
+        let (mut oc, mut og) = p.up(&vec![0.0; n]);
+        let (mut lc, mut lg) = p.up(&vec![0.0; b * t * heads]);
+        p.cpu.flash_attention_forward(&mut oc, &mut lc, &qc, &kc, &vc, &mask, causal, dropout, b, t, heads, d);
+        p.gpu.flash_attention_forward(&mut og, &mut lg, &qg, &kg, &vg, &mask, causal, dropout, b, t, heads, d);
+        let what = format!("flash attention t={t} d={d} causal={causal} p={p_drop}");
+        worst = worst.max(p.same(&format!("{what}: out"), &oc, &og, n));
+        assert_eq!(p.gpu.to_host(&lg, b * t * heads)[2 * t * heads..], lc[2 * t * heads..], "{what}: padded rows' lse");
+        worst = worst.max(assert_close(&format!("{what}: lse"), &p.gpu.to_host(&lg, 2 * t * heads), &lc[..2 * t * heads]));
+        let (gc, gg) = p.up(&random(n, 133, 1.0));
+        let (mut dqc, mut dqg) = p.up(&vec![0.0; n]);
+        let (mut dkc, mut dkg) = p.up(&vec![0.0; n]);
+        let (mut dvc, mut dvg) = p.up(&vec![0.0; n]);
+        p.cpu.flash_attention_backward(&mut dqc, &mut dkc, &mut dvc, &gc, &oc, &lc, &qc, &kc, &vc, &mask, causal, dropout,
+                                       b, t, heads, d);
+        p.gpu.flash_attention_backward(&mut dqg, &mut dkg, &mut dvg, &gg, &og, &lg, &qg, &kg, &vg, &mask, causal, dropout,
+                                       b, t, heads, d);
+        worst = worst.max(p.same(&format!("{what}: dq"), &dqc, &dqg, n));
+        worst = worst.max(p.same(&format!("{what}: dk"), &dkc, &dkg, n));
+        worst = worst.max(p.same(&format!("{what}: dv"), &dvc, &dvg, n));
+    }
+
     // embeddings (with a padding row that gets no gradient), gathers and scatters
     let (vocab, h, rows) = (17, 12, 9);
     let (wc, wg) = p.up(&random(vocab * h, 17, 1.0));

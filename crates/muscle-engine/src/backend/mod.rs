@@ -236,6 +236,22 @@ pub trait Backend: Send + Sync + 'static {
     fn attention_backward(&self, dq: &mut Self::Buf, dk: &mut Self::Buf, dv: &mut Self::Buf, dout: &Self::Buf,
                           probs: &Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf,
                           drop: Option<&Self::Buf>, b: usize, t: usize, heads: usize, d: usize);
+    /// Attention without the `[t, t]` matrices, for long sequences (flash-style): the same inputs
+    /// and output as [`Backend::attention_forward`], plus an optional causal mask (decoders);
+    /// dropout is `(p, key)` with `key = rng::stream_key(seed, stream)`, dropping exactly the
+    /// entries `dropout_mask` over a `[b*heads, t, t]` buffer would. It keeps `lse` (`[b*t, heads]`:
+    /// each query row's log-sum-exp, +inf where no key is visible) for the backward, which
+    /// recomputes the probabilities from it.
+    #[allow(clippy::too_many_arguments)]
+    fn flash_attention_forward(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q: &Self::Buf, k: &Self::Buf,
+                               v: &Self::Buf, key_mask: &[i32], causal: bool, dropout: Option<(f32, u64)>, b: usize,
+                               t: usize, heads: usize, d: usize);
+    /// Writes `dq`, `dk`, `dv` (not accumulated) from `dout` and the forward's `out` and `lse`.
+    #[allow(clippy::too_many_arguments)]
+    fn flash_attention_backward(&self, dq: &mut Self::Buf, dk: &mut Self::Buf, dv: &mut Self::Buf, dout: &Self::Buf,
+                                out: &Self::Buf, lse: &Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf,
+                                key_mask: &[i32], causal: bool, dropout: Option<(f32, u64)>, b: usize, t: usize,
+                                heads: usize, d: usize);
     /// Softmax + mean cross-entropy over `rows` rows of `n` classes; saves probabilities, returns
     /// the mean loss.
     fn softmax_xent_forward(&self, probs: &mut Self::Buf, logits: &Self::Buf, labels: &[i32], rows: usize, n: usize) -> f32;

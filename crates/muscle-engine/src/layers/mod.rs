@@ -6,6 +6,7 @@ pub mod attention;
 pub mod decoder_mlp;
 pub mod dropout;
 pub mod embedding;
+pub mod flash_attention;
 pub mod layer_norm;
 pub mod linear;
 pub mod lora;

@@ -5,6 +5,7 @@
 mod attention;
 mod decoder;
 mod elementwise;
+mod flash_attention;
 mod norm;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
@@ -384,6 +385,19 @@ impl Backend for Cpu {
     fn rope(&self, x: &mut Vec<f32>, positions: &[i32], heads: usize, d: usize, theta: f32, inverse: bool) {
         let rows = positions.len();
         decoder::rope(&mut x[..rows * heads * d], positions, heads, d, theta, inverse);
+    }
+    fn flash_attention_forward(&self, out: &mut Vec<f32>, lse: &mut Vec<f32>, q: &Vec<f32>, k: &Vec<f32>,
+                               v: &Vec<f32>, key_mask: &[i32], causal: bool, dropout: Option<(f32, u64)>, b: usize,
+                               t: usize, heads: usize, d: usize) {
+        let mk = flash_attention::Masking { key_mask, causal, dropout };
+        flash_attention::forward(out, lse, q, k, v, mk, b, t, heads, d);
+    }
+    fn flash_attention_backward(&self, dq: &mut Vec<f32>, dk: &mut Vec<f32>, dv: &mut Vec<f32>, dout: &Vec<f32>,
+                                out: &Vec<f32>, lse: &Vec<f32>, q: &Vec<f32>, k: &Vec<f32>, v: &Vec<f32>,
+                                key_mask: &[i32], causal: bool, dropout: Option<(f32, u64)>, b: usize, t: usize,
+                                heads: usize, d: usize) {
+        let mk = flash_attention::Masking { key_mask, causal, dropout };
+        flash_attention::backward(dq, dk, dv, dout, out, lse, q, k, v, mk, b, t, heads, d);
     }
     fn attention_forward(&self, out: &mut Vec<f32>, probs: &mut Vec<f32>, q: &Vec<f32>, k: &Vec<f32>,
                          v: &Vec<f32>, key_mask: &[i32], drop: Option<&Vec<f32>>, b: usize, t: usize,

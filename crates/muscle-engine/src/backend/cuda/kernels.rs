@@ -35,6 +35,12 @@ pub const MODULES: &[Module] = &[
                    "silu_gate_forward_f32", "silu_gate_backward_f32", "rope_f32"],
     },
     Module {
+        file: "flash_attention.cu",
+        source: include_str!("kernels/flash_attention.cu"),
+        kernels: &["flash_attention_forward_f32", "attention_row_dot_f32", "flash_attention_dq_f32",
+                   "flash_attention_dkv_f32"],
+    },
+    Module {
         file: "multi.cu",
         source: include_str!("kernels/multi.cu"),
         kernels: &["scale_many_f32", "axpby_many_f32", "adamw_many_f32", "dots_many_f32"],

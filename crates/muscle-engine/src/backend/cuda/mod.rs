@@ -760,6 +760,45 @@ impl Backend for Cuda {
         self.gemm_arrays(arrays[2], (t, false), (hd, false), hd, t, d, t, scale, bh);
         self.gemm_arrays(arrays[3], (t, true), (hd, false), hd, t, d, t, scale, bh);
     }
+    fn flash_attention_forward(&self, out: &mut GpuBuf, lse: &mut GpuBuf, q: &GpuBuf, k: &GpuBuf, v: &GpuBuf,
+                               key_mask: &[i32], causal: bool, dropout: Option<(f32, u64)>, b: usize, t: usize,
+                               heads: usize, d: usize) {
+        if b * t == 0 || !self.flash_shape_ok(d) {
+            return;
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let pm = self.upload_ints(&mut scratch, 0, &key_mask[..b * t]);
+        let mut args = vec![Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(lse)), Arg::Ptr(self.ptr(q)), Arg::Ptr(self.ptr(k)),
+                            Arg::Ptr(self.ptr(v)), Arg::Ptr(pm)];
+        args.extend(flash_tail(t, heads, d, causal, dropout));
+        self.launch("flash_attention_forward_f32", (t.div_ceil(FA_WARPS) as u32, (b * heads) as u32, 1),
+                    (32 * FA_WARPS as u32, 1, 1), 0, &args);
+    }
+    fn flash_attention_backward(&self, dq: &mut GpuBuf, dk: &mut GpuBuf, dv: &mut GpuBuf, dout: &GpuBuf, out: &GpuBuf,
+                                lse: &GpuBuf, q: &GpuBuf, k: &GpuBuf, v: &GpuBuf, key_mask: &[i32], causal: bool,
+                                dropout: Option<(f32, u64)>, b: usize, t: usize, heads: usize, d: usize) {
+        if b * t == 0 || !self.flash_shape_ok(d) {
+            return;
+        }
+        let rows = b * t * heads;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let pm = self.upload_ints(&mut scratch, 0, &key_mask[..b * t]);
+        let [dsum] = self.attn_scratch(&mut scratch, [rows]);
+        // D = rowsum(dOut * Out), then dQ over query rows and dK, dV over key rows
+        self.launch("attention_row_dot_f32", (rows.div_ceil(ATTN_WARPS) as u32, 1, 1), (32 * ATTN_WARPS as u32, 1, 1), 0,
+                    &[Arg::Ptr(dsum), Arg::Ptr(self.ptr(dout)), Arg::Ptr(self.ptr(out)), Arg::I64(rows as i64),
+                      Arg::I32(d as i32)]);
+        let grid = (t.div_ceil(FA_WARPS) as u32, (b * heads) as u32, 1);
+        let (pg, pl, pq, pk, pv) = (self.ptr(dout), self.ptr(lse), self.ptr(q), self.ptr(k), self.ptr(v));
+        let mut args = vec![Arg::Ptr(self.ptr(dq)), Arg::Ptr(pg), Arg::Ptr(pl), Arg::Ptr(dsum), Arg::Ptr(pq), Arg::Ptr(pk),
+                            Arg::Ptr(pv), Arg::Ptr(pm)];
+        args.extend(flash_tail(t, heads, d, causal, dropout));
+        self.launch("flash_attention_dq_f32", grid, (32 * FA_WARPS as u32, 1, 1), 0, &args);
+        let mut args = vec![Arg::Ptr(self.ptr(dk)), Arg::Ptr(self.ptr(dv)), Arg::Ptr(pg), Arg::Ptr(pl), Arg::Ptr(dsum),
+                            Arg::Ptr(pq), Arg::Ptr(pk), Arg::Ptr(pv), Arg::Ptr(pm)];
+        args.extend(flash_tail(t, heads, d, causal, dropout));
+        self.launch("flash_attention_dkv_f32", grid, (32 * FA_WARPS as u32, 1, 1), 0, &args);
+    }
     fn softmax_xent_forward(&self, probs: &mut GpuBuf, logits: &GpuBuf, labels: &[i32], rows: usize, n: usize) -> f32 {
         if rows == 0 || !self.begin() {
             return f32::NAN;
@@ -822,6 +861,19 @@ fn adam_corrections(lr: f32, beta1: f32, beta2: f32, step: u64) -> (f32, f32) {
     ((lr as f64 / bc1) as f32, bc2.sqrt() as f32)
 }
 
+/// Rows (warps) per block of the flash-attention kernels, and the largest head dimension they take
+/// (flash_attention.cu's FA_WARPS and FA_DMAX).
+const FA_WARPS: usize = 4;
+const FA_DMAX: usize = 128;
+
+/// The flash-attention kernels' last arguments: t, heads, d, causal, dropout (p, 1/(1-p), key).
+fn flash_tail(t: usize, heads: usize, d: usize, causal: bool, dropout: Option<(f32, u64)>) -> [Arg; 7] {
+    let (p, key) = dropout.filter(|&(p, _)| p > 0.0).unwrap_or((0.0, 0));
+    let keep = if p > 0.0 { 1.0 / (1.0 - p) } else { 1.0 };
+    [Arg::I32(t as i32), Arg::I32(heads as i32), Arg::I32(d as i32), Arg::I32(causal as i32), Arg::F32(p), Arg::F32(keep),
+     Arg::U64(key)]
+}
+
 /// Rows (warps) per block of the attention row kernels.
 const ATTN_WARPS: usize = 4;
 
@@ -877,6 +929,18 @@ impl Cuda {
         args.extend(extra(total));
         self.launch(name, (total as u32, 1, 1), (THREADS, 1, 1), 0, &args);
         starts
+    }
+
+    /// False, with the error kept, for a head dimension the flash kernels do not take.
+    fn flash_shape_ok(&self, d: usize) -> bool {
+        if !self.begin() {
+            return false;
+        }
+        if d > FA_DMAX {
+            self.record::<()>("flash attention", Err(format!("head dimension {d} is over the kernels' {FA_DMAX}")));
+            return false;
+        }
+        true
     }
 
     /// Attention's scratch buffers, at least `sizes[i]` floats each; returns their addresses.
