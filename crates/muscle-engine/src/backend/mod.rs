@@ -36,6 +36,9 @@ pub struct AdamwItem<'a, B: Backend + ?Sized> {
     pub weight_decay: f32,
 }
 
+/// One tensor of [`Backend::axpby_many`]: `(y, a, x, b, n)` for `y = a x + b y`.
+pub type AxpbyItem<'a, B> = (&'a mut <B as Backend>::Buf, f32, &'a <B as Backend>::Buf, f32, usize);
+
 pub trait Backend: Send + Sync + 'static {
     type Buf: Send + Sync;
 
@@ -155,7 +158,7 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// `y = a x + b y` for every `(y, a, x, b, n)`; with `b = 0`, `y` is not read (`y = a x`, so a
     /// non-finite old `y` does not leak into the result): gradient alignment's combination.
-    fn axpby_many(&self, items: &mut [(&mut Self::Buf, f32, &Self::Buf, f32, usize)]) {
+    fn axpby_many(&self, items: &mut [AxpbyItem<'_, Self>]) {
         for (y, a, x, b, n) in items.iter_mut() {
             if *b == 0.0 {
                 self.copy(y, x, *n);

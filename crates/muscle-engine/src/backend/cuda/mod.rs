@@ -13,7 +13,7 @@ pub mod kernels;
 pub mod libs;
 pub mod runtime;
 
-use super::{AdamwItem, Backend, Mat};
+use super::{AdamwItem, AxpbyItem, Backend, Mat};
 use crate::error::{EngineError, Result};
 use cudarc::driver::{CudaContext, DeviceRepr, ValidAsZeroBits};
 use runtime::{Calls, Driver, Gemm, KernelEmulator, Kind, Mem, Runtime};
@@ -529,7 +529,7 @@ impl Backend for Cuda {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         self.launch_many(&mut scratch, "scale_many_f32", 2, &words, &lens, |_| vec![Arg::F32(a)]);
     }
-    fn axpby_many(&self, items: &mut [(&mut GpuBuf, f32, &GpuBuf, f32, usize)]) {
+    fn axpby_many(&self, items: &mut [AxpbyItem<'_, Self>]) {
         if items.is_empty() || !self.begin() {
             return;
         }

@@ -27,6 +27,10 @@ pub enum Mem<T> {
 }
 
 impl<T> Mem<T> {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn len(&self) -> usize {
         match self {
             Mem::Device(s) => s.len(),
