@@ -40,7 +40,7 @@ def main():
         print(f"| {fam} | {mode} | {b} x {t} | {prec} | {o['ms']:.1f} | " + (f"{r['ms']:.1f}" if r else "-") + " | "
               + (f"{r['ms'] / o['ms']:.2f}x" if r else "-") + f" | {b * t / (o['ms'] / 1e3):.0f} | "
               + (f"{mem / 2**30:.2f}" if mem else "-") + " | " + (f"{r['peak_memory_gib']:.2f}" if r else "-") + " | "
-              + str(o.get("driver_calls", "-")) + " |")
+              + str(o.get("driver_calls") or "-") + " |")
     print("\nspeed-up = PyTorch ms / ours ms at the same precision (> 1: ours faster). Issue 6's target: the "
           "MuScleLoRA step at >= 4x PyTorch's bf16 step. Our memory is what the context holds after the steps "
           "(cuMemGetInfo), PyTorch's its allocator's peak. Driver calls: kernel launches, GEMMs and copies "
