@@ -5,9 +5,12 @@
 #include "emu.hpp"
 #include "registry.hpp"
 
+#include <csignal>
 #include <cstdio>
+#include <mutex>
 #include <string>
 #include <ucontext.h>
+#include <unistd.h>
 #include <vector>
 
 namespace emu {
@@ -119,6 +122,49 @@ bool run_block(Block& b, bool reverse) {
         return false;
     }
 }
+// What runs now, for the fault handler: the engine's emulated buffers end at a guard page, so a
+// kernel reading or writing past a buffer faults; the handler names the kernel, block and thread.
+thread_local const char* running_kernel = nullptr;
+struct sigaction previous_segv;
+
+void on_fault(int sig, siginfo_t* info, void*) {
+    Block* b = active;
+    if (!running_kernel || !b) {
+        // not an emulated kernel: hand the fault to whoever handled it before (Rust's stack-overflow report)
+        sigaction(SIGSEGV, &previous_segv, nullptr);
+        return;
+    }
+    char msg[400];
+    const int n = std::snprintf(msg, sizeof msg,
+                                "muscle-cuda-emu: kernel %s, block (%u,%u,%u) thread (%u,%u,%u), touched address %p outside "
+                                "its buffers (or overflowed its 64 KiB stack)\n",
+                                running_kernel, block_idx.x, block_idx.y, block_idx.z, thread_idx.x, thread_idx.y,
+                                thread_idx.z, info ? info->si_addr : nullptr);
+    if (n > 0) (void)!write(2, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    _exit(128 + sig);
+}
+
+// Installs the handler once per process, and an alternate signal stack once per OS thread (a fault
+// may come from a fiber's small stack).
+void watch_faults() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa {};
+        sa.sa_sigaction = on_fault;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, &previous_segv);
+    });
+    thread_local std::vector<char> alt(64 * 1024);
+    thread_local bool set = false;
+    if (!set) {
+        stack_t st {};
+        st.ss_sp = alt.data();
+        st.ss_size = alt.size();
+        sigaltstack(&st, nullptr);
+        set = true;
+    }
+}
 }  // namespace
 
 int lane() { return active->current & 31; }
@@ -172,6 +218,8 @@ extern "C" int muscle_emu_launch(const char* name, const unsigned* grid, const u
     emu::block_dim = dim3{block[0], block[1], block[2]};
     emu::grid_dim = dim3{grid[0], grid[1], grid[2]};
     const bool reverse = (emu::launches++ & 1) != 0;
+    emu::watch_faults();
+    emu::running_kernel = k->name;
     bool ok = true;
     for (unsigned z = 0; ok && z < grid[2]; z++)
         for (unsigned y = 0; ok && y < grid[1]; y++)
@@ -180,5 +228,6 @@ extern "C" int muscle_emu_launch(const char* name, const unsigned* grid, const u
                 ok = emu::run_block(b, reverse);
             }
     emu::active = outer;
+    emu::running_kernel = nullptr;
     return ok ? 0 : fail(std::string(name) + ": " + b.error);
 }

@@ -18,3 +18,8 @@ extern "C" __global__ void emu_selftest_barrier(float* out) {
 extern "C" __global__ void emu_selftest_shuffle_down(float* x) {
     x[threadIdx.x] = __shfl_down_sync(0xffffffffu, x[threadIdx.x], 1);
 }
+
+// Writes one element past the end of x (n elements): the fault handler must name this kernel.
+extern "C" __global__ void emu_selftest_overrun(float* x, int n) {
+    if (threadIdx.x == 0) x[n] = 1.0f;
+}

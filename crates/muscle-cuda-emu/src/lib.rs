@@ -100,6 +100,36 @@ mod tests {
         assert!(e.contains("16 lanes wait at a warp exchange that 16 exited"), "{e}");
     }
 
+    /// In a child process (the fault ends it): a buffer that ends at an inaccessible page, as the
+    /// engine's emulated buffers do, and a kernel that writes one element past it.
+    #[test]
+    fn a_kernel_that_overruns_its_buffer_is_named() {
+        const CHILD: &str = "MUSCLE_EMU_OVERRUN_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            unsafe {
+                let page = 4096usize.max(libc::sysconf(libc::_SC_PAGESIZE) as usize);
+                let map = libc::mmap(std::ptr::null_mut(), 2 * page, libc::PROT_READ | libc::PROT_WRITE,
+                                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+                assert_ne!(map, libc::MAP_FAILED);
+                libc::mprotect((map as *mut u8).add(page) as *mut libc::c_void, page, libc::PROT_NONE);
+                let n = 16usize;
+                let x = (map as *mut u8).add(page - 4 * n) as u64;
+                let mut args = [x, n as u64];
+                let _ = launch("emu_selftest_overrun", (1, 1, 1), (32, 1, 1), 0, &mut args);
+            }
+            panic!("the overrun did not fault");
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::a_kernel_that_overruns_its_buffer_is_named", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the child must fail: {err}");
+        assert!(err.contains("kernel emu_selftest_overrun, block (0,0,0) thread (0,0,0)")
+                && err.contains("outside its buffers"), "{err}");
+    }
+
     #[test]
     fn misuse_is_an_error_not_a_hang() {
         let mut x = vec![0.0f32; 4];

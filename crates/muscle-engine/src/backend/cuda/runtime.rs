@@ -40,10 +40,14 @@ impl<T> Mem<T> {
 }
 
 /// Zeroed host memory written through raw addresses by emulated kernels (hence no `Vec`: nothing
-/// else holds a reference into it while a kernel runs).
+/// else holds a reference into it while a kernel runs). Each buffer is mapped on its own pages and
+/// ends exactly where an inaccessible guard page begins, so a kernel that reads or writes past the
+/// end faults at once (the emulator then names the kernel) instead of corrupting other buffers.
 pub struct HostMem<T> {
     ptr: NonNull<T>,
     len: usize,
+    /// the whole mapping: (start, bytes), guard page included
+    map: (*mut libc::c_void, usize),
 }
 
 // SAFETY: plain numbers; the backend orders every access on one logical stream.
@@ -51,18 +55,36 @@ unsafe impl<T: Send> Send for HostMem<T> {}
 unsafe impl<T: Sync> Sync for HostMem<T> {}
 
 impl<T: Copy + Default> HostMem<T> {
-    fn zeroed(n: usize) -> Self {
-        let b: Box<[T]> = vec![T::default(); n.max(1)].into_boxed_slice();
-        let len = b.len();
-        // SAFETY: Box::into_raw never returns null.
-        HostMem { ptr: unsafe { NonNull::new_unchecked(Box::into_raw(b) as *mut T) }, len }
+    fn zeroed(n: usize) -> Result<Self, String> {
+        let len = n.max(1);
+        let bytes = len * std::mem::size_of::<T>();
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let data_pages = bytes.div_ceil(page);
+        let total = (data_pages + 1) * page;
+        // SAFETY: a fresh private anonymous mapping (zero-filled); the last page is made inaccessible.
+        unsafe {
+            let map = libc::mmap(std::ptr::null_mut(), total, libc::PROT_READ | libc::PROT_WRITE,
+                                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+            if map == libc::MAP_FAILED {
+                return Err(format!("mmap of {total} bytes failed"));
+            }
+            let guard = (map as *mut u8).add(data_pages * page);
+            if libc::mprotect(guard as *mut libc::c_void, page, libc::PROT_NONE) != 0 {
+                libc::munmap(map, total);
+                return Err("mprotect of a guard page failed".into());
+            }
+            // the buffer ends where the guard page starts (its alignment is T's: page - bytes keeps it)
+            let start = guard.sub(bytes) as *mut T;
+            Ok(HostMem { ptr: NonNull::new_unchecked(start), len, map: (map, total) })
+        }
     }
 }
 
 impl<T> Drop for HostMem<T> {
     fn drop(&mut self) {
-        // SAFETY: made by `zeroed` from a boxed slice of exactly `len` elements.
-        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len))) };
+        // SAFETY: the mapping made by `zeroed`, unmapped once.
+        unsafe { libc::munmap(self.map.0, self.map.1) };
     }
 }
 
@@ -162,7 +184,7 @@ impl Runtime {
     pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits + Copy + Default>(&self, n: usize) -> Result<Mem<T>, String> {
         match &self.kind {
             Kind::Driver(d) => d.stream.alloc_zeros::<T>(n.max(1)).map(Mem::Device).map_err(dbg),
-            Kind::Emulated(_) => Ok(Mem::Host(HostMem::zeroed(n))),
+            Kind::Emulated(_) => HostMem::zeroed(n).map(Mem::Host),
         }
     }
 
