@@ -28,6 +28,8 @@ struct Args {
     kernels: bool,
     tune: Option<Vec<[usize; 4]>>,
     cuda: bool,
+    /// `--device cuda-dry`: the CUDA backend's books without a device (calls and memory, no times)
+    dry: bool,
     roberta: bool,
     bf16: bool,
 }
@@ -47,7 +49,7 @@ fn parse_tune(spec: &str) -> std::result::Result<Vec<[usize; 4]>, String> {
 fn parse_args() -> std::result::Result<Args, String> {
     let mut a = Args { layers: 12, hidden: 768, batch: 32, seq: 64, iters: 3,
                        modes: vec!["lora".into(), "musclelora".into(), "full".into(), "eval".into()], json: None,
-                       gemms: false, kernels: false, tune: None, cuda: false, roberta: false, bf16: false };
+                       gemms: false, kernels: false, tune: None, cuda: false, dry: false, roberta: false, bf16: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -73,20 +75,23 @@ fn parse_args() -> std::result::Result<Args, String> {
                 "roberta" => true,
                 other => return Err(format!("--family: `{other}` is not one of bert, roberta")),
             },
-            "--device" => a.cuda = match val()?.as_str() {
-                "cpu" => false,
-                "cuda" => true,
-                other => return Err(format!("--device: `{other}` is not one of cpu, cuda")),
+            "--device" => (a.cuda, a.dry) = match val()?.as_str() {
+                "cpu" => (false, false),
+                "cuda" => (true, false),
+                "cuda-dry" => (true, true),
+                other => return Err(format!("--device: `{other}` is not one of cpu, cuda, cuda-dry")),
             },
             "-h" | "--help" => {
                 println!("muscle-bench [--layers 12] [--hidden 768] [--batch 32] [--seq 64] [--iters 3] \
-                          [--modes lora,musclelora,full,eval] [--device cpu|cuda] [--precision f32|bf16] [--family bert|roberta] [--json out.json] [--gemms] [--kernels] [--tune CONFIGS]\n\n\
+                          [--modes lora,musclelora,full,eval] [--device cpu|cuda|cuda-dry] [--precision f32|bf16] [--family bert|roberta] [--json out.json] [--gemms] [--kernels] [--tune CONFIGS]\n\n\
                           Times training steps of a random BERT- (or RoBERTa-) shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
                           dropout 0.1) against the machine's SGEMM peak (2048^3 on the CPU, ours and numpy's; cuBLAS f32 at\n\
                           8192^3 on a GPU), measured right before every timed step: a step's ratio is the median of\n\
                           (step GFLOP/s / best SGEMM just before it), which cancels the drift of a shared machine.\n\
                           --device cuda: the CUDA backend on GPU 0, with the device memory in use after the steps\n\
                           and the driver calls (kernel launches, GEMMs, copies) of the last timed step;\n\
+                          --device cuda-dry: no device and no timing, the CUDA backend's books for one step of each mode:\n\
+                          its driver calls and the most device memory it would allocate (any model size, any machine);\n\
                           --precision bf16 (GPU only): frozen weights and their GEMMs in bf16, f32 accumulation.\n\
                           --gemms: GFLOP/s of each layer GEMM shape; --kernels: ms of the non-GEMM kernels per layer (CPU).\n\
                           --tune \"kc,mc,nc,split;...\" (CPU, x86-64): our SGEMM's blockings (0 = built-in; split 0 rule, 1 M,\n\
@@ -344,6 +349,10 @@ fn main() {
         #[cfg(feature = "cuda")]
         {
             let precision = if args.bf16 { Precision::Bf16 } else { Precision::F32 };
+            if args.dry {
+                let device = format!("CUDA backend, dry run, {}", if args.bf16 { "bf16" } else { "f32" });
+                return bench(&args, || Cuda::dry_run(precision), &device, |_| vec![], cuda_stats);
+            }
             let open = || Cuda::with_precision(0, precision).unwrap_or_else(|e| {
                 eprintln!("muscle-bench: {e}");
                 std::process::exit(1)
@@ -355,7 +364,7 @@ fn main() {
             drop(be);
             let name = format!("SGEMM 8192^3, cuBLAS f32 ({})", info.name);
             let peaks = move |be: &Cuda| vec![(name.clone(), sgemm_peak(be, 8192, 3))];
-            return bench(&args, open, &device, peaks, |be| (be.memory_used(), be.calls().total()));
+            return bench(&args, open, &device, peaks, cuda_stats);
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -376,7 +385,15 @@ fn main() {
         tune(&be, args.batch * args.seq, args.hidden, configs, args.iters.max(3));
         return;
     }
-    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, 0));
+    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, [0; 4]));
+}
+
+/// Device memory in use (a dry run: the most it allocated) and the driver calls so far: kernels,
+/// GEMMs, copies, waits.
+#[cfg(feature = "cuda")]
+fn cuda_stats(be: &Cuda) -> (usize, [u64; 4]) {
+    let c = be.calls();
+    (be.memory_used(), [c.kernels, c.gemms, c.copies, c.waits])
 }
 
 /// Times each mode's step on backends from `open` and prints the table (and the JSON).
@@ -385,7 +402,8 @@ fn main() {
 /// measured right before every timed step and each step is set against the best GEMM of its own
 /// measurement; a mode's ratio is the median of those paired ratios.
 fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: impl Fn(&B) -> Peaks,
-                     device_stats: impl Fn(&B) -> (usize, u64)) {
+                     device_stats: impl Fn(&B) -> (usize, [u64; 4])) {
+    let calls_of = |be: &B| -> u64 { device_stats(be).1[..3].iter().sum() };
     let heads = (args.hidden / 64).max(1);
     // RoBERTa: its vocabulary, position offset (514 = 512 + padding index + 1) and single token type
     let (family, kind, vocab, positions, types, pad) =
@@ -410,6 +428,7 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
 
     let (mut rows, mut samples, mut best_samples): (Vec<_>, Vec<(String, Vec<f64>)>, Vec<f64>) =
         (Vec::new(), Vec::new(), Vec::new());
+    let mut dry_rows: Vec<(String, Vec<u64>, usize)> = Vec::new();
     for mode in &args.modes {
         let lora = LoraSpec { r: 8, alpha: 32.0, dropout: 0.0, targets: vec!["query".into(), "value".into()] };
         let (spec, kind, ga) = match mode.as_str() {
@@ -439,6 +458,14 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         };
         eprintln!("{mode}: warm-up...");
         run(&mut clf);
+        if args.dry {
+            let before = device_stats(&clf.be).1;
+            run(&mut clf);
+            let (mem, after) = device_stats(&clf.be);
+            let step: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+            dry_rows.push((mode.clone(), step, mem));
+            continue;
+        }
         let (mut times, mut ratios, mut busy, mut calls) = (Vec::new(), Vec::new(), Vec::new(), 0);
         let gflop = flops::step(&shape, kind, ga) / 1e9;
         for _ in 0..args.iters {
@@ -451,10 +478,10 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
                 }
             }
             best_samples.push(best);
-            let (t0, cpu0, calls0) = (Instant::now(), cpu_seconds(), device_stats(&clf.be).1);
+            let (t0, cpu0, calls0) = (Instant::now(), cpu_seconds(), calls_of(&clf.be));
             run(&mut clf);
             let secs = t0.elapsed().as_secs_f64();
-            calls = device_stats(&clf.be).1 - calls0;
+            calls = calls_of(&clf.be) - calls0;
             if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
                 busy.push((b - a) / secs);
             }
@@ -470,6 +497,9 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         let busy = (!busy.is_empty()).then(|| busy.iter().sum::<f64>() / busy.len() as f64);
         eprintln!("{mode}: {:.1} ms{}", secs * 1e3, busy.map_or(String::new(), |u| format!(", {u:.2} cores busy")));
         rows.push((mode.clone(), secs * 1e3, gflop, rate, median(ratios), mem, busy, calls));
+    }
+    if args.dry {
+        return dry_report(args, device, &dry_rows);
     }
     if rows.is_empty() {
         eprintln!("muscle-bench: nothing timed (--iters 0)");
@@ -503,8 +533,38 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
                 "device_memory_bytes": if args.cuda { Some(*mem) } else { None },
                 "driver_calls": if args.cuda { Some(*calls) } else { None }})).collect::<Vec<_>>(),
         });
-        let tmp = format!("{path}.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&json).unwrap()).and_then(|_| std::fs::rename(&tmp, path))
-            .unwrap_or_else(|e| { eprintln!("muscle-bench: cannot write {path}: {e}"); std::process::exit(1) });
+        write_json(path, &json);
     }
+}
+
+/// `--device cuda-dry`'s table and JSON: per mode, one step's driver calls and the most device
+/// memory allocated (weights, activations, optimiser state, scratch).
+fn dry_report(args: &Args, device: &str, rows: &[(String, Vec<u64>, usize)]) {
+    let (kind, b, t) = (if args.roberta { "roberta" } else { "bert" }, args.batch, args.seq);
+    println!("Device: {device}\n");
+    println!("| step | kernels | GEMMs | copies | driver calls | waits on the device | peak device memory |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (m, c, mem) in rows {
+        println!("| {kind} {m}, {b} x {t}, {}L/{}H | {} | {} | {} | {} | {} | {:.2} GiB |", args.layers, args.hidden, c[0], c[1],
+                 c[2], c[0] + c[1] + c[2], c[3], *mem as f64 / (1u64 << 30) as f64);
+    }
+    println!("\nCounted without a device: each call as the CUDA backend would make it; memory is what it would\n\
+              allocate at most (cudaMalloc sizes), not what the driver reserves around it.");
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "device": device, "precision": if args.bf16 { "bf16" } else { "f32" },
+            "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
+            "steps": rows.iter().map(|(m, c, mem)| serde_json::json!({
+                "mode": m, "kernels": c[0], "gemms": c[1], "copies": c[2], "driver_calls": c[0] + c[1] + c[2],
+                "waits": c[3], "peak_device_memory_bytes": mem})).collect::<Vec<_>>(),
+        });
+        write_json(path, &json);
+    }
+}
+
+/// Writes `json` to `path` whole or not at all (a temporary file, then a rename).
+fn write_json(path: &str, json: &serde_json::Value) {
+    let tmp = format!("{path}.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(json).unwrap()).and_then(|_| std::fs::rename(&tmp, path))
+        .unwrap_or_else(|e| { eprintln!("muscle-bench: cannot write {path}: {e}"); std::process::exit(1) });
 }

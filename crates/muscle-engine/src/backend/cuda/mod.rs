@@ -189,6 +189,16 @@ impl Cuda {
                precision }
     }
 
+    /// A backend that allocates nothing and runs nothing but counts: the driver calls a step would
+    /// make and the device memory it would allocate at most (`memory_used`), for any model size, on
+    /// any machine. Every value read back is 0, so a step's branches (gradient alignment's gate)
+    /// are those of all-zero gradients.
+    pub fn dry_run(precision: Precision) -> Self {
+        let info = DeviceInfo { ordinal: 0, name: "dry run (no device)".into(), compute_capability: (0, 0), total_memory: 0 };
+        Cuda { rt: Runtime::new(Kind::DryRun(Default::default())), scratch: Mutex::new(Scratch::default()),
+               error: Mutex::new(None), info, precision }
+    }
+
     pub fn info(&self) -> &DeviceInfo {
         &self.info
     }
@@ -1003,7 +1013,8 @@ impl Cuda {
         self.rt.calls()
     }
 
-    /// Bytes of device memory in use by this process's context (for benchmarks).
+    /// Bytes of device memory in use by this process's context (for benchmarks); in a dry run, the
+    /// most it had allocated at once.
     pub fn memory_used(&self) -> usize {
         self.rt.memory_used()
     }

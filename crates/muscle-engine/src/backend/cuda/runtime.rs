@@ -24,6 +24,31 @@ pub trait KernelEmulator: Send + Sync {
 pub enum Mem<T> {
     Device(CudaSlice<T>),
     Host(HostMem<T>),
+    /// a dry run's buffer: a size on the books, no memory
+    Dry(DryMem),
+}
+
+/// What a dry run has allocated: bytes now and at most, shared by its buffers.
+#[derive(Default)]
+pub struct Ledger {
+    now: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+    /// fake addresses, distinct per buffer (nothing dereferences them)
+    next_address: std::sync::atomic::AtomicU64,
+}
+
+/// A dry run's buffer: `len` elements of `bytes` in all, taken off the ledger when dropped.
+pub struct DryMem {
+    len: usize,
+    bytes: usize,
+    address: u64,
+    ledger: Arc<Ledger>,
+}
+
+impl Drop for DryMem {
+    fn drop(&mut self) {
+        self.ledger.now.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl<T> Mem<T> {
@@ -35,6 +60,7 @@ impl<T> Mem<T> {
         match self {
             Mem::Device(s) => s.len(),
             Mem::Host(h) => h.len,
+            Mem::Dry(d) => d.len,
         }
     }
 }
@@ -99,6 +125,9 @@ pub struct Driver {
 pub enum Kind {
     Driver(Driver),
     Emulated(Box<dyn KernelEmulator>),
+    /// Allocates nothing and runs nothing, but keeps the books: what a step would allocate on a GPU
+    /// and which calls it would make, for a model of any size, on any machine. Values read back are 0.
+    DryRun(Arc<Ledger>),
 }
 
 /// What a runtime was asked to do: each is one call into the driver (or the emulator). A GPU step
@@ -177,7 +206,7 @@ impl Runtime {
     pub fn bind(&self) -> Result<(), String> {
         match &self.kind {
             Kind::Driver(d) => d.ctx.bind_to_thread().map_err(dbg),
-            Kind::Emulated(_) => Ok(()),
+            Kind::Emulated(_) | Kind::DryRun(_) => Ok(()),
         }
     }
 
@@ -185,6 +214,15 @@ impl Runtime {
         match &self.kind {
             Kind::Driver(d) => d.stream.alloc_zeros::<T>(n.max(1)).map(Mem::Device).map_err(dbg),
             Kind::Emulated(_) => HostMem::zeroed(n).map(Mem::Host),
+            Kind::DryRun(ledger) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                let bytes = n.max(1) * std::mem::size_of::<T>();
+                let now = ledger.now.fetch_add(bytes, Relaxed) + bytes;
+                ledger.peak.fetch_max(now, Relaxed);
+                // 256-byte aligned, as cudaMalloc's
+                let address = ledger.next_address.fetch_add(bytes.div_ceil(256) as u64 * 256, Relaxed) + (1 << 40);
+                Ok(Mem::Dry(DryMem { len: n.max(1), bytes, address, ledger: ledger.clone() }))
+            }
         }
     }
 
@@ -193,7 +231,8 @@ impl Runtime {
         match (&self.kind, m) {
             (Kind::Driver(d), Mem::Device(s)) => s.device_ptr(&d.stream).0,
             (_, Mem::Host(h)) => h.ptr.as_ptr() as u64,
-            (Kind::Emulated(_), Mem::Device(_)) => 0, // never made: emulated runtimes allocate host memory
+            (_, Mem::Dry(d)) => d.address,
+            (_, Mem::Device(_)) => 0, // never made: only the driver allocates device memory
         }
     }
 
@@ -208,6 +247,7 @@ impl Runtime {
         self.count(|c| c.copies += 1);
         match (&self.kind, dst) {
             (Kind::Driver(d), Mem::Device(s)) => d.stream.memcpy_htod(data, &mut s.slice_mut(..data.len())).map_err(dbg),
+            (_, Mem::Dry(_)) => Ok(()),
             // SAFETY: `h` holds at least data.len() elements (checked above).
             (_, Mem::Host(h)) => unsafe {
                 std::ptr::copy_nonoverlapping(data.as_ptr(), h.ptr.as_ptr(), data.len());
@@ -228,6 +268,7 @@ impl Runtime {
         });
         match (&self.kind, src) {
             (Kind::Driver(d), Mem::Device(s)) => d.stream.clone_dtoh(&s.slice(..n)).map_err(dbg),
+            (_, Mem::Dry(_)) => Ok(vec![T::default(); n]),
             // SAFETY: in bounds (checked above); no kernel runs concurrently on an emulated runtime.
             (_, Mem::Host(h)) => Ok(unsafe { std::slice::from_raw_parts(h.ptr.as_ptr(), n) }.to_vec()),
             _ => Err("a device buffer on an emulated runtime".into()),
@@ -244,13 +285,14 @@ impl Runtime {
                 std::ptr::copy(src as *const u8, dst as *mut u8, bytes);
                 Ok(())
             }
+            Kind::DryRun(_) => Ok(()),
         }
     }
 
     pub fn synchronize(&self) -> Result<(), String> {
         match &self.kind {
             Kind::Driver(d) => d.stream.synchronize().map_err(dbg),
-            Kind::Emulated(_) => Ok(()),
+            Kind::Emulated(_) | Kind::DryRun(_) => Ok(()),
         }
     }
 
@@ -267,6 +309,7 @@ impl Runtime {
                                                       &mut params).map_err(dbg)
             }
             Kind::Emulated(e) => e.launch(name, grid, block, shared_bytes, args),
+            Kind::DryRun(_) => Ok(()),
         }
     }
 
@@ -280,6 +323,7 @@ impl Runtime {
                 emulated_gemm(g);
                 Ok(())
             }
+            Kind::DryRun(_) => Ok(()),
         }
     }
 
@@ -291,6 +335,8 @@ impl Runtime {
                 d.ctx.mem_get_info().map(|(free, total)| total - free).unwrap_or(0)
             }
             Kind::Emulated(_) => 0,
+            // the peak of what was allocated
+            Kind::DryRun(ledger) => ledger.peak.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
