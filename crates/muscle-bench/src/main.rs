@@ -351,7 +351,7 @@ fn main() {
             let precision = if args.bf16 { Precision::Bf16 } else { Precision::F32 };
             if args.dry {
                 let device = format!("CUDA backend, dry run, {}", if args.bf16 { "bf16" } else { "f32" });
-                return bench(&args, || Cuda::dry_run(precision), &device, |_| vec![], cuda_stats);
+                return bench(&args, || Cuda::dry_run(precision), &device, |_| vec![], cuda_stats, Cuda::launches);
             }
             let open = || Cuda::with_precision(0, precision).unwrap_or_else(|e| {
                 eprintln!("muscle-bench: {e}");
@@ -364,7 +364,7 @@ fn main() {
             drop(be);
             let name = format!("SGEMM 8192^3, cuBLAS f32 ({})", info.name);
             let peaks = move |be: &Cuda| vec![(name.clone(), sgemm_peak(be, 8192, 3))];
-            return bench(&args, open, &device, peaks, cuda_stats);
+            return bench(&args, open, &device, peaks, cuda_stats, Cuda::launches);
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -385,7 +385,8 @@ fn main() {
         tune(&be, args.batch * args.seq, args.hidden, configs, args.iters.max(3));
         return;
     }
-    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, [0; 4]));
+    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, [0; 4]),
+          |_| Default::default());
 }
 
 /// Device memory in use (a dry run: the most it allocated) and the driver calls so far: kernels,
@@ -402,7 +403,8 @@ fn cuda_stats(be: &Cuda) -> (usize, [u64; 4]) {
 /// measured right before every timed step and each step is set against the best GEMM of its own
 /// measurement; a mode's ratio is the median of those paired ratios.
 fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: impl Fn(&B) -> Peaks,
-                     device_stats: impl Fn(&B) -> (usize, [u64; 4])) {
+                     device_stats: impl Fn(&B) -> (usize, [u64; 4]),
+                     launches: impl Fn(&B) -> std::collections::HashMap<&'static str, u64>) {
     let calls_of = |be: &B| -> u64 { device_stats(be).1[..3].iter().sum() };
     let heads = (args.hidden / 64).max(1);
     // RoBERTa: its vocabulary, position offset (514 = 512 + padding index + 1) and single token type
@@ -428,7 +430,7 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
 
     let (mut rows, mut samples, mut best_samples): (Vec<_>, Vec<(String, Vec<f64>)>, Vec<f64>) =
         (Vec::new(), Vec::new(), Vec::new());
-    let mut dry_rows: Vec<(String, Vec<u64>, usize)> = Vec::new();
+    let mut dry_rows: Vec<DryRow> = Vec::new();
     for mode in &args.modes {
         let lora = LoraSpec { r: 8, alpha: 32.0, dropout: 0.0, targets: vec!["query".into(), "value".into()] };
         let (spec, kind, ga) = match mode.as_str() {
@@ -459,11 +461,16 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         eprintln!("{mode}: warm-up...");
         run(&mut clf);
         if args.dry {
-            let before = device_stats(&clf.be).1;
+            let (before, kernels_before) = (device_stats(&clf.be).1, launches(&clf.be));
             run(&mut clf);
             let (mem, after) = device_stats(&clf.be);
             let step: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
-            dry_rows.push((mode.clone(), step, mem));
+            let mut per_kernel: Vec<(&str, u64)> = launches(&clf.be).into_iter()
+                .map(|(k, n)| (k, n - kernels_before.get(k).copied().unwrap_or(0)))
+                .filter(|&(_, n)| n > 0)
+                .collect();
+            per_kernel.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            dry_rows.push((mode.clone(), step, mem, per_kernel));
             continue;
         }
         let (mut times, mut ratios, mut busy, mut calls) = (Vec::new(), Vec::new(), Vec::new(), 0);
@@ -539,14 +546,22 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
 
 /// `--device cuda-dry`'s table and JSON: per mode, one step's driver calls and the most device
 /// memory allocated (weights, activations, optimiser state, scratch).
-fn dry_report(args: &Args, device: &str, rows: &[(String, Vec<u64>, usize)]) {
+/// A dry-run step: mode, calls (kernels, GEMMs, copies, waits), peak memory, launches per kernel.
+type DryRow = (String, Vec<u64>, usize, Vec<(&'static str, u64)>);
+
+fn dry_report(args: &Args, device: &str, rows: &[DryRow]) {
     let (kind, b, t) = (if args.roberta { "roberta" } else { "bert" }, args.batch, args.seq);
     println!("Device: {device}\n");
     println!("| step | kernels | GEMMs | copies | driver calls | waits on the device | peak device memory |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (m, c, mem) in rows {
+    for (m, c, mem, _) in rows {
         println!("| {kind} {m}, {b} x {t}, {}L/{}H | {} | {} | {} | {} | {} | {:.2} GiB |", args.layers, args.hidden, c[0], c[1],
                  c[2], c[0] + c[1] + c[2], c[3], *mem as f64 / (1u64 << 30) as f64);
+    }
+    println!("\nKernel launches per step:");
+    for (m, _, _, per_kernel) in rows {
+        let list: Vec<String> = per_kernel.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("- {m}: {}", list.join(", "));
     }
     println!("\nCounted without a device: each call as the CUDA backend would make it; memory is what it would\n\
               allocate at most (cudaMalloc sizes), not what the driver reserves around it.");
@@ -554,9 +569,11 @@ fn dry_report(args: &Args, device: &str, rows: &[(String, Vec<u64>, usize)]) {
         let json = serde_json::json!({
             "device": device, "precision": if args.bf16 { "bf16" } else { "f32" },
             "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
-            "steps": rows.iter().map(|(m, c, mem)| serde_json::json!({
+            "steps": rows.iter().map(|(m, c, mem, per_kernel)| serde_json::json!({
                 "mode": m, "kernels": c[0], "gemms": c[1], "copies": c[2], "driver_calls": c[0] + c[1] + c[2],
-                "waits": c[3], "peak_device_memory_bytes": mem})).collect::<Vec<_>>(),
+                "waits": c[3], "peak_device_memory_bytes": mem,
+                "launches": per_kernel.iter().map(|(k, n)| (k.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>()}))
+                .collect::<Vec<_>>(),
         });
         write_json(path, &json);
     }

@@ -765,9 +765,10 @@ fn driver_calls_per_bert_base_musclelora_step() {
     let calls = calls_of_a_step(Cuda::dry_run(Precision::Bf16), model, 32, 64, 1.0);
     eprintln!("BERT-base MuScleLoRA step, bf16, 32 x 64: {} driver calls ({} kernels, {} GEMMs, {} copies), {} waits",
               calls.total(), calls.kernels, calls.gemms, calls.copies, calls.waits);
-    // measured when written: 1,573. (Before the many-tensor kernels, the fused stores, the in-place
-    // attention GEMMs and the shared conversion of q, k and v's input, a count extrapolated from
-    // tiny emulated models, with LoRA dropout on, gave 2,558; after them, 1,705.)
-    assert!(calls.total() <= 1573, "a BERT-base MuScleLoRA step now makes {} driver calls (was 1,573)", calls.total());
+    // measured when written: 1,497; 1,573 before dropout masks were drawn by the kernels applying
+    // them. (Before the many-tensor kernels, the fused stores, the in-place attention GEMMs and the
+    // shared conversion of q, k and v's input, a count extrapolated from tiny emulated models, with
+    // LoRA dropout on, gave 2,558; after them, 1,705.)
+    assert!(calls.total() <= 1497, "a BERT-base MuScleLoRA step now makes {} driver calls (was 1,497)", calls.total());
     assert!(calls.waits <= 5, "a step now waits on the device {} times (was 5)", calls.waits);
 }

@@ -24,6 +24,18 @@ use std::sync::Mutex;
 pub struct GpuBuf {
     store: Store,
     len: usize,
+    /// A dropout mask not drawn yet (`dropout_mask` records it): the kernel that applies it draws
+    /// it and writes it here, saving a launch; any other use of the buffer draws it first.
+    pending: Mutex<Option<PendingMask>>,
+}
+
+/// A mask of `n` inverted-dropout draws from stream `key` (0 with probability `p`, else `keep`).
+#[derive(Clone, Copy)]
+struct PendingMask {
+    n: usize,
+    p: f32,
+    keep: f32,
+    key: u64,
 }
 
 enum Store {
@@ -235,6 +247,28 @@ impl Cuda {
     /// The device address of an f32 buffer (0, with the error kept, for anything else: a launch
     /// checks `failed` first, so a 0 never reaches a kernel).
     fn ptr(&self, b: &GpuBuf) -> u64 {
+        let addr = self.address(b);
+        let pending = b.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(m) = pending {
+            // drawn now: this use does not apply it itself
+            self.launch_n("dropout_mask_f32", m.n, &[Arg::Ptr(addr), Arg::I64(m.n as i64), Arg::F32(m.p), Arg::F32(m.keep),
+                                                     Arg::U64(m.key)]);
+        }
+        addr
+    }
+
+    /// The mask `b` still has to receive, when a kernel applying `n` elements of it can draw it
+    /// itself (it then owes the buffer those draws); `None` when there is none or of another size.
+    fn take_pending(&self, b: &GpuBuf, n: usize) -> Option<PendingMask> {
+        let mut slot = b.pending.lock().unwrap_or_else(|e| e.into_inner());
+        match *slot {
+            Some(m) if m.n == n => slot.take(),
+            _ => None,
+        }
+    }
+
+    /// The address of an f32 buffer as it is, pending mask or not.
+    fn address(&self, b: &GpuBuf) -> u64 {
         match &b.store {
             Store::F32(s) => self.rt.addr(s),
             Store::Bf16(_) => {
@@ -301,7 +335,7 @@ impl Cuda {
 
     fn alloc(&self, n: usize) -> GpuBuf {
         let slice = if self.begin() { self.record("allocating device memory", self.rt.alloc_zeros::<f32>(n)) } else { None };
-        GpuBuf { store: slice.map_or(Store::Missing, Store::F32), len: n }
+        GpuBuf { store: slice.map_or(Store::Missing, Store::F32), len: n, pending: Mutex::new(None) }
     }
 
     /// `matmul`'s GEMM. With a frozen bf16 operand both go to the tensor cores in bf16 (f32
@@ -385,6 +419,9 @@ impl Backend for Cuda {
         if n == 0 || !self.begin() {
             return vec![0.0; n];
         }
+        if !buf.is_bf16() {
+            self.ptr(buf); // a pending mask is drawn before it is read
+        }
         match &buf.store {
             Store::F32(s) => self.record("downloading", self.rt.download(s, n)).unwrap_or_else(|| vec![0.0; n]),
             Store::Bf16(s) => match self.record("downloading", self.rt.download(s, n)) {
@@ -458,10 +495,14 @@ impl Backend for Cuda {
                                     k: usize, bias: Option<&GpuBuf>, mask: Option<&GpuBuf>, residual: &GpuBuf) {
         self.matmul(out, 0, n, a, b, m, n, k, 1.0, false);
         if m * n > 0 && self.begin() {
-            let (pb, pm) = (bias.map_or(0, |x| self.ptr(x)), mask.map_or(0, |x| self.ptr(x)));
+            let pending = mask.and_then(|x| self.take_pending(x, m * n));
+            let pb = bias.map_or(0, |x| self.ptr(x));
+            // a pending mask is drawn by the kernel into the buffer; a drawn one is read
+            let pm = mask.map_or(0, |x| if pending.is_some() { self.address(x) } else { self.ptr(x) });
+            let (p, keep, key) = pending.map_or((0.0, 1.0, 0), |m| (m.p, m.keep, m.key));
             self.launch_n("bias_dropout_residual_f32", m * n, &[
                 Arg::Ptr(self.ptr(out)), Arg::Ptr(pb), Arg::Ptr(pm), Arg::Ptr(self.ptr(residual)), Arg::I64(m as i64),
-                Arg::I32(n as i32)]);
+                Arg::I32(n as i32), Arg::F32(p), Arg::F32(keep), Arg::U64(key)]);
         }
     }
     fn matmul_bias_gelu(&self, saved: &mut GpuBuf, act: &mut GpuBuf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize,
@@ -593,19 +634,35 @@ impl Backend for Cuda {
         if p <= 0.0 {
             return self.fill(mask, n, 1.0);
         }
-        if self.begin() {
-            let key = crate::rng::stream_key(seed, stream);
-            self.launch_n("dropout_mask_f32", n, &[Arg::Ptr(self.ptr(mask)), Arg::I64(n as i64), Arg::F32(p), Arg::F32(1.0 / (1.0 - p)), Arg::U64(key)]);
+        if n > mask.len {
+            self.record::<()>("dropout_mask", Err(format!("a mask of {n} in a buffer of {}", mask.len)));
+            return;
         }
+        // recorded, not drawn: the kernel that applies it draws it (see `PendingMask`)
+        let key = crate::rng::stream_key(seed, stream);
+        *mask.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(PendingMask { n, p, keep: 1.0 / (1.0 - p), key });
     }
     fn mul_into(&self, out: &mut GpuBuf, x: &GpuBuf, mask: &GpuBuf, n: usize) {
-        if self.begin() {
-            self.launch_n("mul_into_f32", n, &[Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(x)), Arg::Ptr(self.ptr(mask)), Arg::I64(n as i64)]);
+        if !self.begin() {
+            return;
+        }
+        match self.take_pending(mask, n) {
+            Some(m) => self.launch_n("dropout_mul_into_f32", n, &[
+                Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(x)), Arg::Ptr(self.address(mask)), Arg::I64(n as i64),
+                Arg::F32(m.p), Arg::F32(m.keep), Arg::U64(m.key)]),
+            None => self.launch_n("mul_into_f32", n, &[Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(x)),
+                                                       Arg::Ptr(self.ptr(mask)), Arg::I64(n as i64)]),
         }
     }
     fn mul(&self, x: &mut GpuBuf, mask: &GpuBuf, n: usize) {
-        if self.begin() {
-            self.launch_n("mul_f32", n, &[Arg::Ptr(self.ptr(x)), Arg::Ptr(self.ptr(mask)), Arg::I64(n as i64)]);
+        if !self.begin() {
+            return;
+        }
+        match self.take_pending(mask, n) {
+            Some(m) => self.launch_n("dropout_mul_f32", n, &[
+                Arg::Ptr(self.ptr(x)), Arg::Ptr(self.address(mask)), Arg::I64(n as i64), Arg::F32(m.p), Arg::F32(m.keep),
+                Arg::U64(m.key)]),
+            None => self.launch_n("mul_f32", n, &[Arg::Ptr(self.ptr(x)), Arg::Ptr(self.ptr(mask)), Arg::I64(n as i64)]),
         }
     }
 
@@ -721,7 +778,9 @@ impl Backend for Cuda {
         let [pd] = self.attn_scratch(&mut scratch, [if drop.is_some() { bh * t * t } else { 1 }]);
         let heads_of = Heads { b, t, heads, d };
         let (pq, pk, pv, po, pp) = (self.ptr(q), self.ptr(k), self.ptr(v), self.ptr(out), self.ptr(probs));
-        let pdrop = drop.map_or(0, |x| self.ptr(x));
+        let pending = drop.and_then(|x| self.take_pending(x, bh * t * t));
+        let pdrop = drop.map_or(0, |x| if pending.is_some() { self.address(x) } else { self.ptr(x) });
+        let (p_drop, keep, key) = pending.map_or((0.0, 1.0, 0), |m| (m.p, m.keep, m.key));
         let used = if drop.is_some() { pd } else { pp };
         // scores = scale Q K^T into `probs`, then out = P' V (P' the dropped-out probabilities)
         let arrays = self.pointer_arrays(&mut scratch, &[
@@ -732,7 +791,7 @@ impl Backend for Cuda {
         self.gemm_arrays(arrays[0], (hd, false), (hd, true), t, t, t, d, 1.0 / (d as f32).sqrt(), bh);
         self.launch("attention_softmax_f32", ((bh * t).div_ceil(ATTN_WARPS) as u32, 1, 1), (32 * ATTN_WARPS as u32, 1, 1), 0, &[
             Arg::Ptr(pp), Arg::Ptr(pd), Arg::Ptr(pdrop), Arg::Ptr(pm), Arg::I32((bh * t) as i32), Arg::I32(t as i32),
-            Arg::I32(heads as i32)]);
+            Arg::I32(heads as i32), Arg::F32(p_drop), Arg::F32(keep), Arg::U64(key)]);
         self.gemm_arrays(arrays[1], (t, false), (hd, false), hd, t, d, t, 1.0, bh);
     }
     fn attention_backward(&self, dq: &mut GpuBuf, dk: &mut GpuBuf, dv: &mut GpuBuf, dout: &GpuBuf,
@@ -1011,6 +1070,11 @@ impl Cuda {
     /// The driver calls made so far (for benchmarks and the launch-count test).
     pub fn calls(&self) -> Calls {
         self.rt.calls()
+    }
+
+    /// Kernel launches so far, per kernel.
+    pub fn launches(&self) -> HashMap<&'static str, u64> {
+        self.rt.launches()
     }
 
     /// Bytes of device memory in use by this process's context (for benchmarks); in a dry run, the

@@ -158,7 +158,7 @@ impl std::ops::Sub for Calls {
 
 pub struct Runtime {
     pub kind: Kind,
-    calls: std::sync::Mutex<Calls>,
+    calls: std::sync::Mutex<(Calls, HashMap<&'static str, u64>)>,
 }
 
 /// A GEMM in cuBLAS's column-major terms: `C_i = alpha op(A_i) op(B_i) + beta C_i` for `batch` items
@@ -195,11 +195,16 @@ impl Runtime {
     }
 
     pub fn calls(&self) -> Calls {
-        *self.calls.lock().unwrap_or_else(|e| e.into_inner())
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// Launches so far per kernel name.
+    pub fn launches(&self) -> HashMap<&'static str, u64> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
     }
 
     fn count(&self, f: impl FnOnce(&mut Calls)) {
-        f(&mut self.calls.lock().unwrap_or_else(|e| e.into_inner()));
+        f(&mut self.calls.lock().unwrap_or_else(|e| e.into_inner()).0);
     }
 
     /// Makes the context current on this thread (N-API worker threads change).
@@ -300,7 +305,11 @@ impl Runtime {
     /// `args` hold, in order, values of the types kernel `name` declares; pointers cover the grid's accesses.
     pub unsafe fn launch(&self, name: &'static str, grid: (u32, u32, u32), block: (u32, u32, u32), shared_bytes: u32,
                          args: &mut [u64]) -> Result<(), String> {
-        self.count(|c| c.kernels += 1);
+        {
+            let mut books = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            books.0.kernels += 1;
+            *books.1.entry(name).or_default() += 1;
+        }
         match &self.kind {
             Kind::Driver(d) => {
                 let f = d.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;

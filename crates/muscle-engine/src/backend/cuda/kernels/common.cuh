@@ -52,6 +52,13 @@ __device__ __forceinline__ float counter_uniform(u64 key, u64 i) {
     return (float)(x >> 8) * (1.0f / 16777216.0f);
 }
 
+// Element i of an inverted-dropout mask drawn from stream `key`: 0 with probability p, else `keep`
+// = 1 / (1 - p), as dropout_mask_f32 draws it. Kernels that apply a mask can draw it themselves
+// (writing it out for the backward) instead of reading one drawn by a launch before them.
+__device__ __forceinline__ float dropout_draw(float p, float keep, u64 key, u64 i) {
+    return counter_uniform(key, i) < p ? 0.0f : keep;
+}
+
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif

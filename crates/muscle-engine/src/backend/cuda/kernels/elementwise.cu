@@ -28,6 +28,25 @@ extern "C" __global__ void mul_into_f32(float* out, const float* a, const float*
     FOR_EACH(i, n) out[i] = a[i] * b[i];
 }
 
+// Dropout drawn where it is applied: mask[i] = the draw (kept for the backward), then x *= mask
+// (in place) or out = x * mask.
+extern "C" __global__ void dropout_mul_f32(float* x, float* mask, i64 n, float p, float keep, u64 key) {
+    FOR_EACH(i, n) {
+        const float z = dropout_draw(p, keep, key, (u64)i);
+        mask[i] = z;
+        x[i] *= z;
+    }
+}
+
+extern "C" __global__ void dropout_mul_into_f32(float* out, const float* x, float* mask, i64 n, float p, float keep,
+                                                u64 key) {
+    FOR_EACH(i, n) {
+        const float z = dropout_draw(p, keep, key, (u64)i);
+        mask[i] = z;
+        out[i] = x[i] * z;
+    }
+}
+
 extern "C" __global__ void scale_cols_f32(float* x, const float* s, i64 rows, int n) {
     FOR_EACH(i, rows * n) x[i] *= s[i % n];
 }
@@ -97,13 +116,21 @@ extern "C" __global__ void f32_to_bf16(unsigned short* dst, const float* src, i6
 }
 
 // The stores after a layer's GEMM (the CPU does these inside its GEMM's store):
-// out = (out + bias) * mask + residual over [rows, n]; bias and mask may be null.
-extern "C" __global__ void bias_dropout_residual_f32(float* out, const float* bias, const float* mask,
-                                                     const float* residual, i64 rows, int n) {
+// out = (out + bias) * mask + residual over [rows, n]; bias and mask may be null. With p > 0 the
+// mask is drawn here (stream `key`) and written to `mask` for the backward.
+extern "C" __global__ void bias_dropout_residual_f32(float* out, const float* bias, float* mask,
+                                                     const float* residual, i64 rows, int n, float p, float keep,
+                                                     u64 key) {
     FOR_EACH(i, rows * n) {
         float v = out[i];
         if (bias) v += bias[i % n];
-        if (mask) v *= mask[i];
+        if (p > 0.0f) {
+            const float z = dropout_draw(p, keep, key, (u64)i);
+            mask[i] = z;
+            v *= z;
+        } else if (mask) {
+            v *= mask[i];
+        }
         out[i] = v + residual[i];
     }
 }
