@@ -5,6 +5,10 @@
 //! without a CUDA toolkit and runs on machines without a GPU; `Cuda::probe` says whether this one
 //! has one. All work goes to one stream in issue order, so no event tracking is needed.
 //!
+//! The verbs talk to a `runtime::Runtime`: the driver with cuBLAS on a GPU, or, with no GPU, the
+//! kernel emulator of the tests (`Cuda::emulated`: the same kernel sources run on the CPU) or a dry
+//! run that only counts calls and allocations (`Cuda::dry_run`).
+//!
 //! Errors: the `Backend` verbs cannot fail by signature (the CPU's never do), so the first CUDA error
 //! is kept (sticky), every later verb becomes a no-op, and `Backend::check` hands the error to the
 //! caller, which checks after each step. Nothing here panics on a CUDA failure.
