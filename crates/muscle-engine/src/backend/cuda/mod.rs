@@ -31,6 +31,12 @@ pub struct GpuBuf {
     /// A dropout mask not drawn yet (`dropout_mask` records it): the kernel that applies it draws
     /// it and writes it here, saving a launch; any other use of the buffer draws it first.
     pending: Mutex<Option<PendingMask>>,
+    /// In bf16 mode, the contents in bf16, written by the kernel that produced them (layer norm,
+    /// GELU and their backwards) for the bf16 GEMM that reads them next, which then needs no
+    /// conversion. Valid only until the buffer's address is taken for anything else (`Cuda::ptr`
+    /// clears it), so a stale copy is never read.
+    half: Option<Mem<u16>>,
+    half_valid: std::sync::atomic::AtomicBool,
 }
 
 /// A mask of `n` inverted-dropout draws from stream `key` (0 with probability `p`, else `keep`).
@@ -98,6 +104,9 @@ pub struct Cuda {
     error: Mutex<Option<String>>,
     info: DeviceInfo,
     precision: Precision,
+    /// whether any weight was frozen to bf16: only then do producers write bf16 copies (full
+    /// fine-tuning in bf16 mode trains every weight in f32, and its GEMMs would never read them)
+    bf16_weights: std::sync::atomic::AtomicBool,
 }
 
 /// A kernel argument, passed to `cuLaunchKernel` from an 8-byte slot (the kernel reads the first
@@ -192,7 +201,7 @@ impl Cuda {
         }
         let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| fail("creating the cuBLAS handle", &e))?;
         Ok(Cuda { rt: Runtime::new(Kind::Driver(Driver { ctx, stream, blas, functions })), scratch: Mutex::new(Scratch::default()),
-                  error: Mutex::new(None), info, precision })
+                  error: Mutex::new(None), info, precision, bf16_weights: Default::default() })
     }
 
     /// The backend on the CPU: host memory, the kernels run by `emulator` (the `muscle-cuda-emu`
@@ -202,7 +211,7 @@ impl Cuda {
     pub fn emulated(emulator: Box<dyn KernelEmulator>, precision: Precision) -> Self {
         let info = DeviceInfo { ordinal: 0, name: "emulated on the CPU".into(), compute_capability: (0, 0), total_memory: 0 };
         Cuda { rt: Runtime::new(Kind::Emulated(emulator)), scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info,
-               precision }
+               precision, bf16_weights: Default::default() }
     }
 
     /// A backend that allocates nothing and runs nothing but counts: the driver calls a step would
@@ -212,7 +221,7 @@ impl Cuda {
     pub fn dry_run(precision: Precision) -> Self {
         let info = DeviceInfo { ordinal: 0, name: "dry run (no device)".into(), compute_capability: (0, 0), total_memory: 0 };
         Cuda { rt: Runtime::new(Kind::DryRun(Default::default())), scratch: Mutex::new(Scratch::default()),
-               error: Mutex::new(None), info, precision }
+               error: Mutex::new(None), info, precision, bf16_weights: Default::default() }
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -261,6 +270,27 @@ impl Cuda {
         addr
     }
 
+    /// In bf16 mode, the address of `b`'s bf16 copy of at least `n` elements (made or grown here)
+    /// for a producing kernel to fill; 0 (the kernel then writes none) in f32 mode.
+    fn half_out(&self, b: &mut GpuBuf, n: usize) -> u64 {
+        if self.precision != Precision::Bf16 || n == 0 || !self.bf16_weights.load(std::sync::atomic::Ordering::Relaxed) {
+            return 0;
+        }
+        if b.half.as_ref().is_none_or(|h| h.len() < n) {
+            b.half = None;
+            b.half = self.record("allocating a bf16 copy", self.rt.alloc_zeros::<u16>(n));
+        }
+        b.half_valid.store(false, std::sync::atomic::Ordering::Relaxed);
+        b.half.as_ref().map_or(0, |h| self.rt.addr(h))
+    }
+
+    /// After the kernel that wrote `b` and its bf16 copy (`half_out` gave `half`).
+    fn half_written(&self, b: &GpuBuf, half: u64) {
+        if half != 0 && !self.failed() {
+            b.half_valid.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The mask `b` still has to receive, when a kernel applying `n` elements of it can draw it
     /// itself (it then owes the buffer those draws); `None` when there is none or of another size.
     fn take_pending(&self, b: &GpuBuf, n: usize) -> Option<PendingMask> {
@@ -271,8 +301,10 @@ impl Cuda {
         }
     }
 
-    /// The address of an f32 buffer as it is, pending mask or not.
+    /// The address of an f32 buffer as it is, pending mask or not. Any use may write it, so its bf16
+    /// copy stops being valid.
     fn address(&self, b: &GpuBuf) -> u64 {
+        b.half_valid.store(false, std::sync::atomic::Ordering::Relaxed);
         match &b.store {
             Store::F32(s) => self.rt.addr(s),
             Store::Bf16(_) => {
@@ -339,7 +371,8 @@ impl Cuda {
 
     fn alloc(&self, n: usize) -> GpuBuf {
         let slice = if self.begin() { self.record("allocating device memory", self.rt.alloc_zeros::<f32>(n)) } else { None };
-        GpuBuf { store: slice.map_or(Store::Missing, Store::F32), len: n, pending: Mutex::new(None) }
+        GpuBuf { store: slice.map_or(Store::Missing, Store::F32), len: n, pending: Mutex::new(None), half: None,
+                 half_valid: Default::default() }
     }
 
     /// `matmul`'s GEMM. With a frozen bf16 operand both go to the tensor cores in bf16 (f32
@@ -375,13 +408,19 @@ impl Cuda {
         self.record(if bf16 { "cublasGemmEx (bf16)" } else { "cublasSgemm" }, r);
     }
 
-    /// The bf16 address of a GEMM operand: a frozen weight's own storage, or a bf16 copy (in
-    /// scratch `slot`) of the stored extent of an f32 operand of `rows x cols` with its `ld`.
+    /// The bf16 address of a GEMM operand: a frozen weight's own storage, the bf16 copy its producer
+    /// wrote (`GpuBuf::half`, still valid), or a bf16 copy (in scratch `slot`) of the stored extent
+    /// of an f32 operand of `rows x cols` with its `ld`.
     fn bf16_operand(&self, scratch: &mut Scratch, slot: usize, m: &Mat<'_, Self>, rows: usize, cols: usize) -> u64 {
         if let Store::Bf16(s) = &m.buf.store {
             return self.rt.addr(s) + 2 * m.offset as u64;
         }
         let extent = (rows - 1) * m.ld + cols;
+        if let Some(half) = m.buf.half.as_ref() {
+            if m.buf.half_valid.load(std::sync::atomic::Ordering::Relaxed) && half.len() >= m.offset + extent {
+                return self.rt.addr(half) + 2 * m.offset as u64;
+            }
+        }
         let dst = self.grown(&mut scratch.halves[slot], extent, extent.next_power_of_two());
         let src = self.ptr(m.buf) + 4 * m.offset as u64;
         self.launch_n("f32_to_bf16", extent, &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I64(extent as i64)]);
@@ -453,6 +492,7 @@ impl Backend for Cuda {
         self.launch_n("f32_to_bf16", n, &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I64(n as i64)]);
         // the f32 copy is freed in stream order, after the conversion has read it
         buf.store = Store::Bf16(half);
+        self.bf16_weights.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     fn fill(&self, buf: &mut GpuBuf, n: usize, value: f32) {
         if self.begin() {
@@ -514,8 +554,11 @@ impl Backend for Cuda {
         // `saved` keeps the pre-activation, as the trait's default matmul_gelu_backward expects
         self.matmul(saved, 0, n, a, b, m, n, k, 1.0, false);
         if m * n > 0 && self.begin() {
+            let half = self.half_out(act, m * n);
             self.launch_n("bias_gelu_f32", m * n, &[Arg::Ptr(self.ptr(saved)), Arg::Ptr(self.ptr(act)),
-                                                     Arg::Ptr(self.ptr(bias)), Arg::I64(m as i64), Arg::I32(n as i32)]);
+                                                     Arg::Ptr(self.ptr(bias)), Arg::I64(m as i64), Arg::I32(n as i32),
+                                                     Arg::Ptr(half)]);
+            self.half_written(act, half);
         }
     }
     fn add_bias(&self, out: &mut GpuBuf, bias: &GpuBuf, rows: usize, n: usize) {
@@ -621,7 +664,10 @@ impl Backend for Cuda {
     }
     fn gelu_backward(&self, dinp: &mut GpuBuf, inp: &GpuBuf, dout: &GpuBuf, n: usize) {
         if self.begin() {
-            self.launch_n("gelu_backward_f32", n, &[Arg::Ptr(self.ptr(dinp)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(self.ptr(dout)), Arg::I64(n as i64)]);
+            let half = self.half_out(dinp, n);
+            self.launch_n("gelu_backward_f32", n, &[Arg::Ptr(self.ptr(dinp)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(self.ptr(dout)),
+                                                    Arg::I64(n as i64), Arg::Ptr(half)]);
+            self.half_written(dinp, half);
         }
     }
     fn tanh_forward(&self, out: &mut GpuBuf, inp: &GpuBuf, n: usize) {
@@ -701,9 +747,12 @@ impl Backend for Cuda {
     fn layer_norm_forward(&self, out: &mut GpuBuf, mean: &mut GpuBuf, rstd: &mut GpuBuf,
                           inp: &GpuBuf, w: &GpuBuf, b: &GpuBuf, rows: usize, h: usize, eps: f32) {
         if rows > 0 && self.begin() {
+            let half = self.half_out(out, rows * h);
             self.launch("layer_norm_forward_f32", (rows as u32, 1, 1), (THREADS, 1, 1), 0, &[
                 Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(mean)), Arg::Ptr(self.ptr(rstd)), Arg::Ptr(self.ptr(inp)),
-                Arg::Ptr(self.ptr(w)), Arg::Ptr(self.ptr(b)), Arg::I32(rows as i32), Arg::I32(h as i32), Arg::F32(eps)]);
+                Arg::Ptr(self.ptr(w)), Arg::Ptr(self.ptr(b)), Arg::I32(rows as i32), Arg::I32(h as i32), Arg::F32(eps),
+                Arg::Ptr(half)]);
+            self.half_written(out, half);
         }
     }
     fn layer_norm_backward(&self, dinp: &mut GpuBuf, dw: Option<&mut GpuBuf>, db: Option<&mut GpuBuf>,
@@ -712,9 +761,11 @@ impl Backend for Cuda {
         if rows == 0 || !self.begin() {
             return;
         }
+        let half = self.half_out(dinp, rows * h);
         self.launch("layer_norm_backward_f32", (rows as u32, 1, 1), (THREADS, 1, 1), 0, &[
             Arg::Ptr(self.ptr(dinp)), Arg::Ptr(self.ptr(dout)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(self.ptr(w)),
-            Arg::Ptr(self.ptr(mean)), Arg::Ptr(self.ptr(rstd)), Arg::I32(rows as i32), Arg::I32(h as i32)]);
+            Arg::Ptr(self.ptr(mean)), Arg::Ptr(self.ptr(rstd)), Arg::I32(rows as i32), Arg::I32(h as i32), Arg::Ptr(half)]);
+        self.half_written(dinp, half);
         if dw.is_some() || db.is_some() {
             let pw = dw.map_or(0, |x| self.ptr(x));
             let pb = db.map_or(0, |x| self.ptr(x));

@@ -59,6 +59,13 @@ __device__ __forceinline__ float dropout_draw(float p, float keep, u64 key, u64 
     return counter_uniform(key, i) < p ? 0.0f : keep;
 }
 
+// f32 -> bf16 bit pattern, rounding to nearest even (as half::bf16::from_f32 on the host); NaN stays NaN.
+__device__ __forceinline__ unsigned short bf16_bits(float x) {
+    const unsigned int u = __float_as_uint(x);
+    return (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)0x7fc0
+                                           : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif

@@ -59,12 +59,16 @@ extern "C" __global__ void gelu_forward_f32(float* out, const float* x, i64 n) {
     }
 }
 
-extern "C" __global__ void gelu_backward_f32(float* dinp, const float* x, const float* dout, i64 n) {
+// `half` (may be null): also the result in bf16, for the bf16 GEMM that reads it next.
+extern "C" __global__ void gelu_backward_f32(float* dinp, const float* x, const float* dout, i64 n,
+                                             unsigned short* half) {
     FOR_EACH(i, n) {
         const float v = x[i];
         const float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
         const float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
-        dinp[i] = dout[i] * (cdf + v * pdf);
+        const float d = dout[i] * (cdf + v * pdf);
+        dinp[i] = d;
+        if (half) half[i] = bf16_bits(d);
     }
 }
 
@@ -106,13 +110,9 @@ extern "C" __global__ void adamw_f32(float* param, const float* grad, float* m, 
     }
 }
 
-// f32 -> bf16 bit patterns, rounding to nearest even (as half::bf16::from_f32 on the host); NaN stays NaN.
+// f32 -> bf16 bit patterns (bf16_bits): a GEMM operand for the tensor cores.
 extern "C" __global__ void f32_to_bf16(unsigned short* dst, const float* src, i64 n) {
-    FOR_EACH(i, n) {
-        const unsigned int u = __float_as_uint(src[i]);
-        dst[i] = (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)0x7fc0
-                                                 : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    }
+    FOR_EACH(i, n) dst[i] = bf16_bits(src[i]);
 }
 
 // The stores after a layer's GEMM (the CPU does these inside its GEMM's store):
@@ -135,11 +135,15 @@ extern "C" __global__ void bias_dropout_residual_f32(float* out, const float* bi
     }
 }
 
-// pre += bias, act = gelu(pre) (erf form, as gelu_forward_f32) over [rows, n].
-extern "C" __global__ void bias_gelu_f32(float* pre, float* act, const float* bias, i64 rows, int n) {
+// pre += bias, act = gelu(pre) (erf form, as gelu_forward_f32) over [rows, n]; `half` (may be
+// null): act in bf16 too, for the bf16 GEMM that reads it next.
+extern "C" __global__ void bias_gelu_f32(float* pre, float* act, const float* bias, i64 rows, int n,
+                                         unsigned short* half) {
     FOR_EACH(i, rows * n) {
         const float v = pre[i] + bias[i % n];
         pre[i] = v;
-        act[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        const float a = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        act[i] = a;
+        if (half) half[i] = bf16_bits(a);
     }
 }

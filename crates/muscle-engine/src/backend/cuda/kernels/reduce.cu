@@ -19,8 +19,10 @@ extern "C" __global__ void column_sums_f32(float* dst, const float* m, int rows,
 
 // One block per row: mean and variance in two passes over the row (kept in registers where h is
 // small, re-read from L1/L2 otherwise), then the affine normalisation.
+// `half` (may be null): the output in bf16 too, for the bf16 GEMMs that read it next.
 extern "C" __global__ void layer_norm_forward_f32(float* out, float* mean, float* rstd, const float* inp,
-                                                  const float* w, const float* b, int rows, int h, float eps) {
+                                                  const float* w, const float* b, int rows, int h, float eps,
+                                                  unsigned short* half) {
     __shared__ float scratch[32];
     const int r = blockIdx.x;
     if (r >= rows) return;
@@ -36,7 +38,11 @@ extern "C" __global__ void layer_norm_forward_f32(float* out, float* mean, float
     const float var = block_sum(q, scratch) / h;
     const float rs = rsqrtf(var + eps);
     float* o = out + (i64)r * h;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) o[j] = (x[j] - mu) * rs * w[j] + b[j];
+    for (int j = threadIdx.x; j < h; j += blockDim.x) {
+        const float y = (x[j] - mu) * rs * w[j] + b[j];
+        o[j] = y;
+        if (half) half[(i64)r * h + j] = bf16_bits(y);
+    }
     if (threadIdx.x == 0) {
         mean[r] = mu;
         rstd[r] = rs;
@@ -44,8 +50,10 @@ extern "C" __global__ void layer_norm_forward_f32(float* out, float* mean, float
 }
 
 // dinp per row: (g w - mean(g w) - n mean(g w n)) rstd, with n the normalised input.
+// `half` (may be null): dinp in bf16 too, for the bf16 GEMM that reads it next.
 extern "C" __global__ void layer_norm_backward_f32(float* dinp, const float* dout, const float* inp, const float* w,
-                                                   const float* mean, const float* rstd, int rows, int h) {
+                                                   const float* mean, const float* rstd, int rows, int h,
+                                                   unsigned short* half) {
     __shared__ float scratch[32];
     const int r = blockIdx.x;
     if (r >= rows) return;
@@ -64,7 +72,9 @@ extern "C" __global__ void layer_norm_backward_f32(float* dinp, const float* dou
     float* d = dinp + (i64)r * h;
     for (int j = threadIdx.x; j < h; j += blockDim.x) {
         const float n = (x[j] - mu) * rs;
-        d[j] = (g[j] * w[j] - mdn - n * mdnn) * rs;
+        const float v = (g[j] * w[j] - mdn - n * mdnn) * rs;
+        d[j] = v;
+        if (half) half[(i64)r * h + j] = bf16_bits(v);
     }
 }
 
