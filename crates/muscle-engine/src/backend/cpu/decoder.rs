@@ -41,20 +41,24 @@ pub fn rms_norm_backward(dinp: &mut [f32], dw: Option<&mut [f32]>, dout: &[f32],
             }
         });
     if let Some(dw) = dw {
+        // partial sums over fixed blocks of rows, added in block order: identical runs, identical bits
         let rows = rstd.len();
-        let sums = (0..rows)
+        let parts: Vec<Vec<f32>> = (0..rows.div_ceil(64))
             .into_par_iter()
-            .fold(|| vec![0.0f32; h], |mut acc, r| {
-                for j in 0..h {
-                    acc[j] += dout[r * h + j] * inp[r * h + j] * rstd[r];
+            .map(|blk| {
+                let mut acc = vec![0.0f32; h];
+                for r in blk * 64..((blk + 1) * 64).min(rows) {
+                    for j in 0..h {
+                        acc[j] += dout[r * h + j] * inp[r * h + j] * rstd[r];
+                    }
                 }
                 acc
             })
-            .reduce(|| vec![0.0f32; h], |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            });
-        dw.copy_from_slice(&sums);
+            .collect();
+        dw.fill(0.0);
+        for p in parts {
+            dw.iter_mut().zip(&p).for_each(|(x, y)| *x += y);
+        }
     }
 }
 

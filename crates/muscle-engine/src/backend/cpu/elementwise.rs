@@ -38,12 +38,15 @@ pub fn column_sums(dst: &mut [f32], m: &[f32], accumulate: bool) {
             }
             acc
         })
-        .reduce(|| vec![0.0f32; n], |mut a, b| {
-            for (x, y) in a.iter_mut().zip(&b) {
-                *x += y;
-            }
-            a
-        });
+        .collect::<Vec<_>>();
+    // the chunks' partials added in chunk order: rayon's `reduce` would add them in whatever tree
+    // its work splitting made, and the bias gradients would differ between identical runs
+    let total = total.into_iter().reduce(|mut a, b| {
+        for (x, y) in a.iter_mut().zip(&b) {
+            *x += y;
+        }
+        a
+    }).unwrap_or_else(|| vec![0.0f32; n]);
     for (d, s) in dst.iter_mut().zip(total) {
         *d = if accumulate { *d + s } else { s };
     }
@@ -90,10 +93,13 @@ pub fn mul(x: &mut [f32], m: &[f32]) {
 }
 
 /// Dot product accumulated in f64 per chunk: gradient alignment compares tiny norms (5e-7 gates).
+/// The chunks' sums are added in chunk order, so identical runs give identical bits.
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.par_chunks(CHUNK)
         .zip(b.par_chunks(CHUNK))
         .map(|(a, b)| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>())
+        .collect::<Vec<f64>>()
+        .into_iter()
         .sum()
 }
 

@@ -4,6 +4,8 @@ use super::vmath::{multiversion, sum_lanes, LANES};
 use rayon::prelude::*;
 
 const ROWS_PER_TASK: usize = 16;
+/// Rows per partial sum of the layer norm's parameter gradients.
+const PARAM_ROWS: usize = 64;
 
 pub fn layer_norm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32],
                           b: &[f32], eps: f32) {
@@ -59,31 +61,31 @@ pub fn layer_norm_backward(dinp: &mut [f32], dw: Option<&mut [f32]>, db: Option<
     if dw.is_none() && db.is_none() {
         return;
     }
-    // Parameter gradients: per-task partial sums over rows, then a reduction.
+    // Parameter gradients: partial sums over fixed blocks of rows, added in block order (a rayon
+    // fold/reduce would split and combine as its threads happen to run, and the gradients would
+    // differ in their last bits between identical runs).
     let rows = mean.len();
-    let (gw, gb) = (0..rows)
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = (0..rows.div_ceil(PARAM_ROWS))
         .into_par_iter()
-        .fold(
-            || (vec![0.0f32; h], vec![0.0f32; h]),
-            |(mut gw, mut gb), r| {
+        .map(|blk| {
+            let (mut gw, mut gb) = (vec![0.0f32; h], vec![0.0f32; h]);
+            for r in blk * PARAM_ROWS..((blk + 1) * PARAM_ROWS).min(rows) {
                 for j in 0..h {
                     let g = dout[r * h + j];
                     gw[j] += g * (inp[r * h + j] - mean[r]) * rstd[r];
                     gb[j] += g;
                 }
-                (gw, gb)
-            },
-        )
-        .reduce(
-            || (vec![0.0f32; h], vec![0.0f32; h]),
-            |(mut a, mut b), (c, d)| {
-                for j in 0..h {
-                    a[j] += c[j];
-                    b[j] += d[j];
-                }
-                (a, b)
-            },
-        );
+            }
+            (gw, gb)
+        })
+        .collect();
+    let (mut gw, mut gb) = (vec![0.0f32; h], vec![0.0f32; h]);
+    for (pw, pb) in parts {
+        for j in 0..h {
+            gw[j] += pw[j];
+            gb[j] += pb[j];
+        }
+    }
     if let Some(dw) = dw {
         dw.copy_from_slice(&gw);
     }
