@@ -66,6 +66,20 @@ __device__ __forceinline__ unsigned short bf16_bits(float x) {
                                            : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+// One element of torch.optim.AdamW's update (decoupled decay first, then the moments and the
+// bias-corrected step): shared by the one-tensor and the many-tensor kernels.
+__device__ __forceinline__ void adamw_element(float* param, const float* grad, float* m, float* v, i64 i, float beta1,
+                                              float beta2, float eps, float decay, float step_size, float bc2_sqrt) {
+    const float g = grad[i];
+    const float p = param[i] * decay;
+    const float mi = beta1 * m[i] + (1.0f - beta1) * g;
+    const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const float denom = sqrtf(vi) / bc2_sqrt + eps;
+    param[i] = p - step_size * mi / denom;
+}
+
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif

@@ -98,16 +98,7 @@ extern "C" __global__ void counter_uniform_f32(float* out, i64 n, u64 key) {
 extern "C" __global__ void adamw_f32(float* param, const float* grad, float* m, float* v, i64 n,
                                      float beta1, float beta2, float eps, float decay,
                                      float step_size, float bc2_sqrt) {
-    FOR_EACH(i, n) {
-        const float g = grad[i];
-        float p = param[i] * decay;
-        const float mi = beta1 * m[i] + (1.0f - beta1) * g;
-        const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        const float denom = sqrtf(vi) / bc2_sqrt + eps;
-        param[i] = p - step_size * mi / denom;
-    }
+    FOR_EACH(i, n) adamw_element(param, grad, m, v, i, beta1, beta2, eps, decay, step_size, bc2_sqrt);
 }
 
 // f32 -> bf16 bit patterns (bf16_bits): a GEMM operand for the tensor cores.

@@ -55,16 +55,7 @@ extern "C" __global__ void adamw_many_f32(const u64* table, int items, float bet
     float* v = (float*)r[3];
     const i64 n = (i64)r[4];
     const float decay = f32_bits(r[5]);
-    ITEM_FOR_EACH(i, n) {
-        const float g = grad[i];
-        const float p = param[i] * decay;
-        const float mi = beta1 * m[i] + (1.0f - beta1) * g;
-        const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        const float denom = sqrtf(vi) / bc2_sqrt + eps;
-        param[i] = p - step_size * mi / denom;
-    }
+    ITEM_FOR_EACH(i, n) adamw_element(param, grad, m, v, i, beta1, beta2, eps, decay, step_size, bc2_sqrt);
 }
 
 // records [a, b, n]: partial[block] = this block's share of sum a[i] b[i], in f64 as the CPU sums;
