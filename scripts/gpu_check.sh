@@ -6,13 +6,16 @@
 #   2. CUDA against CPU: every Backend verb, then training steps on the tiny checkpoints (f32, 1e-4);
 #   3. muscle-bench --device cuda (bf16 and f32) beside scripts/bench_torch.py (bf16 and f32), BERT- and
 #      RoBERTa-base, 32 x 64 and 32 x 128; scripts/gpu_report.py prints the ratios.
-# Results go to $OUT (or .gpu/out). Each stage has its own time limit so one hang cannot eat the rest.
+# Results go to .gpu/out, or, under the device tool, to $OUT as one archive (gpu-check.tgz) and report.md.
+# Each stage has its own time limit so one hang cannot eat the rest, and the whole check a deadline
+# (GPU_CHECK_SECONDS, 420 by default).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for bin in cuda_kernels cuda_parity muscle-bench; do
   [[ -x .gpu/bin/$bin ]] || { echo "missing .gpu/bin/$bin: run scripts/build_gpu_bundle.sh on the build machine and carry .gpu here" >&2; exit 2; }
 done
-out="${OUT:-.gpu/out}"
+# under the device tool the files are gathered elsewhere and packed into $OUT at the end
+if [[ -n ${OUT:-} ]]; then out="$(mktemp -d)"; else out=.gpu/out; fi
 mkdir -p "$out"
 py="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/gpu.txt"
@@ -29,6 +32,7 @@ except ImportError:
     pass
 import torch
 dirs.append(os.path.join(os.path.dirname(torch.__file__), "lib"))
+dirs.append("/usr/local/cuda/lib64")
 print(":".join(dirs))
 PY
 )"
@@ -36,24 +40,40 @@ export MUSCLE_CUDA_LIB_DIRS MUSCLE_REQUIRE_GPU=1 MUSCLE_REQUIRE_NVRTC=1 MUSCLE_R
 echo "library folders: $MUSCLE_CUDA_LIB_DIRS" | tee "$out/libs.txt"
 
 status=0
+# One deadline for the whole check (GPU time is short): stages run in order of importance and each gets
+# at most what is left of it; a stage that would start with under 20 s left is skipped and says so.
+deadline=$((SECONDS + ${GPU_CHECK_SECONDS:-420}))
 stage() {  # stage <name> <seconds> <command...>
-  local name=$1 secs=$2
+  local name=$1 secs=$2 left=$((deadline - SECONDS))
   shift 2
-  echo "== $name"
+  if (( left < 20 )); then echo "-- $name skipped: the check's deadline is near"; echo "skipped" > "$out/$name.txt"; return; fi
+  (( secs > left )) && secs=$left
+  echo "== $name (at ${SECONDS}s, limit ${secs}s)"
   timeout "$secs" "$@" > >(tee "$out/$name.txt") 2>&1 || { echo "!! $name failed (exit $?)"; status=1; }
 }
+# Everything under $OUT goes back in one archive (the device tool returns at most 8 files), the report beside it.
+pack() {
+  "$py" scripts/gpu_report.py "$out" > "$out/report.md" 2>&1
+  if [[ -n ${OUT:-} ]]; then tar czf "$OUT/gpu-check.tgz" -C "$out" . && cp "$out/report.md" "$OUT/report.md"; fi
+  echo "== report"; cat "$out/report.md"
+}
+trap pack EXIT
+"$py" -c "import torch, peft, transformers; print('torch', torch.__version__, 'peft', peft.__version__, 'transformers', transformers.__version__)" 2>&1 | tee "$out/python.txt"
+
 stage kernels 60 .gpu/bin/cuda_kernels --test-threads=1
 # the emulated twins of the parity checks ran in CI already; here only the GPU ones
-stage parity 120 .gpu/bin/cuda_parity --skip emulated --skip driver_calls --nocapture --test-threads=1
-for fam in bert roberta; do
-  for seq in 64 128; do
-    for prec in bf16 f32; do
-      stage "ours-$fam-$seq-$prec" 90 .gpu/bin/muscle-bench --device cuda --precision "$prec" --family "$fam" \
-        --seq "$seq" --iters 10 --modes lora,musclelora,eval --json "$out/ours-$fam-$seq-$prec.json"
-    done
+stage parity 150 .gpu/bin/cuda_parity --skip emulated --skip driver_calls --nocapture --test-threads=1
+ours() {  # ours <family> <seq> <precision>
+  stage "ours-$1-$2-$3" 90 .gpu/bin/muscle-bench --device cuda --precision "$3" --family "$1" --seq "$2" \
+    --iters 10 --modes lora,musclelora,eval --json "$out/ours-$1-$2-$3.json"
+}
+theirs() {  # theirs <family> <precision>
+  stage "torch-$1-$2" 150 "$py" scripts/bench_torch.py --model "$1" --dtype "$2" --iters 10 --json "$out/torch-$1-$2.json"
+}
+# the issue's target first (bf16), then f32
+for prec in bf16 f32; do
+  for fam in bert roberta; do
+    ours "$fam" 64 "$prec"; ours "$fam" 128 "$prec"; theirs "$fam" "$prec"
   done
-  stage "torch-$fam-bf16" 120 "$py" scripts/bench_torch.py --model "$fam" --dtype bf16 --json "$out/torch-$fam-bf16.json"
-  stage "torch-$fam-f32" 120 "$py" scripts/bench_torch.py --model "$fam" --dtype f32 --json "$out/torch-$fam-f32.json"
 done
-"$py" scripts/gpu_report.py "$out" | tee "$out/report.md"
 exit $status
