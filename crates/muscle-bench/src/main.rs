@@ -385,16 +385,16 @@ fn main() {
         tune(&be, args.batch * args.seq, args.hidden, configs, args.iters.max(3));
         return;
     }
-    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, [0; 4]),
+    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, [0; 7]),
           |_| Default::default());
 }
 
 /// Device memory in use (a dry run: the most it allocated) and the driver calls so far: kernels,
 /// GEMMs, copies, waits.
 #[cfg(feature = "cuda")]
-fn cuda_stats(be: &Cuda) -> (usize, [u64; 4]) {
+fn cuda_stats(be: &Cuda) -> (usize, [u64; 7]) {
     let c = be.calls();
-    (be.memory_used(), [c.kernels, c.gemms, c.copies, c.waits])
+    (be.memory_used(), [c.kernels, c.gemms, c.copies, c.waits, c.allocs, c.issue_ns, c.wait_ns])
 }
 
 /// Times each mode's step on backends from `open` and prints the table (and the JSON).
@@ -403,7 +403,7 @@ fn cuda_stats(be: &Cuda) -> (usize, [u64; 4]) {
 /// measured right before every timed step and each step is set against the best GEMM of its own
 /// measurement; a mode's ratio is the median of those paired ratios.
 fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: impl Fn(&B) -> Peaks,
-                     device_stats: impl Fn(&B) -> (usize, [u64; 4]),
+                     device_stats: impl Fn(&B) -> (usize, [u64; 7]),
                      launches: impl Fn(&B) -> std::collections::HashMap<&'static str, u64>) {
     let calls_of = |be: &B| -> u64 { device_stats(be).1[..3].iter().sum() };
     let heads = (args.hidden / 64).max(1);
@@ -441,7 +441,10 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
                                          train_head: false },
                              flops::Kind::Peft { r: 8, nk: band.len() }, true),
             "full" => (TrainSpec::full(), flops::Kind::Full, false),
-            _ => (TrainSpec::full(), flops::Kind::Eval, false),
+            // the LoRA model, as it is evaluated after training (with --precision bf16 its frozen
+            // weights are bf16, as under PyTorch's autocast in scripts/bench_torch.py)
+            _ => (TrainSpec { mode: TrainMode::Peft, lora: Some(lora), mslr: None, train_head: false },
+                  flops::Kind::Eval, false),
         };
         let be = open();
         let model = BertClassifier::from_weights(&be, cfg.clone(), family, &weights, 2, &spec, 1).expect("model");
@@ -462,7 +465,9 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         run(&mut clf);
         if args.dry {
             let (before, kernels_before) = (device_stats(&clf.be).1, launches(&clf.be));
+            let t0 = Instant::now();
             run(&mut clf);
+            let host_ms = t0.elapsed().as_secs_f64() * 1e3;
             let (mem, after) = device_stats(&clf.be);
             let step: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
             let mut per_kernel: Vec<(&str, u64)> = launches(&clf.be).into_iter()
@@ -470,10 +475,11 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
                 .filter(|&(_, n)| n > 0)
                 .collect();
             per_kernel.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-            dry_rows.push((mode.clone(), step, mem, per_kernel));
+            dry_rows.push((mode.clone(), step, mem, per_kernel, host_ms));
             continue;
         }
         let (mut times, mut ratios, mut busy, mut calls) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let (mut issuing, mut waiting) = (Vec::new(), Vec::new());
         let gflop = flops::step(&shape, kind, ga) / 1e9;
         for _ in 0..args.iters {
             let peaks = peaks_of(&clf.be);
@@ -485,10 +491,13 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
                 }
             }
             best_samples.push(best);
-            let (t0, cpu0, calls0) = (Instant::now(), cpu_seconds(), calls_of(&clf.be));
+            let (t0, cpu0, calls0, books0) = (Instant::now(), cpu_seconds(), calls_of(&clf.be), device_stats(&clf.be).1);
             run(&mut clf);
             let secs = t0.elapsed().as_secs_f64();
             calls = calls_of(&clf.be) - calls0;
+            let books = device_stats(&clf.be).1;
+            issuing.push((books[5] - books0[5]) as f64 / 1e6);
+            waiting.push((books[6] - books0[6]) as f64 / 1e6);
             if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
                 busy.push((b - a) / secs);
             }
@@ -503,7 +512,8 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         let mem = device_stats(&clf.be).0;
         let busy = (!busy.is_empty()).then(|| busy.iter().sum::<f64>() / busy.len() as f64);
         eprintln!("{mode}: {:.1} ms{}", secs * 1e3, busy.map_or(String::new(), |u| format!(", {u:.2} cores busy")));
-        rows.push((mode.clone(), secs * 1e3, gflop, rate, median(ratios), mem, busy, calls));
+        rows.push(Row { mode: mode.clone(), ms: secs * 1e3, gflop, rate, ratio: median(ratios), mem, busy, calls,
+                        issuing: median(issuing), waiting: median(waiting) });
     }
     if args.dry {
         return dry_report(args, device, &dry_rows);
@@ -516,62 +526,91 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
     let peaks: Vec<(String, f64)> = samples.into_iter().map(|(n, v)| (n, median(v))).collect();
 
     println!("Device: {device}\n");
-    println!("| measurement | ms | GFLOP | GFLOP/s | of peak |{}", if args.cuda { " device memory | driver calls |" } else { "" });
-    println!("| --- | ---: | ---: | ---: | ---: |{}", if args.cuda { " ---: | ---: |" } else { "" });
+    println!("| measurement | ms | GFLOP | GFLOP/s | of peak |{}",
+             if args.cuda { " device memory | driver calls | host ms issuing | ms waiting |" } else { "" });
+    println!("| --- | ---: | ---: | ---: | ---: |{}", if args.cuda { " ---: | ---: | ---: | ---: |" } else { "" });
     for (name, p) in &peaks {
-        println!("| {name} | | | {p:.1} | {:.0}% |{}", 100.0 * p / peak_ref, if args.cuda { " | |" } else { "" });
+        println!("| {name} | | | {p:.1} | {:.0}% |{}", 100.0 * p / peak_ref, if args.cuda { " | | | |" } else { "" });
     }
-    for (m, ms, gflop, rate, ratio, mem, _, calls) in &rows {
-        let mem = if args.cuda { format!(" {:.2} GiB | {calls} |", *mem as f64 / (1u64 << 30) as f64) } else { String::new() };
-        println!("| {kind} {m} step, {b} x {t}, {}L/{}H | {ms:.1} | {gflop:.1} | {rate:.1} | {:.0}% |{mem}", args.layers,
-                 args.hidden, 100.0 * ratio);
+    for r in &rows {
+        let extra = if args.cuda {
+            format!(" {:.2} GiB | {} | {:.1} | {:.1} |", r.mem as f64 / (1u64 << 30) as f64, r.calls, r.issuing, r.waiting)
+        } else {
+            String::new()
+        };
+        println!("| {kind} {} step, {b} x {t}, {}L/{}H | {:.1} | {:.1} | {:.1} | {:.0}% |{extra}", r.mode, args.layers,
+                 args.hidden, r.ms, r.gflop, r.rate, 100.0 * r.ratio);
     }
     println!("\nBefore every timed step each SGEMM above is measured (best of 3; the table shows their medians);\n\
               a step's \"of peak\" is the median over its {} timed steps (after one warm-up) of its GFLOP/s over\n\
               the best SGEMM measured just before it; ms and GFLOP/s are medians.", args.iters);
+    if args.cuda {
+        println!("Host ms issuing: the step's time inside the driver and cuBLAS queueing its calls; ms waiting: its\n\
+                  time blocked on the GPU (reading results back). A step that is mostly the first is bound by the\n\
+                  host (launches), mostly the second by the GPU's work (medians).");
+    }
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "device": device, "peaks": peaks.iter().map(|(n, p)| serde_json::json!({"name": n, "gflops": p})).collect::<Vec<_>>(),
             "peak_gflops": peak_ref,
             "precision": if args.bf16 { "bf16" } else { "f32" },
             "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
-            "steps": rows.iter().map(|(m, ms, gflop, rate, ratio, mem, busy, calls)| serde_json::json!({
-                "mode": m, "ms": ms, "gflop": gflop, "gflops": rate, "ratio_to_peak": ratio, "cores_busy": busy,
-                "device_memory_bytes": if args.cuda { Some(*mem) } else { None },
-                "driver_calls": if args.cuda { Some(*calls) } else { None }})).collect::<Vec<_>>(),
+            "steps": rows.iter().map(|r| serde_json::json!({
+                "mode": r.mode, "ms": r.ms, "gflop": r.gflop, "gflops": r.rate, "ratio_to_peak": r.ratio,
+                "cores_busy": r.busy, "device_memory_bytes": if args.cuda { Some(r.mem) } else { None },
+                "driver_calls": if args.cuda { Some(r.calls) } else { None },
+                "host_ms_issuing": if args.cuda { Some(r.issuing) } else { None },
+                "ms_waiting": if args.cuda { Some(r.waiting) } else { None }})).collect::<Vec<_>>(),
         });
         write_json(path, &json);
     }
 }
 
+/// One timed mode: median ms, GFLOP per step, GFLOP/s, ratio to the best GEMM, device memory, host
+/// cores busy, driver calls, and (CUDA) the host's ms issuing calls and waiting for the device.
+struct Row {
+    mode: String,
+    ms: f64,
+    gflop: f64,
+    rate: f64,
+    ratio: f64,
+    mem: usize,
+    busy: Option<f64>,
+    calls: u64,
+    issuing: f64,
+    waiting: f64,
+}
+
 /// `--device cuda-dry`'s table and JSON: per mode, one step's driver calls and the most device
 /// memory allocated (weights, activations, optimiser state, scratch).
-/// A dry-run step: mode, calls (kernels, GEMMs, copies, waits), peak memory, launches per kernel.
-type DryRow = (String, Vec<u64>, usize, Vec<(&'static str, u64)>);
+/// A dry-run step: mode, calls (kernels, GEMMs, copies, waits, allocations), peak memory, launches
+/// per kernel, and the host's milliseconds for the step with no driver under it.
+type DryRow = (String, Vec<u64>, usize, Vec<(&'static str, u64)>, f64);
 
 fn dry_report(args: &Args, device: &str, rows: &[DryRow]) {
     let (kind, b, t) = (if args.roberta { "roberta" } else { "bert" }, args.batch, args.seq);
     println!("Device: {device}\n");
-    println!("| step | kernels | GEMMs | copies | driver calls | waits on the device | peak device memory |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (m, c, mem, _) in rows {
-        println!("| {kind} {m}, {b} x {t}, {}L/{}H | {} | {} | {} | {} | {} | {:.2} GiB |", args.layers, args.hidden, c[0], c[1],
-                 c[2], c[0] + c[1] + c[2], c[3], *mem as f64 / (1u64 << 30) as f64);
+    println!("| step | kernels | GEMMs | copies | driver calls | waits on the device | allocations | peak device memory | host ms, no driver |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (m, c, mem, _, host_ms) in rows {
+        println!("| {kind} {m}, {b} x {t}, {}L/{}H | {} | {} | {} | {} | {} | {} | {:.2} GiB | {host_ms:.2} |", args.layers,
+                 args.hidden, c[0], c[1], c[2], c[0] + c[1] + c[2], c[3], c[4], *mem as f64 / (1u64 << 30) as f64);
     }
     println!("\nKernel launches per step:");
-    for (m, _, _, per_kernel) in rows {
+    for (m, _, _, per_kernel, _) in rows {
         let list: Vec<String> = per_kernel.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!("- {m}: {}", list.join(", "));
     }
     println!("\nCounted without a device: each call as the CUDA backend would make it; memory is what it would\n\
-              allocate at most (cudaMalloc sizes), not what the driver reserves around it.");
+              allocate at most (cudaMalloc sizes), not what the driver reserves around it. Host ms: the step's\n\
+              own work on this machine's CPU (the model's bookkeeping and the backend's), driver calls excluded.");
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "device": device, "precision": if args.bf16 { "bf16" } else { "f32" },
             "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
-            "steps": rows.iter().map(|(m, c, mem, per_kernel)| serde_json::json!({
+            "steps": rows.iter().map(|(m, c, mem, per_kernel, host_ms)| serde_json::json!({
                 "mode": m, "kernels": c[0], "gemms": c[1], "copies": c[2], "driver_calls": c[0] + c[1] + c[2],
-                "waits": c[3], "peak_device_memory_bytes": mem,
+                "waits": c[3], "allocations": c[4], "host_ms": host_ms, "peak_device_memory_bytes": mem,
                 "launches": per_kernel.iter().map(|(k, n)| (k.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>()}))
                 .collect::<Vec<_>>(),
         });

@@ -200,7 +200,8 @@ impl Cuda {
             }
         }
         let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| fail("creating the cuBLAS handle", &e))?;
-        Ok(Cuda { rt: Runtime::new(Kind::Driver(Driver { ctx, stream, blas, functions })), scratch: Mutex::new(Scratch::default()),
+        let driver = Driver::new(ctx, stream, blas, functions).map_err(|e| fail("allocating page-locked staging memory", &e))?;
+        Ok(Cuda { rt: Runtime::new(Kind::Driver(driver)), scratch: Mutex::new(Scratch::default()),
                   error: Mutex::new(None), info, precision, bf16_weights: Default::default() })
     }
 

@@ -114,12 +114,132 @@ impl<T> Drop for HostMem<T> {
     }
 }
 
-/// The CUDA driver's side: context, the one stream all work goes to, cuBLAS, the loaded kernels.
+/// The CUDA driver's side: context, the one stream all work goes to, cuBLAS, the loaded kernels,
+/// and the page-locked memory small copies go through.
 pub struct Driver {
+    // declared first so it is freed first, while the context is still alive
+    staging: std::sync::Mutex<Staging>,
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub blas: cudarc::cublas::CudaBlas,
     pub functions: HashMap<&'static str, CudaFunction>,
+}
+
+impl Driver {
+    pub fn new(ctx: Arc<CudaContext>, stream: Arc<CudaStream>, blas: cudarc::cublas::CudaBlas,
+               functions: HashMap<&'static str, CudaFunction>) -> Result<Self, String> {
+        ctx.bind_to_thread().map_err(dbg)?;
+        let staging = Staging::new(STAGING_BYTES)?;
+        Ok(Driver { staging: std::sync::Mutex::new(staging), ctx, stream, blas, functions })
+    }
+
+    fn staging(&self) -> std::sync::MutexGuard<'_, Staging> {
+        self.staging.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues the copy of `data` to device address `dst` through the staging memory (pageable
+    /// memory directly when `data` is larger than all of it: weights, once, at load).
+    fn upload<T: DeviceRepr>(&self, dst: u64, data: &[T]) -> Result<(), String> {
+        let bytes = std::mem::size_of_val(data);
+        let mut st = self.staging();
+        let Some(at) = st.take(bytes, || self.stream.synchronize().map_err(dbg))? else {
+            // SAFETY: `dst` holds `bytes` (the caller checked); a pageable copy is staged by the
+            // driver before this returns, so `data` may go right after.
+            return unsafe { cudarc::driver::result::memcpy_htod_async(dst, data, self.stream.cu_stream()) }.map_err(dbg);
+        };
+        // SAFETY: `at` is `bytes` of staging memory no queued copy still reads (`Staging::take`).
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr() as *const u8, at, bytes);
+            cudarc::driver::sys::cuMemcpyHtoDAsync_v2(dst, at as *const c_void, bytes, self.stream.cu_stream())
+                .result().map_err(dbg)
+        }
+    }
+
+    /// Copies `n` elements from device address `src` to the host, after all queued work.
+    fn download<T: DeviceRepr + Copy + Default>(&self, src: u64, n: usize) -> Result<Vec<T>, String> {
+        let bytes = n * std::mem::size_of::<T>();
+        let mut out = vec![T::default(); n];
+        let mut st = self.staging();
+        let at = st.take(bytes, || self.stream.synchronize().map_err(dbg))?;
+        // SAFETY: `src` holds `n` elements (the caller checked); `at`, when given, is `bytes` of
+        // staging memory no queued copy uses; the wait makes the copy complete before it is read.
+        unsafe {
+            match at {
+                Some(at) => cudarc::driver::sys::cuMemcpyDtoHAsync_v2(at as *mut c_void, src, bytes, self.stream.cu_stream())
+                    .result().map_err(dbg)?,
+                None => cudarc::driver::result::memcpy_dtoh_async(&mut out, src, self.stream.cu_stream()).map_err(dbg)?,
+            }
+            self.stream.synchronize().map_err(dbg)?;
+            if let Some(at) = at {
+                std::ptr::copy_nonoverlapping(at as *const u8, out.as_mut_ptr() as *mut u8, bytes);
+            }
+        }
+        st.drained();
+        Ok(out)
+    }
+
+    fn synchronize(&self) -> Result<(), String> {
+        self.stream.synchronize().map_err(dbg)?;
+        self.staging().drained();
+        Ok(())
+    }
+}
+
+/// Bytes of page-locked memory for small copies (a BERT-base step stages well under 1 MiB between
+/// two waits).
+const STAGING_BYTES: usize = 8 << 20;
+
+/// Page-locked host memory that small copies go through. A copy from pageable memory can make the
+/// driver wait for the stream to drain, so the host's issuing and the GPU's work run one after the
+/// other at every upload (indices, pointer arrays, tensor tables: dozens per step) instead of
+/// overlapping; from page-locked memory the copy is queued like a kernel. Space is handed out front
+/// to back and reused from the start once the stream has been waited for: at every download, and
+/// first when it runs out.
+struct Staging {
+    base: *mut u8,
+    cap: usize,
+    used: usize,
+}
+
+// SAFETY: the memory is the process's (page-locked host memory), used under the Driver's mutex.
+unsafe impl Send for Staging {}
+
+impl Staging {
+    fn new(cap: usize) -> Result<Self, String> {
+        // SAFETY: a plain page-locked allocation (the context is current), freed in `drop`.
+        let base = unsafe { cudarc::driver::result::malloc_host(cap, 0) }.map_err(dbg)? as *mut u8;
+        Ok(Staging { base, cap, used: 0 })
+    }
+
+    /// `bytes` of staging memory that no queued copy still uses (`wait`, which drains the stream,
+    /// is called first when the rest of the space is too small); `None` when `bytes` is over the
+    /// whole of it.
+    fn take(&mut self, bytes: usize, wait: impl FnOnce() -> Result<(), String>) -> Result<Option<*mut u8>, String> {
+        let span = bytes.div_ceil(256) * 256;
+        if span > self.cap {
+            return Ok(None);
+        }
+        if self.used + span > self.cap {
+            wait()?;
+            self.used = 0;
+        }
+        // SAFETY: used + span <= cap, inside the allocation.
+        let at = unsafe { self.base.add(self.used) };
+        self.used += span;
+        Ok(Some(at))
+    }
+
+    /// The stream has been waited for: every queued copy is done with the space.
+    fn drained(&mut self) {
+        self.used = 0;
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `malloc_host` in `new`, freed once; the context outlives it (field order).
+        unsafe { let _ = cudarc::driver::result::free_host(self.base as *mut c_void); }
+    }
 }
 
 pub enum Kind {
@@ -140,6 +260,13 @@ pub struct Calls {
     pub copies: u64,
     /// downloads, each of which waits for all work before it
     pub waits: u64,
+    /// device allocations (each also zeroes its memory)
+    pub allocs: u64,
+    /// On a GPU: the host's nanoseconds inside the driver and cuBLAS issuing the calls above, and
+    /// waiting for the device (downloads, synchronisations). A step whose time is mostly the first
+    /// is bound by the host; mostly the second, by the GPU. 0 emulated and in a dry run.
+    pub issue_ns: u64,
+    pub wait_ns: u64,
 }
 
 impl Calls {
@@ -152,7 +279,8 @@ impl std::ops::Sub for Calls {
     type Output = Calls;
     fn sub(self, o: Calls) -> Calls {
         Calls { kernels: self.kernels - o.kernels, gemms: self.gemms - o.gemms, copies: self.copies - o.copies,
-                waits: self.waits - o.waits }
+                waits: self.waits - o.waits, allocs: self.allocs - o.allocs, issue_ns: self.issue_ns - o.issue_ns,
+                wait_ns: self.wait_ns - o.wait_ns }
     }
 }
 
@@ -207,6 +335,16 @@ impl Runtime {
         f(&mut self.calls.lock().unwrap_or_else(|e| e.into_inner()).0);
     }
 
+    /// Runs `f` (a call into the driver) and adds its host time to the books: to `wait_ns` when it
+    /// waits for the device, else to `issue_ns`.
+    fn timed<R>(&self, waits: bool, f: impl FnOnce() -> R) -> R {
+        let t0 = std::time::Instant::now();
+        let r = f();
+        let ns = t0.elapsed().as_nanos() as u64;
+        self.count(|c| if waits { c.wait_ns += ns } else { c.issue_ns += ns });
+        r
+    }
+
     /// Makes the context current on this thread (N-API worker threads change).
     pub fn bind(&self) -> Result<(), String> {
         match &self.kind {
@@ -216,6 +354,7 @@ impl Runtime {
     }
 
     pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits + Copy + Default>(&self, n: usize) -> Result<Mem<T>, String> {
+        self.count(|c| c.allocs += 1);
         match &self.kind {
             Kind::Driver(d) => d.stream.alloc_zeros::<T>(n.max(1)).map(Mem::Device).map_err(dbg),
             Kind::Emulated(_) => HostMem::zeroed(n).map(Mem::Host),
@@ -251,7 +390,7 @@ impl Runtime {
         }
         self.count(|c| c.copies += 1);
         match (&self.kind, dst) {
-            (Kind::Driver(d), Mem::Device(s)) => d.stream.memcpy_htod(data, &mut s.slice_mut(..data.len())).map_err(dbg),
+            (Kind::Driver(d), Mem::Device(s)) => self.timed(false, || d.upload(s.device_ptr(&d.stream).0, data)),
             (_, Mem::Dry(_)) => Ok(()),
             // SAFETY: `h` holds at least data.len() elements (checked above).
             (_, Mem::Host(h)) => unsafe {
@@ -272,7 +411,7 @@ impl Runtime {
             c.waits += 1;
         });
         match (&self.kind, src) {
-            (Kind::Driver(d), Mem::Device(s)) => d.stream.clone_dtoh(&s.slice(..n)).map_err(dbg),
+            (Kind::Driver(d), Mem::Device(s)) => self.timed(true, || d.download(s.device_ptr(&d.stream).0, n)),
             (_, Mem::Dry(_)) => Ok(vec![T::default(); n]),
             // SAFETY: in bounds (checked above); no kernel runs concurrently on an emulated runtime.
             (_, Mem::Host(h)) => Ok(unsafe { std::slice::from_raw_parts(h.ptr.as_ptr(), n) }.to_vec()),
@@ -285,7 +424,9 @@ impl Runtime {
     pub unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), String> {
         self.count(|c| c.copies += 1);
         match &self.kind {
-            Kind::Driver(d) => cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, d.stream.cu_stream()).map_err(dbg),
+            Kind::Driver(d) => {
+                self.timed(false, || cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, d.stream.cu_stream())).map_err(dbg)
+            }
             Kind::Emulated(_) => {
                 std::ptr::copy(src as *const u8, dst as *mut u8, bytes);
                 Ok(())
@@ -296,7 +437,7 @@ impl Runtime {
 
     pub fn synchronize(&self) -> Result<(), String> {
         match &self.kind {
-            Kind::Driver(d) => d.stream.synchronize().map_err(dbg),
+            Kind::Driver(d) => self.timed(true, || d.synchronize()),
             Kind::Emulated(_) | Kind::DryRun(_) => Ok(()),
         }
     }
@@ -314,8 +455,8 @@ impl Runtime {
             Kind::Driver(d) => {
                 let f = d.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
                 let mut params: Vec<*mut c_void> = args.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
-                cudarc::driver::result::launch_kernel(f.cu_function(), grid, block, shared_bytes, d.stream.cu_stream(),
-                                                      &mut params).map_err(dbg)
+                self.timed(false, || cudarc::driver::result::launch_kernel(f.cu_function(), grid, block, shared_bytes,
+                                                                           d.stream.cu_stream(), &mut params)).map_err(dbg)
             }
             Kind::Emulated(e) => e.launch(name, grid, block, shared_bytes, args),
             Kind::DryRun(_) => Ok(()),
@@ -327,7 +468,7 @@ impl Runtime {
     pub unsafe fn gemm(&self, g: &Gemm) -> Result<(), String> {
         self.count(|c| c.gemms += 1);
         match &self.kind {
-            Kind::Driver(d) => driver_gemm(d, g),
+            Kind::Driver(d) => self.timed(false, || driver_gemm(d, g)),
             Kind::Emulated(_) => {
                 emulated_gemm(g);
                 Ok(())
