@@ -5,10 +5,13 @@
 #   1. every kernel compiles with the machine's NVRTC;
 #   2. CUDA against CPU: every Backend verb, then training steps on the tiny checkpoints (f32, 1e-4);
 #   3. muscle-bench --device cuda (bf16 and f32) beside scripts/bench_torch.py (bf16 and f32), BERT- and
-#      RoBERTa-base, 32 x 64 and 32 x 128; scripts/gpu_report.py prints the ratios.
+#      RoBERTa-base, 32 x 64 and 32 x 128; scripts/gpu_report.py prints the ratios;
+#   4. variants of our bf16 step: an earlier build (.gpu/bin/muscle-bench-before, when carried) and
+#      attention's GEMMs in exact f32 (MUSCLE_CUDA_TF32=0), to measure what each change bought.
 # Results go to .gpu/out, or, under the device tool, to $OUT as one archive (gpu-check.tgz) and report.md.
 # Each stage has its own time limit so one hang cannot eat the rest, and the whole check a deadline
-# (GPU_CHECK_SECONDS, 420 by default).
+# (GPU_CHECK_SECONDS, 420 by default). GPU_CHECK_PLAN=profile runs 1, 2 and only BERT-base bf16 of 3,
+# with muscle-bench --profile (GPU time per kind of call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for bin in cuda_kernels cuda_parity muscle-bench; do
@@ -63,17 +66,37 @@ trap pack EXIT
 stage kernels 60 .gpu/bin/cuda_kernels --test-threads=1
 # the emulated twins of the parity checks ran in CI already; here only the GPU ones
 stage parity 150 .gpu/bin/cuda_parity --skip emulated --skip driver_calls --nocapture --test-threads=1
-ours() {  # ours <family> <seq> <precision>
-  stage "ours-$1-$2-$3" 90 .gpu/bin/muscle-bench --device cuda --precision "$3" --family "$1" --seq "$2" \
-    --iters 10 --modes lora,musclelora,eval --json "$out/ours-$1-$2-$3.json"
+ours() {  # ours <family> <seq> <precision> [muscle-bench flags...]
+  local fam=$1 seq=$2 prec=$3
+  shift 3
+  stage "ours-$fam-$seq-$prec" 90 .gpu/bin/muscle-bench --device cuda --precision "$prec" --family "$fam" --seq "$seq" \
+    --iters 10 --modes lora,musclelora,eval --json "$out/ours-$fam-$seq-$prec.json" "$@"
 }
 theirs() {  # theirs <family> <precision>
   stage "torch-$1-$2" 150 "$py" scripts/bench_torch.py --model "$1" --dtype "$2" --iters 10 --json "$out/torch-$1-$2.json"
 }
-# the issue's target first (bf16), then f32
-for prec in bf16 f32; do
-  for fam in bert roberta; do
-    ours "$fam" 64 "$prec"; ours "$fam" 128 "$prec"; theirs "$fam" "$prec"
-  done
+variant() {  # variant <name> <binary> <family> <seq> [env...]: the training steps by another build or setting
+  local name=$1 bin=$2 fam=$3 seq=$4
+  shift 4
+  [[ -x $bin ]] || return 0
+  stage "variant-$name-$fam-$seq-bf16" 60 env "$@" "$bin" --device cuda --precision bf16 --family "$fam" --seq "$seq" \
+    --iters 10 --modes lora,musclelora --json "$out/variant-$name-$fam-$seq-bf16.json"
+}
+if [[ ${GPU_CHECK_PLAN:-full} == profile ]]; then
+  # a short look: BERT-base bf16 beside PyTorch, with every call of one step timed on the GPU
+  ours bert 64 bf16 --profile; ours bert 128 bf16 --profile; theirs bert bf16
+  exit $status
+fi
+# the issue's target first (bf16, BERT then RoBERTa), then what each change bought (an earlier build
+# carried as .gpu/bin/muscle-bench-before; attention's GEMMs in exact f32), then f32
+for fam in bert roberta; do
+  ours "$fam" 64 bf16; ours "$fam" 128 bf16; theirs "$fam" bf16
+done
+for seq in 64 128; do
+  variant before .gpu/bin/muscle-bench-before bert "$seq"
+  variant f32attention .gpu/bin/muscle-bench bert "$seq" MUSCLE_CUDA_TF32=0
+done
+for fam in bert roberta; do
+  ours "$fam" 64 f32; ours "$fam" 128 f32; theirs "$fam" f32
 done
 exit $status

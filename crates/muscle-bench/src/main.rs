@@ -30,6 +30,8 @@ struct Args {
     cuda: bool,
     /// `--device cuda-dry`: the CUDA backend's books without a device (calls and memory, no times)
     dry: bool,
+    /// `--profile` (GPU): one more step of each mode with every call timed on the device
+    profile: bool,
     roberta: bool,
     bf16: bool,
 }
@@ -49,7 +51,8 @@ fn parse_tune(spec: &str) -> std::result::Result<Vec<[usize; 4]>, String> {
 fn parse_args() -> std::result::Result<Args, String> {
     let mut a = Args { layers: 12, hidden: 768, batch: 32, seq: 64, iters: 3,
                        modes: vec!["lora".into(), "musclelora".into(), "full".into(), "eval".into()], json: None,
-                       gemms: false, kernels: false, tune: None, cuda: false, dry: false, roberta: false, bf16: false };
+                       gemms: false, kernels: false, tune: None, cuda: false, dry: false, roberta: false, bf16: false,
+                       profile: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -63,6 +66,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--json" => a.json = Some(val()?),
             "--gemms" => a.gemms = true,
             "--kernels" => a.kernels = true,
+            "--profile" => a.profile = true,
             "--tune" if cfg!(target_arch = "x86_64") => a.tune = Some(parse_tune(&val()?)?),
             "--tune" => return Err("--tune tunes our AVX2 SGEMM, which runs on x86-64 only".into()),
             "--precision" => a.bf16 = match val()?.as_str() {
@@ -83,7 +87,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             },
             "-h" | "--help" => {
                 println!("muscle-bench [--layers 12] [--hidden 768] [--batch 32] [--seq 64] [--iters 3] \
-                          [--modes lora,musclelora,full,eval] [--device cpu|cuda|cuda-dry] [--precision f32|bf16] [--family bert|roberta] [--json out.json] [--gemms] [--kernels] [--tune CONFIGS]\n\n\
+                          [--modes lora,musclelora,full,eval] [--device cpu|cuda|cuda-dry] [--precision f32|bf16] [--family bert|roberta] [--json out.json] [--gemms] [--kernels] [--profile] [--tune CONFIGS]\n\n\
                           Times training steps of a random BERT- (or RoBERTa-) shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
                           dropout 0.1) against the machine's SGEMM peak (2048^3 on the CPU, ours and numpy's; cuBLAS f32 at\n\
                           8192^3 on a GPU), measured right before every timed step: a step's ratio is the median of\n\
@@ -94,6 +98,9 @@ fn parse_args() -> std::result::Result<Args, String> {
                           its driver calls and the most device memory it would allocate (any model size, any machine);\n\
                           --precision bf16 (GPU only): frozen weights and their GEMMs in bf16, f32 accumulation.\n\
                           --gemms: GFLOP/s of each layer GEMM shape; --kernels: ms of the non-GEMM kernels per layer (CPU).\n\
+                          --profile (GPU): after the timed steps, one more step of each mode with every call timed on the\n\
+                          device (CUDA events; each run of calls queued behind a spin so the times are the GPU's alone):\n\
+                          GPU ms per kernel and GEMM kind, and the GPU's busy time against the step's.\n\
                           --tune \"kc,mc,nc,split;...\" (CPU, x86-64): our SGEMM's blockings (0 = built-in; split 0 rule, 1 M,\n\
                           2 N) run interleaved for --iters rounds on the layer shapes and 2048^3, each as median GFLOP/s and\n\
                           median ratio to the first configuration; no steps are timed.");
@@ -104,6 +111,9 @@ fn parse_args() -> std::result::Result<Args, String> {
     }
     if a.bf16 && !a.cuda {
         return Err("--precision bf16 needs --device cuda".into());
+    }
+    if a.profile && (!a.cuda || a.dry) {
+        return Err("--profile times calls on a GPU; use it with --device cuda".into());
     }
     if a.cuda && (a.gemms || a.kernels) {
         return Err("--gemms and --kernels measure the CPU backend; leave them out with --device cuda".into());
@@ -351,7 +361,8 @@ fn main() {
             let precision = if args.bf16 { Precision::Bf16 } else { Precision::F32 };
             if args.dry {
                 let device = format!("CUDA backend, dry run, {}", if args.bf16 { "bf16" } else { "f32" });
-                return bench(&args, || Cuda::dry_run(precision), &device, |_| vec![], cuda_stats, Cuda::launches);
+                return bench(&args, || Cuda::dry_run(precision), &device, |_| vec![], cuda_stats, Cuda::launches,
+                             |_, _| None);
             }
             let open = || Cuda::with_precision(0, precision).unwrap_or_else(|e| {
                 eprintln!("muscle-bench: {e}");
@@ -364,7 +375,7 @@ fn main() {
             drop(be);
             let name = format!("SGEMM 8192^3, cuBLAS f32 ({})", info.name);
             let peaks = move |be: &Cuda| vec![(name.clone(), sgemm_peak(be, 8192, 3))];
-            return bench(&args, open, &device, peaks, cuda_stats, Cuda::launches);
+            return bench(&args, open, &device, peaks, cuda_stats, Cuda::launches, cuda_profile);
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -386,7 +397,26 @@ fn main() {
         return;
     }
     bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, [0; 7]),
-          |_| Default::default());
+          |_| Default::default(), |_, _| None);
+}
+
+/// A profiled step: per kind of call its calls and GPU ms (most first), the GPU's busy ms, the runs
+/// of calls between waits, and those the host had not queued whole before the profiler's spin ended.
+type ProfileRows = (Vec<(&'static str, u64, f64)>, f64, u64, u64);
+
+/// `--profile` on a GPU: `true` starts timing every call, `false` stops and returns the times.
+#[cfg(feature = "cuda")]
+fn cuda_profile(be: &Cuda, start: bool) -> Option<ProfileRows> {
+    let report = (!start).then(|| be.profile());
+    be.set_profiling(start).unwrap_or_else(|e| {
+        eprintln!("muscle-bench: profiling: {e}");
+        std::process::exit(1)
+    });
+    report.map(|p| {
+        let mut rows: Vec<(&'static str, u64, f64)> = p.calls.into_iter().map(|(k, (n, ms))| (k, n, ms)).collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        (rows, p.busy_ms, p.runs, p.starved_runs)
+    })
 }
 
 /// Device memory in use (a dry run: the most it allocated) and the driver calls so far: kernels,
@@ -404,7 +434,8 @@ fn cuda_stats(be: &Cuda) -> (usize, [u64; 7]) {
 /// measurement; a mode's ratio is the median of those paired ratios.
 fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: impl Fn(&B) -> Peaks,
                      device_stats: impl Fn(&B) -> (usize, [u64; 7]),
-                     launches: impl Fn(&B) -> std::collections::HashMap<&'static str, u64>) {
+                     launches: impl Fn(&B) -> std::collections::HashMap<&'static str, u64>,
+                     profile: impl Fn(&B, bool) -> Option<ProfileRows>) {
     let calls_of = |be: &B| -> u64 { device_stats(be).1[..3].iter().sum() };
     let heads = (args.hidden / 64).max(1);
     // RoBERTa: its vocabulary, position offset (514 = 512 + padding index + 1) and single token type
@@ -431,6 +462,7 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
     let (mut rows, mut samples, mut best_samples): (Vec<_>, Vec<(String, Vec<f64>)>, Vec<f64>) =
         (Vec::new(), Vec::new(), Vec::new());
     let mut dry_rows: Vec<DryRow> = Vec::new();
+    let mut profiles: Vec<(String, f64, ProfileRows)> = Vec::new();
     for mode in &args.modes {
         let lora = LoraSpec { r: 8, alpha: 32.0, dropout: 0.0, targets: vec!["query".into(), "value".into()] };
         let (spec, kind, ga) = match mode.as_str() {
@@ -514,6 +546,13 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         eprintln!("{mode}: {:.1} ms{}", secs * 1e3, busy.map_or(String::new(), |u| format!(", {u:.2} cores busy")));
         rows.push(Row { mode: mode.clone(), ms: secs * 1e3, gflop, rate, ratio: median(ratios), mem, busy, calls,
                         issuing: median(issuing), waiting: median(waiting) });
+        if args.profile {
+            profile(&clf.be, true);
+            run(&mut clf);
+            if let Some(p) = profile(&clf.be, false) {
+                profiles.push((mode.clone(), secs * 1e3, p));
+            }
+        }
     }
     if args.dry {
         return dry_report(args, device, &dry_rows);
@@ -549,8 +588,26 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
                   time blocked on the GPU (reading results back). A step that is mostly the first is bound by the\n\
                   host (launches), mostly the second by the GPU's work (medians).");
     }
+    for (mode, ms, (calls, busy, runs, starved)) in &profiles {
+        println!("\nProfile of one {mode} step: the GPU busy {busy:.2} ms of the timed steps' {ms:.2} ms, in {runs} runs of \
+                  calls{}", if *starved > 0 { format!(" ({starved} not queued whole before the spin ended: their times \
+                  include the host's)") } else { String::new() });
+        println!("| call | calls | GPU ms | of busy |");
+        println!("| --- | ---: | ---: | ---: |");
+        for (name, n, gms) in calls.iter().take(24) {
+            println!("| {name} | {n} | {gms:.3} | {:.1}% |", 100.0 * gms / busy.max(1e-9));
+        }
+        if calls.len() > 24 {
+            let (n, gms) = calls[24..].iter().fold((0, 0.0), |(a, b), r| (a + r.1, b + r.2));
+            println!("| {} others | {n} | {gms:.3} | {:.1}% |", calls.len() - 24, 100.0 * gms / busy.max(1e-9));
+        }
+    }
     if let Some(path) = &args.json {
         let json = serde_json::json!({
+            "profiles": profiles.iter().map(|(mode, ms, (calls, busy, runs, starved))| serde_json::json!({
+                "mode": mode, "step_ms": ms, "gpu_busy_ms": busy, "runs": runs, "starved_runs": starved,
+                "calls": calls.iter().map(|(n, c, g)| serde_json::json!({"name": n, "calls": c, "gpu_ms": g})).collect::<Vec<_>>()}))
+                .collect::<Vec<_>>(),
             "device": device, "peaks": peaks.iter().map(|(n, p)| serde_json::json!({"name": n, "gflops": p})).collect::<Vec<_>>(),
             "peak_gflops": peak_ref,
             "precision": if args.bf16 { "bf16" } else { "f32" },

@@ -42,6 +42,11 @@ pub const MODULES: &[Module] = &[
                    "flash_attention_dkv_f32"],
     },
     Module {
+        file: "profile.cu",
+        source: include_str!("kernels/profile.cu"),
+        kernels: &["profile_spin"],
+    },
+    Module {
         file: "multi.cu",
         source: include_str!("kernels/multi.cu"),
         kernels: &["scale_many_f32", "axpby_many_f32", "adamw_many_f32", "dots_many_f32"],

@@ -107,6 +107,15 @@ pub struct Cuda {
     /// whether any weight was frozen to bf16: only then do producers write bf16 copies (full
     /// fine-tuning in bf16 mode trains every weight in f32, and its GEMMs would never read them)
     bf16_weights: std::sync::atomic::AtomicBool,
+    /// bf16 mode: attention's batched GEMMs (activations times activations, no weight to keep in
+    /// bf16) run on the tensor cores in TF32, 10 mantissa bits to bf16's 7; `MUSCLE_CUDA_TF32=0`
+    /// keeps them in exact f32
+    tf32_attention: bool,
+}
+
+/// Whether bf16 mode may run attention's GEMMs in TF32 (unless `MUSCLE_CUDA_TF32=0`).
+fn tf32_allowed(precision: Precision) -> bool {
+    precision == Precision::Bf16 && std::env::var("MUSCLE_CUDA_TF32").map_or(true, |v| v != "0")
 }
 
 /// A kernel argument, passed to `cuLaunchKernel` from an 8-byte slot (the kernel reads the first
@@ -202,7 +211,8 @@ impl Cuda {
         let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| fail("creating the cuBLAS handle", &e))?;
         let driver = Driver::new(ctx, stream, blas, functions).map_err(|e| fail("allocating page-locked staging memory", &e))?;
         Ok(Cuda { rt: Runtime::new(Kind::Driver(driver)), scratch: Mutex::new(Scratch::default()),
-                  error: Mutex::new(None), info, precision, bf16_weights: Default::default() })
+                  error: Mutex::new(None), info, precision, bf16_weights: Default::default(),
+                  tf32_attention: tf32_allowed(precision) })
     }
 
     /// The backend on the CPU: host memory, the kernels run by `emulator` (the `muscle-cuda-emu`
@@ -212,7 +222,7 @@ impl Cuda {
     pub fn emulated(emulator: Box<dyn KernelEmulator>, precision: Precision) -> Self {
         let info = DeviceInfo { ordinal: 0, name: "emulated on the CPU".into(), compute_capability: (0, 0), total_memory: 0 };
         Cuda { rt: Runtime::new(Kind::Emulated(emulator)), scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info,
-               precision, bf16_weights: Default::default() }
+               precision, bf16_weights: Default::default(), tf32_attention: tf32_allowed(precision) }
     }
 
     /// A backend that allocates nothing and runs nothing but counts: the driver calls a step would
@@ -222,7 +232,8 @@ impl Cuda {
     pub fn dry_run(precision: Precision) -> Self {
         let info = DeviceInfo { ordinal: 0, name: "dry run (no device)".into(), compute_capability: (0, 0), total_memory: 0 };
         Cuda { rt: Runtime::new(Kind::DryRun(Default::default())), scratch: Mutex::new(Scratch::default()),
-               error: Mutex::new(None), info, precision, bf16_weights: Default::default() }
+               error: Mutex::new(None), info, precision, bf16_weights: Default::default(),
+               tf32_attention: tf32_allowed(precision) }
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -402,7 +413,7 @@ impl Cuda {
             return;
         }
         let g = Gemm { ta: b.trans, tb: a.trans, m: n, n: m, k, alpha, a: (pb, b.ld, 0), b: (pa, a.ld, 0), beta,
-                       c: (pc, ldc, 0), batch: 1, bf16, arrays: None };
+                       c: (pc, ldc, 0), batch: 1, bf16, tf32: false, arrays: None };
         // SAFETY: operands and C are inside their buffers (the layers' shapes; checked on the CPU
         // backend by bounds asserts); a bf16 operand holds the same extent as its f32 source.
         let r = unsafe { self.rt.gemm(&g) };
@@ -1106,7 +1117,8 @@ impl Cuda {
         }
         // the row-major to column-major swap of `matmul`: B's items first
         let g = Gemm { ta: b.1, tb: a.1, m: n, n: m, k, alpha, a: (0, b.0, 0), b: (0, a.0, 0), beta: 0.0,
-                       c: (0, ldc, 0), batch, bf16: false, arrays: Some((arrays.1, arrays.0, arrays.2)) };
+                       c: (0, ldc, 0), batch, bf16: false, tf32: self.tf32_attention,
+                       arrays: Some((arrays.1, arrays.0, arrays.2)) };
         // SAFETY: every item address lies inside the buffer it came from (`Heads`), with its extent.
         let r = unsafe { self.rt.gemm(&g) };
         self.record("cublasSgemmBatched", r);
@@ -1121,6 +1133,17 @@ impl Cuda {
         }
         let v = self.to_host(&out, n);
         self.check().map(|_| v)
+    }
+
+    /// Starts (or stops, `false`) timing every call on the GPU; `profile` reads the times. Slow: for
+    /// finding where a step's time goes (`muscle-bench --profile`), never while timing steps.
+    pub fn set_profiling(&self, on: bool) -> Result<()> {
+        self.rt.set_profiling(on).map_err(EngineError::Device)
+    }
+
+    /// The GPU time of each kind of call since profiling started.
+    pub fn profile(&self) -> runtime::Profile {
+        self.rt.profile()
     }
 
     /// The driver calls made so far (for benchmarks and the launch-count test).

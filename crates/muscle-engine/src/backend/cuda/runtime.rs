@@ -119,6 +119,7 @@ impl<T> Drop for HostMem<T> {
 pub struct Driver {
     // declared first so it is freed first, while the context is still alive
     staging: std::sync::Mutex<Staging>,
+    profiler: std::sync::Mutex<Option<Profiler>>,
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub blas: cudarc::cublas::CudaBlas,
@@ -130,9 +131,131 @@ impl Driver {
                functions: HashMap<&'static str, CudaFunction>) -> Result<Self, String> {
         ctx.bind_to_thread().map_err(dbg)?;
         let staging = Staging::new(STAGING_BYTES)?;
-        Ok(Driver { staging: std::sync::Mutex::new(staging), ctx, stream, blas, functions })
+        Ok(Driver { staging: std::sync::Mutex::new(staging), profiler: Default::default(), ctx, stream, blas, functions })
     }
 
+    fn profiler(&self) -> std::sync::MutexGuard<'_, Option<Profiler>> {
+        self.profiler.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Before a call: when profiling and no run of calls is open, queue the spin and the run's
+    /// first event.
+    fn profile_before(&self) -> Result<(), String> {
+        let mut guard = self.profiler();
+        let Some(p) = guard.as_mut() else { return Ok(()) };
+        if !p.marks.is_empty() {
+            return Ok(());
+        }
+        let spin = self.functions.get("profile_spin").ok_or("kernel profile_spin was not loaded")?;
+        let mut ns = PROFILE_SPIN_NS;
+        let mut params = [&mut ns as *mut i64 as *mut c_void];
+        // SAFETY: profile_spin takes one long long.
+        unsafe { cudarc::driver::result::launch_kernel(spin.cu_function(), (1, 1, 1), (1, 1, 1), 0, self.stream.cu_stream(), &mut params) }
+            .map_err(dbg)?;
+        p.opened = Some(std::time::Instant::now());
+        p.mark("", self.stream.cu_stream())
+    }
+
+    /// After a call: its closing event.
+    fn profile_after(&self, name: &'static str) -> Result<(), String> {
+        match self.profiler().as_mut() {
+            Some(p) => p.mark(name, self.stream.cu_stream()),
+            None => Ok(()),
+        }
+    }
+
+    /// After the stream was waited for: the open run's times go to the totals.
+    fn profile_close(&self) -> Result<(), String> {
+        match self.profiler().as_mut() {
+            Some(p) => p.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How long the profiler's spin holds the GPU ahead of each run of calls: longer than the host
+/// takes to queue a run (a BERT-base step's longest, with the events, is a few milliseconds).
+const PROFILE_SPIN_NS: i64 = 50_000_000;
+
+/// The GPU time of each call, from events recorded between calls (`Runtime::set_profiling`). A run
+/// of calls (from one wait for the device to the next) starts behind a spin of the GPU, so it is
+/// queued whole before the GPU reaches it and each event pair times the call's work on the device
+/// alone. Slow (an event per call, a spin per run): for finding where a step's GPU time goes.
+#[derive(Default)]
+struct Profiler {
+    pool: Vec<cudarc::driver::sys::CUevent>,
+    /// the open run's events, each after the call named (the first, at the start, unnamed)
+    marks: Vec<(&'static str, cudarc::driver::sys::CUevent)>,
+    /// when the run's spin was queued, and when its last event was
+    opened: Option<std::time::Instant>,
+    last: Option<std::time::Instant>,
+    report: Profile,
+}
+
+/// What the profiler measured: per call name, the calls and their GPU milliseconds; the GPU's busy
+/// milliseconds in all (the sum of its runs); runs the host had not queued whole before the spin
+/// ended (their times then include the host's issuing: lengthen the spin).
+#[derive(Debug, Default, Clone)]
+pub struct Profile {
+    pub calls: HashMap<&'static str, (u64, f64)>,
+    pub busy_ms: f64,
+    pub runs: u64,
+    pub starved_runs: u64,
+}
+
+// SAFETY: CUDA events are context objects usable from any thread; the profiler is used under the
+// Driver's mutex.
+unsafe impl Send for Profiler {}
+
+impl Profiler {
+    fn mark(&mut self, name: &'static str, stream: cudarc::driver::sys::CUstream) -> Result<(), String> {
+        let event = match self.pool.pop() {
+            Some(e) => e,
+            None => cudarc::driver::result::event::create(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(dbg)?,
+        };
+        // SAFETY: a live event of this context, recorded on its stream.
+        unsafe { cudarc::driver::result::event::record(event, stream) }.map_err(dbg)?;
+        self.marks.push((name, event));
+        self.last = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), String> {
+        if self.marks.len() > 1 {
+            let queued = match (self.opened, self.last) {
+                (Some(a), Some(b)) => (b - a).as_secs_f64() * 1e3,
+                _ => 0.0,
+            };
+            self.report.runs += 1;
+            // the host's issuing took longer than the spin: the GPU may have waited inside the run
+            if queued > PROFILE_SPIN_NS as f64 / 1e6 {
+                self.report.starved_runs += 1;
+            }
+            for w in self.marks.windows(2) {
+                // SAFETY: both recorded on this stream, which has been waited for.
+                let ms = unsafe { cudarc::driver::result::event::elapsed(w[0].1, w[1].1) }.map_err(dbg)? as f64;
+                let entry = self.report.calls.entry(w[1].0).or_default();
+                entry.0 += 1;
+                entry.1 += ms;
+                self.report.busy_ms += ms;
+            }
+        }
+        self.pool.extend(self.marks.drain(..).map(|(_, e)| e));
+        (self.opened, self.last) = (None, None);
+        Ok(())
+    }
+}
+
+impl Drop for Profiler {
+    fn drop(&mut self) {
+        for e in self.pool.drain(..).chain(self.marks.drain(..).map(|(_, e)| e)) {
+            // SAFETY: created by `mark`, destroyed once; nothing waits on it any more.
+            unsafe { let _ = cudarc::driver::result::event::destroy(e); }
+        }
+    }
+}
+
+impl Driver {
     fn staging(&self) -> std::sync::MutexGuard<'_, Staging> {
         self.staging.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -175,13 +298,22 @@ impl Driver {
             }
         }
         st.drained();
+        drop(st);
+        self.profile_close()?;
         Ok(out)
     }
 
     fn synchronize(&self) -> Result<(), String> {
         self.stream.synchronize().map_err(dbg)?;
         self.staging().drained();
-        Ok(())
+        self.profile_close()
+    }
+
+    /// Runs `call` (queueing work on the stream) between the profiler's events when profiling.
+    fn profiled(&self, name: &'static str, call: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+        self.profile_before()?;
+        call()?;
+        self.profile_after(name)
     }
 }
 
@@ -306,7 +438,22 @@ pub struct Gemm {
     pub c: (u64, usize, usize),
     pub batch: usize,
     pub bf16: bool,
+    /// f32 operands multiplied on the tensor cores in TF32 (rounded to 10 mantissa bits), f32 accumulation
+    pub tf32: bool,
     pub arrays: Option<(u64, u64, u64)>,
+}
+
+impl Gemm {
+    /// The kind of GEMM, for the profiler.
+    fn label(&self) -> &'static str {
+        match (self.arrays.is_some(), self.batch > 1, self.bf16, self.tf32) {
+            (true, _, _, true) => "GEMM batched (pointer arrays), TF32",
+            (true, _, _, false) => "GEMM batched (pointer arrays), f32",
+            (false, true, _, _) => "GEMM strided batched, f32",
+            (false, false, true, _) => "GEMM bf16",
+            (false, false, false, _) => "GEMM f32",
+        }
+    }
 }
 
 fn op(trans: bool) -> cublasOperation_t {
@@ -343,6 +490,23 @@ impl Runtime {
         let ns = t0.elapsed().as_nanos() as u64;
         self.count(|c| if waits { c.wait_ns += ns } else { c.issue_ns += ns });
         r
+    }
+
+    /// Starts (or stops) timing each call on the GPU (a GPU runtime only; `profile` reads the times).
+    pub fn set_profiling(&self, on: bool) -> Result<(), String> {
+        if let Kind::Driver(d) = &self.kind {
+            d.synchronize()?;
+            *d.profiler() = on.then(Profiler::default);
+        }
+        Ok(())
+    }
+
+    /// The GPU times measured since profiling started (empty when it is off).
+    pub fn profile(&self) -> Profile {
+        match &self.kind {
+            Kind::Driver(d) => d.profiler().as_ref().map(|p| p.report.clone()).unwrap_or_default(),
+            _ => Profile::default(),
+        }
     }
 
     /// Makes the context current on this thread (N-API worker threads change).
@@ -390,7 +554,9 @@ impl Runtime {
         }
         self.count(|c| c.copies += 1);
         match (&self.kind, dst) {
-            (Kind::Driver(d), Mem::Device(s)) => self.timed(false, || d.upload(s.device_ptr(&d.stream).0, data)),
+            (Kind::Driver(d), Mem::Device(s)) => {
+                self.timed(false, || d.profiled("copy host to device", || d.upload(s.device_ptr(&d.stream).0, data)))
+            }
             (_, Mem::Dry(_)) => Ok(()),
             // SAFETY: `h` holds at least data.len() elements (checked above).
             (_, Mem::Host(h)) => unsafe {
@@ -425,7 +591,9 @@ impl Runtime {
         self.count(|c| c.copies += 1);
         match &self.kind {
             Kind::Driver(d) => {
-                self.timed(false, || cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, d.stream.cu_stream())).map_err(dbg)
+                self.timed(false, || d.profiled("copy device to device", || {
+                    cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, d.stream.cu_stream()).map_err(dbg)
+                }))
             }
             Kind::Emulated(_) => {
                 std::ptr::copy(src as *const u8, dst as *mut u8, bytes);
@@ -455,8 +623,10 @@ impl Runtime {
             Kind::Driver(d) => {
                 let f = d.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
                 let mut params: Vec<*mut c_void> = args.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
-                self.timed(false, || cudarc::driver::result::launch_kernel(f.cu_function(), grid, block, shared_bytes,
-                                                                           d.stream.cu_stream(), &mut params)).map_err(dbg)
+                self.timed(false, || d.profiled(name, || {
+                    cudarc::driver::result::launch_kernel(f.cu_function(), grid, block, shared_bytes, d.stream.cu_stream(),
+                                                          &mut params).map_err(dbg)
+                }))
             }
             Kind::Emulated(e) => e.launch(name, grid, block, shared_bytes, args),
             Kind::DryRun(_) => Ok(()),
@@ -468,7 +638,7 @@ impl Runtime {
     pub unsafe fn gemm(&self, g: &Gemm) -> Result<(), String> {
         self.count(|c| c.gemms += 1);
         match &self.kind {
-            Kind::Driver(d) => self.timed(false, || driver_gemm(d, g)),
+            Kind::Driver(d) => self.timed(false, || d.profiled(g.label(), || driver_gemm(d, g))),
             Kind::Emulated(_) => {
                 emulated_gemm(g);
                 Ok(())
@@ -505,6 +675,14 @@ unsafe fn driver_gemm(d: &Driver, g: &Gemm) -> Result<(), String> {
             &g.beta as *const f32 as *const c_void, g.c.0 as *mut c_void, cudaDataType::CUDA_R_32F, g.c.1 as i32,
             cublasComputeType_t::CUBLAS_COMPUTE_32F, cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT).map_err(dbg);
     }
+    if let (Some((pa, pb, pc)), true) = (g.arrays, g.tf32) {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType::CUDA_R_32F};
+        return cudarc::cublas::sys::cublasGemmBatchedEx(
+            h, op(g.ta), op(g.tb), m, n, k, &g.alpha as *const f32 as *const c_void, pa as *const *const c_void, CUDA_R_32F,
+            g.a.1 as i32, pb as *const *const c_void, CUDA_R_32F, g.b.1 as i32, &g.beta as *const f32 as *const c_void,
+            pc as *const *mut c_void, CUDA_R_32F, g.c.1 as i32, g.batch as i32, cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT).result().map_err(dbg);
+    }
     if let Some((pa, pb, pc)) = g.arrays {
         return cudarc::cublas::sys::cublasSgemmBatched(
             h, op(g.ta), op(g.tb), m, n, k, &g.alpha, pa as *const *const f32, g.a.1 as i32, pb as *const *const f32,
@@ -520,6 +698,17 @@ unsafe fn driver_gemm(d: &Driver, g: &Gemm) -> Result<(), String> {
         g.b.1 as i32, g.b.2 as i64, &g.beta, g.c.0 as *mut f32, g.c.1 as i32, g.c.2 as i64, g.batch as i32).map_err(dbg)
 }
 
+/// `x` rounded to TF32's 10 mantissa bits, to nearest (ties to even), as the tensor cores take f32
+/// operands in TF32 mode.
+pub fn to_tf32(x: f32) -> f32 {
+    if !x.is_finite() {
+        return x;
+    }
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0xfff + ((bits >> 13) & 1)) & !0x1fff;
+    f32::from_bits(rounded)
+}
+
 /// cuBLAS's column-major GEMM, written out: element (i, j) of a column-major matrix with leading
 /// dimension `ld` is at `i + j ld`; op(X) = X^T reads X(j, i). f32 products (bf16 operands widened
 /// exactly) summed in f64, then rounded: as exact as the tensor cores' f32 accumulation, or more.
@@ -527,6 +716,8 @@ unsafe fn emulated_gemm(g: &Gemm) {
     let load = |base: u64, idx: usize| -> f32 {
         if g.bf16 {
             half::bf16::from_bits(*(base as *const u16).add(idx)).to_f32()
+        } else if g.tf32 {
+            to_tf32(*(base as *const f32).add(idx))
         } else {
             *(base as *const f32).add(idx)
         }
