@@ -3,11 +3,12 @@
 # no cargo and no network. Build its binaries here first (scripts/build_gpu_bundle.sh -> .gpu/bin),
 # carry .gpu there, run this from the repository root:
 #   1. every kernel compiles with the machine's NVRTC;
-#   2. CUDA against CPU: every Backend verb, then training steps on the tiny checkpoints (f32, 1e-4);
+#   2. CUDA against CPU: every Backend verb, then training steps on the tiny checkpoints (f32, 1e-4),
+#      issued call by call and in graph mode (MUSCLE_CUDA_GRAPHS=1);
 #   3. muscle-bench --device cuda (bf16 and f32) beside scripts/bench_torch.py (bf16 and f32), BERT- and
 #      RoBERTa-base, 32 x 64 and 32 x 128; scripts/gpu_report.py prints the ratios;
-#   4. variants of our bf16 step: an earlier build (.gpu/bin/muscle-bench-before, when carried) and
-#      attention's GEMMs in exact f32 (MUSCLE_CUDA_TF32=0), to measure what each change bought.
+#   4. variants of our bf16 step: graph mode, an earlier build (.gpu/bin/muscle-bench-before, when
+#      carried) and attention's GEMMs in exact f32 (MUSCLE_CUDA_TF32=0), to measure each change.
 # Results go to .gpu/out, or, under the device tool, to $OUT as one archive (gpu-check.tgz) and report.md.
 # Each stage has its own time limit so one hang cannot eat the rest, and the whole check a deadline
 # (GPU_CHECK_SECONDS, 420 by default). GPU_CHECK_PLAN=profile runs 1, 2 and only BERT-base bf16 of 3,
@@ -64,8 +65,11 @@ trap pack EXIT
 "$py" -c "import torch, peft, transformers; print('torch', torch.__version__, 'peft', peft.__version__, 'transformers', transformers.__version__)" 2>&1 | tee "$out/python.txt"
 
 stage kernels 60 .gpu/bin/cuda_kernels --test-threads=1
-# the emulated twins of the parity checks ran in CI already; here only the GPU ones
+# the emulated twins of the parity checks ran in CI already; here only the GPU ones, issued call by
+# call and then in graph mode
 stage parity 150 .gpu/bin/cuda_parity --skip emulated --skip driver_calls --nocapture --test-threads=1
+stage parity-graphs 150 env MUSCLE_CUDA_GRAPHS=1 .gpu/bin/cuda_parity --skip emulated --skip driver_calls --nocapture \
+  --test-threads=1
 ours() {  # ours <family> <seq> <precision> [muscle-bench flags...]
   local fam=$1 seq=$2 prec=$3
   shift 3
@@ -87,11 +91,16 @@ if [[ ${GPU_CHECK_PLAN:-full} == profile ]]; then
   ours bert 64 bf16 --profile; ours bert 128 bf16 --profile; theirs bert bf16
   exit $status
 fi
-# the target first (bf16, BERT then RoBERTa), then what each change bought (an earlier build
-# carried as .gpu/bin/muscle-bench-before; attention's GEMMs in exact f32), then f32
-for fam in bert roberta; do
-  ours "$fam" 64 bf16; ours "$fam" 128 bf16; theirs "$fam" bf16
-done
+# the target first (BERT-base bf16, with a profile of one step, and in graph mode), then
+# RoBERTa, then what each change bought (an earlier build carried as .gpu/bin/muscle-bench-before;
+# attention's GEMMs in exact f32), then f32
+ours bert 64 bf16 --profile; ours bert 128 bf16 --profile
+variant graphs .gpu/bin/muscle-bench bert 64 MUSCLE_CUDA_GRAPHS=1
+variant graphs .gpu/bin/muscle-bench bert 128 MUSCLE_CUDA_GRAPHS=1
+theirs bert bf16
+ours roberta 64 bf16; ours roberta 128 bf16; theirs roberta bf16
+variant graphs .gpu/bin/muscle-bench roberta 64 MUSCLE_CUDA_GRAPHS=1
+variant graphs .gpu/bin/muscle-bench roberta 128 MUSCLE_CUDA_GRAPHS=1
 for seq in 64 128; do
   variant before .gpu/bin/muscle-bench-before bert "$seq"
   variant f32attention .gpu/bin/muscle-bench bert "$seq" MUSCLE_CUDA_TF32=0

@@ -13,6 +13,7 @@
 //! is kept (sticky), every later verb becomes a no-op, and `Backend::check` hands the error to the
 //! caller, which checks after each step. Nothing here panics on a CUDA failure.
 
+pub mod graphs;
 pub mod kernels;
 pub mod libs;
 pub mod runtime;
@@ -209,10 +210,10 @@ impl Cuda {
             }
         }
         let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| fail("creating the cuBLAS handle", &e))?;
-        let driver = Driver::new(ctx, stream, blas, functions).map_err(|e| fail("allocating page-locked staging memory", &e))?;
+        let driver = Driver::new(ctx, stream, blas, functions).map_err(|e| fail("setting up staging memory, the capture stream and the cuBLAS workspace", &e))?;
         Ok(Cuda { rt: Runtime::new(Kind::Driver(driver)), scratch: Mutex::new(Scratch::default()),
                   error: Mutex::new(None), info, precision, bf16_weights: Default::default(),
-                  tf32_attention: tf32_allowed(precision) })
+                  tf32_attention: tf32_allowed(precision) }.with_env_graphs())
     }
 
     /// The backend on the CPU: host memory, the kernels run by `emulator` (the `muscle-cuda-emu`
@@ -222,7 +223,7 @@ impl Cuda {
     pub fn emulated(emulator: Box<dyn KernelEmulator>, precision: Precision) -> Self {
         let info = DeviceInfo { ordinal: 0, name: "emulated on the CPU".into(), compute_capability: (0, 0), total_memory: 0 };
         Cuda { rt: Runtime::new(Kind::Emulated(emulator)), scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info,
-               precision, bf16_weights: Default::default(), tf32_attention: tf32_allowed(precision) }
+               precision, bf16_weights: Default::default(), tf32_attention: tf32_allowed(precision) }.with_env_graphs()
     }
 
     /// A backend that allocates nothing and runs nothing but counts: the driver calls a step would
@@ -1133,6 +1134,26 @@ impl Cuda {
         }
         let v = self.to_host(&out, n);
         self.check().map(|_| v)
+    }
+
+    /// Turns graph mode on or off: a step's calls between two waits are queued and issued as one
+    /// CUDA graph, rebuilt only when their shape changes (module `graphs`). Also on from the start
+    /// with `MUSCLE_CUDA_GRAPHS=1`.
+    pub fn set_graphs(&self, on: bool) -> Result<()> {
+        self.rt.set_graphs(on).map_err(EngineError::Device)
+    }
+
+    /// Graph mode's books: runs issued call by call, graphs built and launched, nodes patched.
+    pub fn graph_stats(&self) -> graphs::GraphStats {
+        self.rt.graph_stats()
+    }
+
+    /// Applies `MUSCLE_CUDA_GRAPHS=1` to a new backend.
+    fn with_env_graphs(self) -> Self {
+        if std::env::var("MUSCLE_CUDA_GRAPHS").is_ok_and(|v| v == "1") {
+            let _ = self.rt.set_graphs(true); // nothing is queued yet: cannot fail
+        }
+        self
     }
 
     /// Starts (or stops, `false`) timing every call on the GPU; `profile` reads the times. Slow: for

@@ -4,6 +4,7 @@
 //! every verb and whole training steps still run the same kernel sources, argument lists, scratch
 //! handling and GEMM calls, and are held to the CPU backend.
 
+use super::graphs::{Body, Bury, DriverGraph, GraphStats, Graveyard, Held, Op, Plan, Queue, UploadSrc};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use std::collections::HashMap;
@@ -22,8 +23,8 @@ pub trait KernelEmulator: Send + Sync {
 
 /// A buffer of `T`: device memory, or (emulated) host memory whose address stands for a device address.
 pub enum Mem<T> {
-    Device(CudaSlice<T>),
-    Host(HostMem<T>),
+    Device(Held<CudaSlice<T>>),
+    Host(Held<HostMem<T>>),
     /// a dry run's buffer: a size on the books, no memory
     Dry(DryMem),
 }
@@ -107,6 +108,14 @@ impl<T: Copy + Default> HostMem<T> {
     }
 }
 
+impl<T> Bury for HostMem<T> {
+    fn bury(self) -> Body {
+        let map = self.map;
+        std::mem::forget(self); // the body unmaps it
+        Body::Host(map.0, map.1)
+    }
+}
+
 impl<T> Drop for HostMem<T> {
     fn drop(&mut self) {
         // SAFETY: the mapping made by `zeroed`, unmapped once.
@@ -120,10 +129,16 @@ pub struct Driver {
     // declared first so it is freed first, while the context is still alive
     staging: std::sync::Mutex<Staging>,
     profiler: std::sync::Mutex<Option<Profiler>>,
+    /// graph mode: the stream GEMMs and copies are captured on (the main stream is the legacy
+    /// default stream, which cannot be captured)
+    capture: Arc<CudaStream>,
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub blas: cudarc::cublas::CudaBlas,
     pub functions: HashMap<&'static str, CudaFunction>,
+    /// cuBLAS's workspace, set explicitly so that captured GEMMs allocate nothing (declared after
+    /// `blas`, so it outlives the handle)
+    _workspace: CudaSlice<u8>,
 }
 
 impl Driver {
@@ -131,7 +146,15 @@ impl Driver {
                functions: HashMap<&'static str, CudaFunction>) -> Result<Self, String> {
         ctx.bind_to_thread().map_err(dbg)?;
         let staging = Staging::new(STAGING_BYTES)?;
-        Ok(Driver { staging: std::sync::Mutex::new(staging), profiler: Default::default(), ctx, stream, blas, functions })
+        let capture = ctx.new_stream().map_err(dbg)?;
+        let workspace = stream.alloc_zeros::<u8>(CUBLAS_WORKSPACE).map_err(dbg)?;
+        // SAFETY: a workspace the Driver keeps for as long as the handle.
+        unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), workspace.device_ptr(&stream).0 as *mut c_void,
+                                                       CUBLAS_WORKSPACE).result().map_err(dbg)?;
+        }
+        Ok(Driver { staging: std::sync::Mutex::new(staging), profiler: Default::default(), capture, _workspace: workspace,
+                    ctx, stream, blas, functions })
     }
 
     fn profiler(&self) -> std::sync::MutexGuard<'_, Option<Profiler>> {
@@ -172,6 +195,9 @@ impl Driver {
         }
     }
 }
+
+/// cuBLAS's workspace: 32 MiB, what NVIDIA advises for Hopper.
+const CUBLAS_WORKSPACE: usize = 32 << 20;
 
 /// How long the profiler's spin holds the GPU ahead of each run of calls: longer than the host
 /// takes to queue a run (a BERT-base step's longest, with the events, is a few milliseconds).
@@ -260,22 +286,69 @@ impl Driver {
         self.staging.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues the copy of `data` to device address `dst` through the staging memory (pageable
-    /// memory directly when `data` is larger than all of it: weights, once, at load).
-    fn upload<T: DeviceRepr>(&self, dst: u64, data: &[T]) -> Result<(), String> {
-        let bytes = std::mem::size_of_val(data);
-        let mut st = self.staging();
-        let Some(at) = st.take(bytes, || self.stream.synchronize().map_err(dbg))? else {
-            // SAFETY: `dst` holds `bytes` (the caller checked); a pageable copy is staged by the
-            // driver before this returns, so `data` may go right after.
-            return unsafe { cudarc::driver::result::memcpy_htod_async(dst, data, self.stream.cu_stream()) }.map_err(dbg);
-        };
-        // SAFETY: `at` is `bytes` of staging memory no queued copy still reads (`Staging::take`).
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr() as *const u8, at, bytes);
-            cudarc::driver::sys::cuMemcpyHtoDAsync_v2(dst, at as *const c_void, bytes, self.stream.cu_stream())
-                .result().map_err(dbg)
+    /// Issues `op` on `stream` now.
+    ///
+    /// # Safety
+    /// The op's addresses lie inside live buffers (staging memory for an upload's source).
+    unsafe fn issue(&self, op: &Op, stream: cudarc::driver::sys::CUstream) -> Result<(), String> {
+        match op {
+            Op::Launch { name, grid, block, smem, args } => {
+                let f = self.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
+                let mut slots = args.clone();
+                let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+                cudarc::driver::result::launch_kernel(f.cu_function(), *grid, *block, *smem, stream, &mut params).map_err(dbg)
+            }
+            Op::Gemm(g) => driver_gemm(self, g),
+            Op::Upload { dst, bytes, src: UploadSrc::Staging(at) } => {
+                cudarc::driver::sys::cuMemcpyHtoDAsync_v2(*dst, *at as *const c_void, *bytes, stream).result().map_err(dbg)
+            }
+            Op::Upload { dst, src: UploadSrc::Kept(data), .. } => {
+                cudarc::driver::result::memcpy_htod_async(*dst, data.as_slice(), stream).map_err(dbg)
+            }
+            Op::Copy { dst, src, bytes } => cudarc::driver::result::memcpy_dtod_async(*dst, *src, *bytes, stream).map_err(dbg),
         }
+    }
+
+    /// `op` (a GEMM or a copy) captured on the capture stream as a graph of its own.
+    ///
+    /// # Safety
+    /// As `issue`.
+    unsafe fn capture(&self, op: &Op) -> Result<cudarc::driver::sys::CUgraph, String> {
+        use cudarc::driver::sys::{self, CUstreamCaptureMode};
+        let cs = self.capture.cu_stream();
+        sys::cuStreamBeginCapture_v2(cs, CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).result().map_err(dbg)?;
+        let issued = match op {
+            Op::Gemm(g) => {
+                let h = *self.blas.handle();
+                let set = |s: sys::CUstream| cudarc::cublas::sys::cublasSetStream_v2(h, s as _).result().map_err(dbg);
+                set(cs).and_then(|_| driver_gemm(self, g)).and(set(self.stream.cu_stream()))
+            }
+            other => self.issue(other, cs),
+        };
+        let mut child = std::ptr::null_mut();
+        let ended = sys::cuStreamEndCapture(cs, &mut child).result().map_err(dbg);
+        issued.and(ended).map(|_| child)
+    }
+
+    /// A CUDA graph of `ops` in order: kernels as kernel nodes (their arguments can be patched),
+    /// GEMMs and copies as captured child graphs.
+    fn build_graph(&self, ops: &[Op]) -> Result<DriverGraph, String> {
+        let mut g = DriverGraph::new(ops.len())?;
+        let mut prev: Option<cudarc::driver::sys::CUgraphNode> = None;
+        for (i, op) in ops.iter().enumerate() {
+            let deps: Vec<_> = prev.into_iter().collect();
+            let node = match op {
+                Op::Launch { name, .. } => {
+                    let f = self.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
+                    g.add_kernel(i, &deps, f.cu_function(), op)?
+                }
+                // SAFETY: the op's addresses are those the run was queued with (its buffers are held).
+                other => g.add_child(&deps, unsafe { self.capture(other)? })?,
+            };
+            prev = Some(node);
+        }
+        g.instantiate()?;
+        Ok(g)
     }
 
     /// Copies `n` elements from device address `src` to the host, after all queued work.
@@ -417,14 +490,20 @@ impl std::ops::Sub for Calls {
 }
 
 pub struct Runtime {
+    /// graph mode's queue and graphs (None: every call is issued at once); declared first so that
+    /// its graphs are destroyed while the context is alive
+    graphs: std::sync::Mutex<Option<Queue<Option<DriverGraph>>>>,
     pub kind: Kind,
     calls: std::sync::Mutex<(Calls, HashMap<&'static str, u64>)>,
+    /// where buffers freed during a queued run wait for it
+    yard: Arc<Graveyard>,
 }
 
 /// A GEMM in cuBLAS's column-major terms: `C_i = alpha op(A_i) op(B_i) + beta C_i` for `batch` items
 /// at fixed strides (elements), or, with `arrays`, at the addresses held by three device arrays of
 /// `batch` pointers (A's, B's, C's; the strides are then unused). With `bf16`, A and B hold bf16
 /// bit patterns (C stays f32, and the products accumulate in f32).
+#[derive(Clone)]
 pub struct Gemm {
     pub ta: bool,
     pub tb: bool,
@@ -443,9 +522,18 @@ pub struct Gemm {
     pub arrays: Option<(u64, u64, u64)>,
 }
 
+/// A GEMM's fields, comparable and hashable (the scalars as their bits).
+type GemmKey = ((bool, bool, usize, usize, usize), (u32, (u64, usize, usize), (u64, usize, usize), u32, (u64, usize, usize)),
+                (usize, bool, bool, Option<(u64, u64, u64)>));
+
 impl Gemm {
+    pub fn key(&self) -> GemmKey {
+        ((self.ta, self.tb, self.m, self.n, self.k), (self.alpha.to_bits(), self.a, self.b, self.beta.to_bits(), self.c),
+         (self.batch, self.bf16, self.tf32, self.arrays))
+    }
+
     /// The kind of GEMM, for the profiler.
-    fn label(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match (self.arrays.is_some(), self.batch > 1, self.bf16, self.tf32) {
             (true, _, _, true) => "GEMM batched (pointer arrays), TF32",
             (true, _, _, false) => "GEMM batched (pointer arrays), f32",
@@ -466,7 +554,7 @@ fn dbg(e: impl std::fmt::Debug) -> String {
 
 impl Runtime {
     pub fn new(kind: Kind) -> Self {
-        Runtime { kind, calls: Default::default() }
+        Runtime { graphs: Default::default(), kind, calls: Default::default(), yard: Default::default() }
     }
 
     pub fn calls(&self) -> Calls {
@@ -492,8 +580,105 @@ impl Runtime {
         r
     }
 
+    /// Turns graph mode on or off (module `graphs`); the queued run is issued first.
+    pub fn set_graphs(&self, on: bool) -> Result<(), String> {
+        self.flush()?;
+        let mut q = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        if q.is_some() != on {
+            *q = on.then(Queue::default);
+        }
+        Ok(())
+    }
+
+    /// Graph mode's books (zeros when it is off).
+    pub fn graph_stats(&self) -> GraphStats {
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|q| q.stats).unwrap_or_default()
+    }
+
+    fn profiling(&self) -> bool {
+        matches!(&self.kind, Kind::Driver(d) if d.profiler().is_some())
+    }
+
+    /// Queues `op` in graph mode (unless profiling, which times calls one by one), else issues it.
+    fn submit(&self, op: Op) -> Result<(), String> {
+        if !self.profiling() {
+            let mut q = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(q) = q.as_mut() {
+                self.yard.hold();
+                q.run.push(op);
+                return Ok(());
+            }
+        }
+        self.issue(&op)
+    }
+
+    /// Issues `op` now.
+    fn issue(&self, op: &Op) -> Result<(), String> {
+        match &self.kind {
+            // SAFETY: the op was made by this runtime's verbs from live buffers (held while queued).
+            Kind::Driver(d) => self.timed(false, || d.profiled(op.label(), || unsafe { d.issue(op, d.stream.cu_stream()) })),
+            // SAFETY: as above.
+            Kind::Emulated(e) => unsafe { emulated_issue(e.as_ref(), op) },
+            Kind::DryRun(_) => Ok(()),
+        }
+    }
+
+    /// Graph mode: issues the queued run, call by call or as a graph (see `graphs::Queue::plan`),
+    /// then frees the buffers dropped while it was queued.
+    pub fn flush(&self) -> Result<(), String> {
+        let mut guard = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = guard.as_mut() else { return Ok(()) };
+        let Some(plan) = q.plan() else { return Ok(()) };
+        let issued = match (&self.kind, plan) {
+            (Kind::DryRun(_), _) => Ok(()),
+            (_, Plan::Eager(ops)) => ops.iter().try_for_each(|op| self.issue(op)),
+            (Kind::Driver(d), Plan::Build(key, ops)) => self.timed(false, || {
+                let g = d.build_graph(&ops)?;
+                let launched = g.launch(d.stream.cu_stream());
+                q.keep(key, ops, Some(g));
+                launched
+            }),
+            (Kind::Driver(d), Plan::Replay(key, changed, ops)) => self.timed(false, || {
+                let cached = q.graphs.get_mut(&key).ok_or("a planned graph is missing")?;
+                let g = cached.graph.as_ref().ok_or("a planned graph was not built")?;
+                for &i in &changed {
+                    let Op::Launch { name, .. } = &ops[i] else { continue };
+                    let f = d.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
+                    g.patch(i, f.cu_function(), &ops[i])?;
+                }
+                let launched = g.launch(d.stream.cu_stream());
+                cached.ops = ops;
+                launched
+            }),
+            (Kind::Emulated(_), Plan::Build(key, ops)) => {
+                let issued = ops.iter().try_for_each(|op| self.issue(op));
+                q.keep(key, ops, None);
+                issued
+            }
+            // The cached run with only the detected changes applied, as the driver's graph runs it
+            // after patching its nodes: a change the detection missed runs with stale arguments,
+            // and the tests see it. Uploads read their newly staged data, as graph nodes do.
+            (Kind::Emulated(_), Plan::Replay(key, changed, ops)) => {
+                let cached = q.graphs.get_mut(&key).ok_or("a planned graph is missing")?;
+                for &i in &changed {
+                    cached.ops[i] = ops[i].clone();
+                }
+                for (i, op) in ops.into_iter().enumerate() {
+                    if let Op::Upload { .. } = op {
+                        cached.ops[i] = op;
+                    }
+                }
+                cached.ops.iter().try_for_each(|op| self.issue(op))
+            }
+        };
+        drop(guard);
+        self.yard.release();
+        issued
+    }
+
     /// Starts (or stops) timing each call on the GPU (a GPU runtime only; `profile` reads the times).
     pub fn set_profiling(&self, on: bool) -> Result<(), String> {
+        self.flush()?;
         if let Kind::Driver(d) = &self.kind {
             d.synchronize()?;
             *d.profiler() = on.then(Profiler::default);
@@ -520,8 +705,9 @@ impl Runtime {
     pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits + Copy + Default>(&self, n: usize) -> Result<Mem<T>, String> {
         self.count(|c| c.allocs += 1);
         match &self.kind {
-            Kind::Driver(d) => d.stream.alloc_zeros::<T>(n.max(1)).map(Mem::Device).map_err(dbg),
-            Kind::Emulated(_) => HostMem::zeroed(n).map(Mem::Host),
+            Kind::Driver(d) => d.stream.alloc_zeros::<T>(n.max(1)).map(|s| Mem::Device(Held::new(s, self.yard.clone())))
+                .map_err(dbg),
+            Kind::Emulated(_) => HostMem::zeroed(n).map(|h| Mem::Host(Held::new(h, self.yard.clone()))),
             Kind::DryRun(ledger) => {
                 use std::sync::atomic::Ordering::Relaxed;
                 let bytes = n.max(1) * std::mem::size_of::<T>();
@@ -553,16 +739,39 @@ impl Runtime {
             return Err(format!("upload of {} elements into a buffer of {}", data.len(), dst.len()));
         }
         self.count(|c| c.copies += 1);
+        let bytes = std::mem::size_of_val(data);
         match (&self.kind, dst) {
             (Kind::Driver(d), Mem::Device(s)) => {
-                self.timed(false, || d.profiled("copy host to device", || d.upload(s.device_ptr(&d.stream).0, data)))
+                let dst = s.device_ptr(&d.stream).0;
+                // staging space no queued copy still reads; when it runs out, the queued run is
+                // issued and waited for first
+                let at = d.staging().take(bytes, || {
+                    self.flush()?;
+                    d.stream.synchronize().map_err(dbg)
+                })?;
+                match at {
+                    Some(at) => {
+                        // SAFETY: `at` holds `bytes` (Staging::take).
+                        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr() as *const u8, at, bytes) };
+                        self.submit(Op::Upload { dst, bytes, src: UploadSrc::Staging(at as u64) })
+                    }
+                    // larger than all the staging memory (weights, once, at load): from pageable
+                    // memory, which the driver stages before returning
+                    None => {
+                        self.flush()?;
+                        // SAFETY: `dst` holds `bytes` (checked above).
+                        self.timed(false, || unsafe {
+                            cudarc::driver::result::memcpy_htod_async(dst, data, d.stream.cu_stream()).map_err(dbg)
+                        })
+                    }
+                }
             }
             (_, Mem::Dry(_)) => Ok(()),
-            // SAFETY: `h` holds at least data.len() elements (checked above).
-            (_, Mem::Host(h)) => unsafe {
-                std::ptr::copy_nonoverlapping(data.as_ptr(), h.ptr.as_ptr(), data.len());
-                Ok(())
-            },
+            (_, Mem::Host(h)) => {
+                // SAFETY: plain values viewed as their bytes.
+                let kept = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, bytes) }.to_vec();
+                self.submit(Op::Upload { dst: h.ptr.as_ptr() as u64, bytes, src: UploadSrc::Kept(kept) })
+            }
             _ => Err("a device buffer on an emulated runtime".into()),
         }
     }
@@ -576,6 +785,7 @@ impl Runtime {
             c.copies += 1;
             c.waits += 1;
         });
+        self.flush()?;
         match (&self.kind, src) {
             (Kind::Driver(d), Mem::Device(s)) => self.timed(true, || d.download(s.device_ptr(&d.stream).0, n)),
             (_, Mem::Dry(_)) => Ok(vec![T::default(); n]),
@@ -589,21 +799,11 @@ impl Runtime {
     /// Both ranges lie inside live buffers of this runtime.
     pub unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), String> {
         self.count(|c| c.copies += 1);
-        match &self.kind {
-            Kind::Driver(d) => {
-                self.timed(false, || d.profiled("copy device to device", || {
-                    cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, d.stream.cu_stream()).map_err(dbg)
-                }))
-            }
-            Kind::Emulated(_) => {
-                std::ptr::copy(src as *const u8, dst as *mut u8, bytes);
-                Ok(())
-            }
-            Kind::DryRun(_) => Ok(()),
-        }
+        self.submit(Op::Copy { dst, src, bytes })
     }
 
     pub fn synchronize(&self) -> Result<(), String> {
+        self.flush()?;
         match &self.kind {
             Kind::Driver(d) => self.timed(true, || d.synchronize()),
             Kind::Emulated(_) | Kind::DryRun(_) => Ok(()),
@@ -619,32 +819,14 @@ impl Runtime {
             books.0.kernels += 1;
             *books.1.entry(name).or_default() += 1;
         }
-        match &self.kind {
-            Kind::Driver(d) => {
-                let f = d.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
-                let mut params: Vec<*mut c_void> = args.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
-                self.timed(false, || d.profiled(name, || {
-                    cudarc::driver::result::launch_kernel(f.cu_function(), grid, block, shared_bytes, d.stream.cu_stream(),
-                                                          &mut params).map_err(dbg)
-                }))
-            }
-            Kind::Emulated(e) => e.launch(name, grid, block, shared_bytes, args),
-            Kind::DryRun(_) => Ok(()),
-        }
+        self.submit(Op::Launch { name, grid, block, smem: shared_bytes, args: args.to_vec() })
     }
 
     /// # Safety
     /// Every item of A, B and C lies inside a live buffer of this runtime.
     pub unsafe fn gemm(&self, g: &Gemm) -> Result<(), String> {
         self.count(|c| c.gemms += 1);
-        match &self.kind {
-            Kind::Driver(d) => self.timed(false, || d.profiled(g.label(), || driver_gemm(d, g))),
-            Kind::Emulated(_) => {
-                emulated_gemm(g);
-                Ok(())
-            }
-            Kind::DryRun(_) => Ok(()),
-        }
+        self.submit(Op::Gemm(g.clone()))
     }
 
     /// Bytes of device memory in use (0 when emulated).
@@ -707,6 +889,29 @@ pub fn to_tf32(x: f32) -> f32 {
     let bits = x.to_bits();
     let rounded = bits.wrapping_add(0xfff + ((bits >> 13) & 1)) & !0x1fff;
     f32::from_bits(rounded)
+}
+
+/// Runs `op` on the emulated runtime.
+///
+/// # Safety
+/// The op's addresses lie inside live host buffers of that runtime.
+unsafe fn emulated_issue(e: &dyn KernelEmulator, op: &Op) -> Result<(), String> {
+    match op {
+        Op::Launch { name, grid, block, smem, args } => e.launch(name, *grid, *block, *smem, &mut args.clone()),
+        Op::Gemm(g) => {
+            emulated_gemm(g);
+            Ok(())
+        }
+        Op::Upload { dst, src: UploadSrc::Kept(data), .. } => {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), *dst as *mut u8, data.len());
+            Ok(())
+        }
+        Op::Upload { .. } => Err("a staged upload on an emulated runtime".into()),
+        Op::Copy { dst, src, bytes } => {
+            std::ptr::copy(*src as *const u8, *dst as *mut u8, *bytes);
+            Ok(())
+        }
+    }
 }
 
 /// cuBLAS's column-major GEMM, written out: element (i, j) of a column-major matrix with leading

@@ -1,0 +1,388 @@
+//! CUDA graphs: a step's calls between two waits issued as one graph launch.
+//!
+//! Why: a BERT-base MuScleLoRA step makes about 1,400 driver calls, and at several microseconds of
+//! host time each, issuing them can take longer than the GPU takes to run them. In graph mode the
+//! runtime queues each call as an [`Op`] instead of issuing it. At the next wait (a download, a
+//! synchronisation) the run of queued calls is issued: the first time a run of its shape is seen,
+//! call by call; the second time it is built into a CUDA graph (kernels as kernel nodes, GEMMs and
+//! copies captured as child graphs) and launched; from then on the graph is launched again with
+//! the kernel arguments that changed (dropout keys, AdamW's step, the scalars the host computed from
+//! read-back values) patched into its nodes. A run's shape is everything but those arguments: the
+//! kernels and their grids, the GEMMs with their addresses, the copies. Uploads read page-locked
+//! staging memory when the graph runs, so new batches go through the same nodes.
+//!
+//! A buffer freed while a run that may use it is still queued must outlive the run: [`Held`]
+//! buffers are buried in the runtime's [`Graveyard`] instead, and freed once the run is issued
+//! (stream order then puts the free after the run's work).
+
+use super::runtime::Gemm;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One queued call.
+#[derive(Clone)]
+pub enum Op {
+    Launch { name: &'static str, grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32, args: Vec<u64> },
+    Gemm(Gemm),
+    /// host to device, from page-locked staging memory (a GPU) or from bytes kept here (emulated)
+    Upload { dst: u64, bytes: usize, src: UploadSrc },
+    /// device to device
+    Copy { dst: u64, src: u64, bytes: usize },
+}
+
+#[derive(Clone)]
+pub enum UploadSrc {
+    Staging(u64),
+    Kept(Vec<u8>),
+}
+
+impl Op {
+    /// What the profiler calls it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Op::Launch { name, .. } => name,
+            Op::Gemm(g) => g.label(),
+            Op::Upload { .. } => "copy host to device",
+            Op::Copy { .. } => "copy device to device",
+        }
+    }
+
+    /// Everything a graph node fixes; a kernel's arguments are left out (they can be patched).
+    fn hash_shape(&self, h: &mut DefaultHasher) {
+        match self {
+            Op::Launch { name, grid, block, smem, args } => (0u8, name, grid, block, smem, args.len()).hash(h),
+            Op::Gemm(g) => (1u8, g.key()).hash(h),
+            Op::Upload { dst, bytes, src } => (2u8, dst, bytes, match src {
+                UploadSrc::Staging(at) => *at,
+                UploadSrc::Kept(_) => 0,
+            }).hash(h),
+            Op::Copy { dst, src, bytes } => (3u8, dst, src, bytes).hash(h),
+        }
+    }
+
+    fn same_shape(&self, o: &Op) -> bool {
+        match (self, o) {
+            (Op::Launch { name, grid, block, smem, args }, Op::Launch { name: n2, grid: g2, block: b2, smem: s2, args: a2 }) => {
+                name == n2 && grid == g2 && block == b2 && smem == s2 && args.len() == a2.len()
+            }
+            (Op::Gemm(a), Op::Gemm(b)) => a.key() == b.key(),
+            (Op::Upload { dst, bytes, src }, Op::Upload { dst: d2, bytes: b2, src: s2 }) => {
+                dst == d2 && bytes == b2 && match (src, s2) {
+                    (UploadSrc::Staging(a), UploadSrc::Staging(b)) => a == b,
+                    (UploadSrc::Kept(_), UploadSrc::Kept(_)) => true,
+                    _ => false,
+                }
+            }
+            (Op::Copy { dst, src, bytes }, Op::Copy { dst: d2, src: s2, bytes: b2 }) => dst == d2 && src == s2 && bytes == b2,
+            _ => false,
+        }
+    }
+}
+
+/// The shape of a whole run, hashed.
+pub fn shape_key(ops: &[Op]) -> u64 {
+    let mut h = DefaultHasher::new();
+    ops.len().hash(&mut h);
+    for op in ops {
+        op.hash_shape(&mut h);
+    }
+    h.finish()
+}
+
+pub fn same_shape(a: &[Op], b: &[Op]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same_shape(y))
+}
+
+/// The kernel launches of `new` whose arguments differ from `old`'s (same shape): the graph nodes
+/// to patch.
+pub fn changed_launches(old: &[Op], new: &[Op]) -> Vec<usize> {
+    old.iter().zip(new).enumerate()
+        .filter(|(_, pair)| matches!(pair, (Op::Launch { args: a, .. }, Op::Launch { args: b, .. }) if a != b))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Graph mode's books: runs issued call by call, graphs built, graph launches, kernel nodes patched.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GraphStats {
+    pub eager_runs: u64,
+    pub built: u64,
+    pub launched: u64,
+    pub patched: u64,
+}
+
+/// Runs shorter than this are issued call by call: a graph would not pay for itself.
+pub const MIN_GRAPH_OPS: usize = 16;
+/// Graphs kept at most; past it, all are dropped (a new batch shape, say) and rebuilt as needed.
+pub const MAX_GRAPHS: usize = 64;
+
+/// What a runtime in graph mode keeps: the queued run, the runs seen and the graphs built (`G`: the
+/// driver's graph objects; `()` emulated, where a "graph" is the cached run itself).
+pub struct Queue<G> {
+    pub run: Vec<Op>,
+    seen: HashMap<u64, u32>,
+    pub graphs: HashMap<u64, Cached<G>>,
+    pub stats: GraphStats,
+}
+
+/// A built graph and the run it was last launched for (whose arguments its nodes hold).
+pub struct Cached<G> {
+    pub ops: Vec<Op>,
+    pub graph: G,
+}
+
+impl<G> Default for Queue<G> {
+    fn default() -> Self {
+        Queue { run: Vec::new(), seen: HashMap::new(), graphs: HashMap::new(), stats: GraphStats::default() }
+    }
+}
+
+/// What to do with a run at a wait.
+pub enum Plan {
+    /// issue it call by call (short, or its shape seen for the first time)
+    Eager(Vec<Op>),
+    /// build a graph of it, launch it, keep it under this key
+    Build(u64, Vec<Op>),
+    /// launch the graph under this key after patching these launches' arguments
+    Replay(u64, Vec<usize>, Vec<Op>),
+}
+
+impl<G> Queue<G> {
+    /// Takes the queued run and decides how to issue it.
+    pub fn plan(&mut self) -> Option<Plan> {
+        if self.run.is_empty() {
+            return None;
+        }
+        let ops = std::mem::take(&mut self.run);
+        if ops.len() < MIN_GRAPH_OPS {
+            self.stats.eager_runs += 1;
+            return Some(Plan::Eager(ops));
+        }
+        let key = shape_key(&ops);
+        if let Some(c) = self.graphs.get(&key) {
+            if same_shape(&c.ops, &ops) {
+                let changed = changed_launches(&c.ops, &ops);
+                self.stats.launched += 1;
+                self.stats.patched += changed.len() as u64;
+                return Some(Plan::Replay(key, changed, ops));
+            }
+        }
+        let seen = self.seen.entry(key).or_default();
+        *seen += 1;
+        if *seen < 2 {
+            self.stats.eager_runs += 1;
+            return Some(Plan::Eager(ops));
+        }
+        self.stats.built += 1;
+        self.stats.launched += 1;
+        Some(Plan::Build(key, ops))
+    }
+
+    /// Keeps a graph built for `ops` (dropping every graph first when there are too many).
+    pub fn keep(&mut self, key: u64, ops: Vec<Op>, graph: G) {
+        if self.graphs.len() >= MAX_GRAPHS {
+            self.graphs.clear();
+        }
+        self.graphs.insert(key, Cached { ops, graph });
+    }
+}
+
+/// A freed buffer waiting for its queued run: the raw resource, freed by `Graveyard::release`.
+pub enum Body {
+    /// device memory (bytes), freed on its stream as cudarc frees it
+    Device(cudarc::driver::sys::CUdeviceptr, usize, Arc<cudarc::driver::CudaStream>),
+    /// an emulated buffer's mapping: (start, bytes)
+    Host(*mut libc::c_void, usize),
+}
+
+// SAFETY: a device address or a private mapping, owned by the body alone.
+unsafe impl Send for Body {}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        match self {
+            // SAFETY: the allocation `leak` gave up, of `bytes`, on that stream; freed once
+            Body::Device(ptr, bytes, stream) => drop(unsafe { stream.upgrade_device_ptr::<u8>(*ptr, *bytes) }),
+            // SAFETY: the mapping HostMem made, unmapped once
+            Body::Host(map, bytes) => unsafe {
+                libc::munmap(*map, *bytes);
+            },
+        }
+    }
+}
+
+/// A buffer that can give up its raw resource to be freed later.
+pub trait Bury {
+    fn bury(self) -> Body;
+}
+
+impl<T> Bury for cudarc::driver::CudaSlice<T> {
+    fn bury(self) -> Body {
+        let (bytes, stream) = (self.len() * std::mem::size_of::<T>(), self.stream().clone());
+        Body::Device(self.leak(), bytes, stream)
+    }
+}
+
+/// Where buffers freed during a queued run wait until the run is issued.
+#[derive(Default)]
+pub struct Graveyard {
+    /// a run is queued: frees must wait
+    queued: AtomicBool,
+    bodies: Mutex<Vec<Body>>,
+}
+
+impl Graveyard {
+    /// A run has been started (a call queued).
+    pub fn hold(&self) {
+        self.queued.store(true, Ordering::Release);
+    }
+
+    /// The queued run has been issued: the buried buffers are freed now (their frees follow the
+    /// run's work in stream order).
+    pub fn release(&self) {
+        let bodies = {
+            let mut b = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+            self.queued.store(false, Ordering::Release);
+            std::mem::take(&mut *b)
+        };
+        drop(bodies);
+    }
+}
+
+/// A buffer whose free waits for a queued run (see the module's notes).
+pub struct Held<X: Bury> {
+    inner: Option<X>,
+    yard: Arc<Graveyard>,
+}
+
+impl<X: Bury> Held<X> {
+    pub fn new(inner: X, yard: Arc<Graveyard>) -> Self {
+        Held { inner: Some(inner), yard }
+    }
+}
+
+impl<X: Bury> std::ops::Deref for Held<X> {
+    type Target = X;
+    fn deref(&self) -> &X {
+        self.inner.as_ref().expect("a held buffer is present until dropped")
+    }
+}
+
+impl<X: Bury> std::ops::DerefMut for Held<X> {
+    fn deref_mut(&mut self) -> &mut X {
+        self.inner.as_mut().expect("a held buffer is present until dropped")
+    }
+}
+
+impl<X: Bury> Drop for Held<X> {
+    fn drop(&mut self) {
+        let Some(x) = self.inner.take() else { return };
+        let mut bodies = self.yard.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        if self.yard.queued.load(Ordering::Acquire) {
+            bodies.push(x.bury());
+        } else {
+            drop(bodies);
+            drop(x); // no run queued: freed now
+        }
+    }
+}
+
+/// A built CUDA graph: the graph (kept, since patching names its nodes), its executable, and the
+/// kernel node of each launch of the run it was built from.
+pub struct DriverGraph {
+    graph: cudarc::driver::sys::CUgraph,
+    exec: cudarc::driver::sys::CUgraphExec,
+    nodes: Vec<cudarc::driver::sys::CUgraphNode>,
+}
+
+// SAFETY: graph handles are context objects, used under the runtime's graph mutex.
+unsafe impl Send for DriverGraph {}
+
+fn dbg(e: impl std::fmt::Debug) -> String {
+    format!("{e:?}")
+}
+
+/// A kernel node's parameters for `op` (a launch); `slots` and `ptrs` hold the argument values and
+/// the pointers to them, which must outlive the call that reads them.
+fn kernel_params(func: cudarc::driver::sys::CUfunction, op: &Op, slots: &mut Vec<u64>,
+                 ptrs: &mut Vec<*mut std::ffi::c_void>) -> cudarc::driver::sys::CUDA_KERNEL_NODE_PARAMS {
+    let Op::Launch { grid, block, smem, args, .. } = op else { unreachable!("kernel parameters of a launch only") };
+    *slots = args.clone();
+    *ptrs = slots.iter_mut().map(|s| s as *mut u64 as *mut std::ffi::c_void).collect();
+    // SAFETY: a plain C struct; zero is null for its handles and pointers.
+    let mut p: cudarc::driver::sys::CUDA_KERNEL_NODE_PARAMS = unsafe { std::mem::zeroed() };
+    p.func = func;
+    (p.gridDimX, p.gridDimY, p.gridDimZ) = *grid;
+    (p.blockDimX, p.blockDimY, p.blockDimZ) = *block;
+    p.sharedMemBytes = *smem;
+    p.kernelParams = ptrs.as_mut_ptr();
+    p
+}
+
+impl DriverGraph {
+    pub fn new(ops: usize) -> Result<Self, String> {
+        let mut graph = std::ptr::null_mut();
+        // SAFETY: creates an empty graph (the context is current).
+        unsafe { cudarc::driver::sys::cuGraphCreate(&mut graph, 0) }.result().map_err(dbg)?;
+        Ok(DriverGraph { graph, exec: std::ptr::null_mut(), nodes: vec![std::ptr::null_mut(); ops] })
+    }
+
+    /// Adds launch `i` of the run as a kernel node after `deps`.
+    pub fn add_kernel(&mut self, i: usize, deps: &[cudarc::driver::sys::CUgraphNode], func: cudarc::driver::sys::CUfunction,
+                      op: &Op) -> Result<cudarc::driver::sys::CUgraphNode, String> {
+        let (mut slots, mut ptrs) = (Vec::new(), Vec::new());
+        let p = kernel_params(func, op, &mut slots, &mut ptrs);
+        let mut node = std::ptr::null_mut();
+        // SAFETY: the parameters point at live values (copied by the call).
+        unsafe { cudarc::driver::sys::cuGraphAddKernelNode_v2(&mut node, self.graph, deps.as_ptr(), deps.len(), &p) }
+            .result().map_err(dbg)?;
+        self.nodes[i] = node;
+        Ok(node)
+    }
+
+    /// Adds a captured graph (a GEMM, a copy) as a child node after `deps`; the child is consumed.
+    pub fn add_child(&mut self, deps: &[cudarc::driver::sys::CUgraphNode], child: cudarc::driver::sys::CUgraph)
+                     -> Result<cudarc::driver::sys::CUgraphNode, String> {
+        let mut node = std::ptr::null_mut();
+        // SAFETY: `child` is a graph this call clones into ours; destroyed once after.
+        let r = unsafe { cudarc::driver::sys::cuGraphAddChildGraphNode(&mut node, self.graph, deps.as_ptr(), deps.len(), child) }
+            .result().map_err(dbg);
+        // SAFETY: as above.
+        unsafe { cudarc::driver::sys::cuGraphDestroy(child) };
+        r.map(|_| node)
+    }
+
+    pub fn instantiate(&mut self) -> Result<(), String> {
+        // SAFETY: a complete graph of this context.
+        unsafe { cudarc::driver::sys::cuGraphInstantiateWithFlags(&mut self.exec, self.graph, 0) }.result().map_err(dbg)
+    }
+
+    pub fn launch(&self, stream: cudarc::driver::sys::CUstream) -> Result<(), String> {
+        // SAFETY: an instantiated graph, launched in stream order.
+        unsafe { cudarc::driver::sys::cuGraphLaunch(self.exec, stream) }.result().map_err(dbg)
+    }
+
+    /// Gives launch `i`'s kernel node `op`'s arguments (same kernel and grid) for later launches.
+    pub fn patch(&self, i: usize, func: cudarc::driver::sys::CUfunction, op: &Op) -> Result<(), String> {
+        let (mut slots, mut ptrs) = (Vec::new(), Vec::new());
+        let p = kernel_params(func, op, &mut slots, &mut ptrs);
+        // SAFETY: node `i` is a kernel node of the graph `exec` was instantiated from.
+        unsafe { cudarc::driver::sys::cuGraphExecKernelNodeSetParams_v2(self.exec, self.nodes[i], &p) }.result().map_err(dbg)
+    }
+}
+
+impl Drop for DriverGraph {
+    fn drop(&mut self) {
+        // SAFETY: made by `new` / `instantiate`, destroyed once; a launched graph still running is
+        // freed by the driver when it completes.
+        unsafe {
+            if !self.exec.is_null() {
+                cudarc::driver::sys::cuGraphExecDestroy(self.exec);
+            }
+            cudarc::driver::sys::cuGraphDestroy(self.graph);
+        }
+    }
+}
