@@ -396,7 +396,7 @@ fn main() {
         tune(&be, args.batch * args.seq, args.hidden, configs, args.iters.max(3));
         return;
     }
-    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, [0; 7]),
+    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, [0; 9]),
           |_| Default::default(), |_, _| None);
 }
 
@@ -422,9 +422,10 @@ fn cuda_profile(be: &Cuda, start: bool) -> Option<ProfileRows> {
 /// Device memory in use (a dry run: the most it allocated) and the driver calls so far: kernels,
 /// GEMMs, copies, waits.
 #[cfg(feature = "cuda")]
-fn cuda_stats(be: &Cuda) -> (usize, [u64; 7]) {
+fn cuda_stats(be: &Cuda) -> (usize, [u64; 9]) {
     let c = be.calls();
-    (be.memory_used(), [c.kernels, c.gemms, c.copies, c.waits, c.allocs, c.issue_ns, c.wait_ns])
+    let g = be.graph_stats();
+    (be.memory_used(), [c.kernels, c.gemms, c.copies, c.waits, c.allocs, c.issue_ns, c.wait_ns, g.launched, g.built])
 }
 
 /// Times each mode's step on backends from `open` and prints the table (and the JSON).
@@ -433,7 +434,7 @@ fn cuda_stats(be: &Cuda) -> (usize, [u64; 7]) {
 /// measured right before every timed step and each step is set against the best GEMM of its own
 /// measurement; a mode's ratio is the median of those paired ratios.
 fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: impl Fn(&B) -> Peaks,
-                     device_stats: impl Fn(&B) -> (usize, [u64; 7]),
+                     device_stats: impl Fn(&B) -> (usize, [u64; 9]),
                      launches: impl Fn(&B) -> std::collections::HashMap<&'static str, u64>,
                      profile: impl Fn(&B, bool) -> Option<ProfileRows>) {
     let calls_of = |be: &B| -> u64 { device_stats(be).1[..3].iter().sum() };
@@ -512,6 +513,8 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         }
         let (mut times, mut ratios, mut busy, mut calls) = (Vec::new(), Vec::new(), Vec::new(), 0);
         let (mut issuing, mut waiting) = (Vec::new(), Vec::new());
+        // graph mode: graphs launched and built in the last timed step
+        let mut graphs = (0, 0);
         let gflop = flops::step(&shape, kind, ga) / 1e9;
         for _ in 0..args.iters {
             let peaks = peaks_of(&clf.be);
@@ -529,6 +532,7 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
             calls = calls_of(&clf.be) - calls0;
             let books = device_stats(&clf.be).1;
             issuing.push((books[5] - books0[5]) as f64 / 1e6);
+            graphs = (books[7] - books0[7], books[8] - books0[8]);
             waiting.push((books[6] - books0[6]) as f64 / 1e6);
             if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
                 busy.push((b - a) / secs);
@@ -543,9 +547,10 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         let rate = gflop / secs;
         let mem = device_stats(&clf.be).0;
         let busy = (!busy.is_empty()).then(|| busy.iter().sum::<f64>() / busy.len() as f64);
-        eprintln!("{mode}: {:.1} ms{}", secs * 1e3, busy.map_or(String::new(), |u| format!(", {u:.2} cores busy")));
+        eprintln!("{mode}: {:.1} ms{}{}", secs * 1e3, busy.map_or(String::new(), |u| format!(", {u:.2} cores busy")),
+                  if graphs.0 > 0 { format!(", {} CUDA graph launches ({} built)", graphs.0, graphs.1) } else { String::new() });
         rows.push(Row { mode: mode.clone(), ms: secs * 1e3, gflop, rate, ratio: median(ratios), mem, busy, calls,
-                        issuing: median(issuing), waiting: median(waiting) });
+                        issuing: median(issuing), waiting: median(waiting), graphs });
         if args.profile {
             profile(&clf.be, true);
             run(&mut clf);
@@ -617,7 +622,9 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
                 "cores_busy": r.busy, "device_memory_bytes": if args.cuda { Some(r.mem) } else { None },
                 "driver_calls": if args.cuda { Some(r.calls) } else { None },
                 "host_ms_issuing": if args.cuda { Some(r.issuing) } else { None },
-                "ms_waiting": if args.cuda { Some(r.waiting) } else { None }})).collect::<Vec<_>>(),
+                "ms_waiting": if args.cuda { Some(r.waiting) } else { None },
+                "graph_launches": if args.cuda { Some(r.graphs.0) } else { None },
+                "graphs_built": if args.cuda { Some(r.graphs.1) } else { None }})).collect::<Vec<_>>(),
         });
         write_json(path, &json);
     }
@@ -636,6 +643,8 @@ struct Row {
     calls: u64,
     issuing: f64,
     waiting: f64,
+    /// graph mode: graphs launched and built in the last timed step
+    graphs: (u64, u64),
 }
 
 /// `--device cuda-dry`'s table and JSON: per mode, one step's driver calls and the most device
