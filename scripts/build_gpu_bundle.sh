@@ -15,6 +15,16 @@ for l in sys.stdin:
   cp "$exe" ".gpu.partial/bin/$t"
 done
 cp target/release/muscle-bench .gpu.partial/bin/
-strip .gpu.partial/bin/* 2>/dev/null || true
+git rev-parse --short HEAD > .gpu.partial/bin/BUILD
+strip .gpu.partial/bin/cuda_* .gpu.partial/bin/muscle-bench 2>/dev/null || true
+# the previous bundle's benchmark, when it is another commit's, comes along as the "before" variant
+# that scripts/gpu_check.sh times beside this build
+if [[ -x .gpu/bin/muscle-bench && -f .gpu/bin/BUILD && "$(cat .gpu/bin/BUILD)" != "$(cat .gpu.partial/bin/BUILD)" ]]; then
+  cp .gpu/bin/muscle-bench .gpu.partial/bin/muscle-bench-before
+  cp .gpu/bin/BUILD .gpu.partial/bin/BEFORE
+elif [[ -x .gpu/bin/muscle-bench-before ]]; then
+  cp .gpu/bin/muscle-bench-before .gpu.partial/bin/
+  cp .gpu/bin/BEFORE .gpu.partial/bin/ 2>/dev/null || true
+fi
 rm -rf .gpu && mv .gpu.partial .gpu
 ls -la .gpu/bin

@@ -23,6 +23,8 @@ if [[ -n ${OUT:-} ]]; then out="$(mktemp -d)"; else out=.gpu/out; fi
 mkdir -p "$out"
 py="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/gpu.txt"
+echo "build $(cat .gpu/bin/BUILD 2>/dev/null || echo unknown); the \"before\" variant: $(cat .gpu/bin/BEFORE 2>/dev/null || echo none)" \
+  | tee "$out/build.txt"
 
 # CUDA's user-space libraries (cuBLAS, NVRTC) where PyTorch's pip wheels put them.
 MUSCLE_CUDA_LIB_DIRS="$("$py" - <<'PY'
