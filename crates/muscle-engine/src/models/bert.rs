@@ -85,6 +85,21 @@ struct LayerActs<Buf> {
     out: Buf,
 }
 
+/// See `Acts::shared`.
+struct SharedActs<Buf> {
+    ctx: Buf,
+    h1: Buf,
+    inter: Buf,
+}
+
+/// Which of a layer's dense-layer inputs the backward reads (their weight is trainable).
+#[derive(Clone, Copy)]
+struct Keeps {
+    ctx: bool,
+    h1: bool,
+    inter: bool,
+}
+
 /// Buffers saved by the forward for the backward (one set per layer) plus the head's.
 struct Acts<Buf> {
     emb_sum: Buf,
@@ -94,6 +109,11 @@ struct Acts<Buf> {
     /// input to layer 0
     emb_out: Buf,
     layers: Vec<LayerActs<Buf>>,
+    /// A layer's attention context, first layer norm's output and feed-forward activation are kept
+    /// for the backward only as inputs of their dense layer's weight gradient; where that weight is
+    /// frozen (LoRA/MSLR training) the layer writes them here instead, one buffer for all layers:
+    /// 6 x tokens x hidden floats a layer not kept (BERT-base 32 x 64: 453 MB).
+    shared: SharedActs<Buf>,
     cls: Buf,
     head_in: Buf,
     head_drop_a: Buf,
@@ -289,6 +309,7 @@ impl<B: Backend> BertClassifier<B> {
             acts: Acts {
                 emb_sum: zeros(be), emb_mean: zeros(be), emb_rstd: zeros(be), emb_drop: zeros(be), emb_out: zeros(be),
                 layers: Vec::new(),
+                shared: SharedActs { ctx: zeros(be), h1: zeros(be), inter: zeros(be) },
                 cls: zeros(be), head_in: zeros(be), head_drop_a: zeros(be), mslr_in: zeros(be), mslr_drop: zeros(be),
                 mslr_us: zeros(be), pre: zeros(be), act: zeros(be), head_out: zeros(be), head_drop_b: zeros(be),
                 logits: zeros(be), probs: zeros(be),
@@ -449,7 +470,14 @@ impl<B: Backend> BertClassifier<B> {
         Ok(())
     }
 
+    /// Which dense-layer inputs of layer `l` the backward reads: those whose weight is trainable.
+    fn keeps(&self, l: usize) -> Keeps {
+        let (lp, p) = (&self.layers[l], &self.params.meta);
+        Keeps { ctx: p[lp.attn_out.0].trainable, h1: p[lp.inter.0].trainable, inter: p[lp.out.0].trainable }
+    }
+
     fn ensure_buffers(&mut self, be: &B, b: usize, t: usize) {
+        let keeps: Vec<Keeps> = (0..self.layers.len()).map(|l| self.keeps(l)).collect();
         let (h, i, heads) = (self.cfg.hidden_size, self.cfg.intermediate_size, self.cfg.num_attention_heads);
         let n = b * t;
         let (r, nk) = (self.adapters.lora_r, self.adapters.mslr_scales.len());
@@ -463,7 +491,12 @@ impl<B: Backend> BertClassifier<B> {
             be.ensure(buf, len);
         }
         let lora_dropout = self.adapters.lora_dropout > 0.0;
-        for (la, lp) in a.layers.iter_mut().zip(&self.layers) {
+        if keeps.iter().any(|k| !(k.ctx && k.h1 && k.inter)) {
+            for (buf, len) in [(&mut a.shared.ctx, n * h), (&mut a.shared.h1, n * h), (&mut a.shared.inter, n * i)] {
+                be.ensure(buf, len);
+            }
+        }
+        for ((la, lp), k) in a.layers.iter_mut().zip(&self.layers).zip(&keeps) {
             for buf in la.qkv.iter_mut() {
                 be.ensure(buf, n * h);
             }
@@ -476,11 +509,16 @@ impl<B: Backend> BertClassifier<B> {
                     }
                 }
             }
-            for (buf, len) in [(&mut la.ctx, n * h), (&mut la.probs, b * heads * t * t), (&mut la.probs_drop, b * heads * t * t),
+            for (buf, len) in [(&mut la.probs, b * heads * t * t), (&mut la.probs_drop, b * heads * t * t),
                                (&mut la.attn_drop, n * h), (&mut la.res1, n * h), (&mut la.ln1_mean, n), (&mut la.ln1_rstd, n),
-                               (&mut la.h1, n * h), (&mut la.inter_saved, n * i), (&mut la.inter, n * i), (&mut la.ffn_drop, n * h),
+                               (&mut la.inter_saved, n * i), (&mut la.ffn_drop, n * h),
                                (&mut la.res2, n * h), (&mut la.ln2_mean, n), (&mut la.ln2_rstd, n), (&mut la.out, n * h)] {
                 be.ensure(buf, len);
+            }
+            for (buf, len, kept) in [(&mut la.ctx, n * h, k.ctx), (&mut la.h1, n * h, k.h1), (&mut la.inter, n * i, k.inter)] {
+                if kept {
+                    be.ensure(buf, len);
+                }
             }
         }
         let s = &mut self.scratch;
@@ -525,6 +563,7 @@ impl<B: Backend> BertClassifier<B> {
         let cfg = &self.cfg;
         let (h, inter, heads, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.head_dim());
         let n = b * t;
+        let keeps: Vec<Keeps> = (0..self.layers.len()).map(|l| self.keeps(l)).collect();
         let pv = &self.params.values;
         let a = &mut self.acts;
         let ad = &self.adapters;
@@ -546,6 +585,11 @@ impl<B: Backend> BertClassifier<B> {
         for (l, lp) in self.layers.iter().enumerate() {
             let (prev, rest) = a.layers.split_at_mut(l);
             let la = &mut rest[0];
+            // the dense-layer inputs the backward will not read go to the shared buffers
+            let k = keeps[l];
+            let ctx = if k.ctx { &mut la.ctx } else { &mut a.shared.ctx };
+            let h1 = if k.h1 { &mut la.h1 } else { &mut a.shared.h1 };
+            let inter_out = if k.inter { &mut la.inter } else { &mut a.shared.inter };
             let x = if l == 0 { &a.emb_out } else { &prev[l - 1].out };
             let lid = l as u64;
             // the three projections of x first (a backend may share work on x), then their adapters
@@ -574,24 +618,24 @@ impl<B: Backend> BertClassifier<B> {
             } else {
                 None
             };
-            attention::attention_forward(be, &mut la.ctx, &mut la.probs, &la.qkv[0], &la.qkv[1], &la.qkv[2], batch.mask,
+            attention::attention_forward(be, ctx, &mut la.probs, &la.qkv[0], &la.qkv[1], &la.qkv[2], batch.mask,
                                          pdrop, b, t, heads, d);
             // attention output: dense -> dropout -> + x -> layer norm
             if live(hp) {
                 be.dropout_mask(&mut la.attn_drop, n * h, hp, seed, &[pass, site::ATTN, lid]);
             }
-            linear::linear_dropout_residual_forward(be, &mut la.res1, &la.ctx, &pv[lp.attn_out.0], &pv[lp.attn_out.1],
+            linear::linear_dropout_residual_forward(be, &mut la.res1, ctx, &pv[lp.attn_out.0], &pv[lp.attn_out.1],
                                                     live(hp).then_some(&la.attn_drop), x, n, h, h);
-            layer_norm::layer_norm_forward(be, &mut la.h1, &mut la.ln1_mean, &mut la.ln1_rstd, &la.res1, &pv[lp.ln1.0],
+            layer_norm::layer_norm_forward(be, h1, &mut la.ln1_mean, &mut la.ln1_rstd, &la.res1, &pv[lp.ln1.0],
                                            &pv[lp.ln1.1], n, h, cfg.layer_norm_eps);
             // feed-forward: dense -> gelu -> dense -> dropout -> + h1 -> layer norm
-            linear::linear_gelu_forward(be, &mut la.inter_saved, &mut la.inter, &la.h1, &pv[lp.inter.0], &pv[lp.inter.1], n,
+            linear::linear_gelu_forward(be, &mut la.inter_saved, inter_out, h1, &pv[lp.inter.0], &pv[lp.inter.1], n,
                                         h, inter);
             if live(hp) {
                 be.dropout_mask(&mut la.ffn_drop, n * h, hp, seed, &[pass, site::FFN, lid]);
             }
-            linear::linear_dropout_residual_forward(be, &mut la.res2, &la.inter, &pv[lp.out.0], &pv[lp.out.1],
-                                                    live(hp).then_some(&la.ffn_drop), &la.h1, n, inter, h);
+            linear::linear_dropout_residual_forward(be, &mut la.res2, inter_out, &pv[lp.out.0], &pv[lp.out.1],
+                                                    live(hp).then_some(&la.ffn_drop), h1, n, inter, h);
             layer_norm::layer_norm_forward(be, &mut la.out, &mut la.ln2_mean, &mut la.ln2_rstd, &la.res2, &pv[lp.ln2.0],
                                            &pv[lp.ln2.1], n, h, cfg.layer_norm_eps);
         }

@@ -327,7 +327,15 @@ impl Driver {
         };
         let mut child = std::ptr::null_mut();
         let ended = sys::cuStreamEndCapture(cs, &mut child).result().map_err(dbg);
-        issued.and(ended).map(|_| child)
+        match issued.and(ended) {
+            Ok(()) => Ok(child),
+            Err(e) => {
+                if !child.is_null() {
+                    sys::cuGraphDestroy(child);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// A CUDA graph of `ops` in order: kernels as kernel nodes (their arguments can be patched),
