@@ -116,6 +116,8 @@ pub struct GraphStats {
 
 /// Runs shorter than this are issued call by call: a graph would not pay for itself.
 pub const MIN_GRAPH_OPS: usize = 16;
+/// Run shapes remembered at most (to build a graph the second time one is seen).
+pub const MAX_SEEN: usize = 4096;
 /// Graphs kept at most; past it, all are dropped (a new batch shape, say) and rebuilt as needed.
 pub const MAX_GRAPHS: usize = 64;
 
@@ -169,6 +171,9 @@ impl<G> Queue<G> {
                 self.stats.patched += changed.len() as u64;
                 return Some(Plan::Replay(key, changed, ops));
             }
+        }
+        if self.seen.len() >= MAX_SEEN {
+            self.seen.clear(); // shapes that never repeat (a new batch shape every step, say)
         }
         let seen = self.seen.entry(key).or_default();
         *seen += 1;
