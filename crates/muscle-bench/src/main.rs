@@ -361,8 +361,14 @@ fn main() {
             let precision = if args.bf16 { Precision::Bf16 } else { Precision::F32 };
             if args.dry {
                 let device = format!("CUDA backend, dry run, {}", if args.bf16 { "bf16" } else { "f32" });
-                return bench(&args, || Cuda::dry_run(precision), &device, |_| vec![], cuda_stats, Cuda::launches,
-                             |_, _| None);
+                let open = || {
+                    let be = Cuda::dry_run(precision);
+                    if std::env::var("MUSCLE_CUDA_GRAPHS").is_ok_and(|v| v == "1") {
+                        be.set_graphs(true).expect("nothing is queued yet");
+                    }
+                    be
+                };
+                return bench(&args, open, &device, |_| vec![], cuda_stats, Cuda::launches, |_, _| None);
             }
             let open = || Cuda::with_precision(0, precision).unwrap_or_else(|e| {
                 eprintln!("muscle-bench: {e}");
@@ -396,7 +402,7 @@ fn main() {
         tune(&be, args.batch * args.seq, args.hidden, configs, args.iters.max(3));
         return;
     }
-    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, [0; 9]),
+    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, [0; 11]),
           |_| Default::default(), |_, _| None);
 }
 
@@ -422,10 +428,11 @@ fn cuda_profile(be: &Cuda, start: bool) -> Option<ProfileRows> {
 /// Device memory in use (a dry run: the most it allocated) and the driver calls so far: kernels,
 /// GEMMs, copies, waits.
 #[cfg(feature = "cuda")]
-fn cuda_stats(be: &Cuda) -> (usize, [u64; 9]) {
+fn cuda_stats(be: &Cuda) -> (usize, [u64; 11]) {
     let c = be.calls();
     let g = be.graph_stats();
-    (be.memory_used(), [c.kernels, c.gemms, c.copies, c.waits, c.allocs, c.issue_ns, c.wait_ns, g.launched, g.built])
+    (be.memory_used(), [c.kernels, c.gemms, c.copies, c.waits, c.allocs, c.issue_ns, c.wait_ns, g.launched, g.built, g.patched,
+                        g.eager_runs])
 }
 
 /// Times each mode's step on backends from `open` and prints the table (and the JSON).
@@ -434,7 +441,7 @@ fn cuda_stats(be: &Cuda) -> (usize, [u64; 9]) {
 /// measured right before every timed step and each step is set against the best GEMM of its own
 /// measurement; a mode's ratio is the median of those paired ratios.
 fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: impl Fn(&B) -> Peaks,
-                     device_stats: impl Fn(&B) -> (usize, [u64; 9]),
+                     device_stats: impl Fn(&B) -> (usize, [u64; 11]),
                      launches: impl Fn(&B) -> std::collections::HashMap<&'static str, u64>,
                      profile: impl Fn(&B, bool) -> Option<ProfileRows>) {
     let calls_of = |be: &B| -> u64 { device_stats(be).1[..3].iter().sum() };
@@ -497,6 +504,11 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         eprintln!("{mode}: warm-up...");
         run(&mut clf);
         if args.dry {
+            // graph mode builds a run's graph the second time it sees that run's shape, and the
+            // first step's shapes differ from the rest (its allocations): two more steps, so the
+            // counted one replays
+            run(&mut clf);
+            run(&mut clf);
             let (before, kernels_before) = (device_stats(&clf.be).1, launches(&clf.be));
             let t0 = Instant::now();
             run(&mut clf);
@@ -662,6 +674,13 @@ fn dry_report(args: &Args, device: &str, rows: &[DryRow]) {
         println!("| {kind} {m}, {b} x {t}, {}L/{}H | {} | {} | {} | {} | {} | {} | {:.2} GiB | {host_ms:.2} |", args.layers,
                  args.hidden, c[0], c[1], c[2], c[0] + c[1] + c[2], c[3], c[4], *mem as f64 / (1u64 << 30) as f64);
     }
+    if rows.iter().any(|r| r.1[7] > 0) {
+        println!("\nGraph mode (MUSCLE_CUDA_GRAPHS=1), the fourth step:");
+        for (m, c, _, _, _) in rows {
+            println!("- {m}: {} graph launches ({} built), {} kernel nodes patched, {} runs issued call by call", c[7], c[8],
+                     c[9], c[10]);
+        }
+    }
     println!("\nKernel launches per step:");
     for (m, _, _, per_kernel, _) in rows {
         let list: Vec<String> = per_kernel.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -677,6 +696,7 @@ fn dry_report(args: &Args, device: &str, rows: &[DryRow]) {
             "steps": rows.iter().map(|(m, c, mem, per_kernel, host_ms)| serde_json::json!({
                 "mode": m, "kernels": c[0], "gemms": c[1], "copies": c[2], "driver_calls": c[0] + c[1] + c[2],
                 "waits": c[3], "allocations": c[4], "host_ms": host_ms, "peak_device_memory_bytes": mem,
+                "graph_launches": c[7], "graphs_built": c[8], "nodes_patched": c[9], "runs_issued_call_by_call": c[10],
                 "launches": per_kernel.iter().map(|(k, n)| (k.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>()}))
                 .collect::<Vec<_>>(),
         });

@@ -108,6 +108,15 @@ impl<B: Backend> Classifier<B> {
                 "training diverged (loss {}, gradient norm {}); lower the learning rate", report.loss, report.clipped_norm)));
         }
         self.opt.update(&self.be, &mut self.model.params, s.lr);
+        if reference.is_some() && s.ga.is_some() {
+            // the gradient buffers back in their places (their contents are spent), so every step
+            // makes the same calls on the same buffers (a CUDA graph of the step then replays)
+            for (slot, g) in self.saved.iter_mut().zip(self.model.params.grads.iter_mut()) {
+                if g.is_some() {
+                    std::mem::swap(slot, g);
+                }
+            }
+        }
         self.be.check()?;
         Ok(report)
     }

@@ -788,7 +788,7 @@ on_both!(graph_mode, graph_mode_replays_steps_exactly_emulated, graph_mode_repla
 /// arguments patched in) computes what issuing each call computes: five identical LoRA+MSLR steps
 /// with dropout (new dropout keys, AdamW steps and GA scalars every step) give the same losses and
 /// parameters in both modes, bit for bit emulated (same kernels, same order), and the graphs were
-/// built once and replayed with patched arguments. Emulated, a replay runs the cached run with only
+/// built once and replayed with patched arguments, the fifth step building none. Emulated, a replay runs the cached run with only
 /// the detected changes applied, so a change the detection missed would show here.
 fn graph_mode(target: Target) {
     let dir = fixtures().join("tiny-bert");
@@ -804,15 +804,20 @@ fn graph_mode(target: Target) {
         let batch = BatchRef { ids: &ids, mask: &mask, labels: Some(&labels), b: 3, t: 5 };
         let reference = BatchRef { ids: &ids, mask: &mask, labels: Some(&ref_labels), b: 3, t: 5 };
         let ga = Some(GaRule::Gated { min_ref_loss: 0.0, min_ref_grad_norm: 0.0, rho: None });
-        let losses: Vec<f32> = (0..5)
-            .map(|_| clf.train_step(&batch, Some(&reference), &StepSettings { lr: 1e-2, max_grad_norm: 1.0, ga }).unwrap().loss)
-            .collect();
+        let mut losses = Vec::new();
+        let mut after_four = Default::default();
+        for step in 0..5 {
+            losses.push(clf.train_step(&batch, Some(&reference), &StepSettings { lr: 1e-2, max_grad_norm: 1.0, ga }).unwrap().loss);
+            if step == 3 {
+                after_four = clf.be.graph_stats();
+            }
+        }
         let params: Vec<Vec<f32>> = clf.model.params.meta.iter().filter(|m| m.trainable)
             .map(|m| clf.model.get_param(&clf.be, &m.name).unwrap()).collect();
-        (losses, params, clf.be.graph_stats())
+        (losses, params, clf.be.graph_stats(), after_four)
     };
-    let (eager_losses, eager_params, none) = run(false);
-    let (losses, params, stats) = run(true);
+    let (eager_losses, eager_params, none, _) = run(false);
+    let (losses, params, stats, after_four) = run(true);
     let exact = matches!(target, Target::Emulated);
     let (abs, rel) = if exact { (0.0, 0.0) } else { (1e-5, 1e-4) };
     let mut worst = assert_close_within("graph mode: losses", &losses, &eager_losses, abs, rel);
@@ -822,6 +827,10 @@ fn graph_mode(target: Target) {
     assert_eq!(none.launched, 0, "graph mode off launched graphs");
     assert!(stats.built >= 1 && stats.launched > stats.built && stats.patched > 0,
             "graph mode built no graph, replayed none or patched nothing: {stats:?}");
+    // every step makes the same calls on the same buffers (the model's and GA's swapped buffers go
+    // back in place), so by the fifth step every run replays a graph
+    assert!(stats.built == after_four.built && stats.launched > after_four.launched,
+            "the fifth step built graphs (a run's shape changed between steps): {after_four:?} then {stats:?}");
     eprintln!("graph mode: 5 steps as issued call by call (max abs diff {worst:.2e}); {stats:?}");
 }
 

@@ -751,6 +751,14 @@ impl<B: Backend> BertClassifier<B> {
         be.scatter_add_rows(&mut s.d_out, &s.d_head_in, &self.cls_rows, h);
 
         // ---- encoder, top to bottom ----------------------------------------------------------------
+        // The scratch buffers the layers hand on by swapping go back to their places at the end, so
+        // every step makes the same calls on the same buffers (a CUDA graph of the step then replays).
+        #[derive(Clone, Copy)]
+        enum Swap {
+            OutX,
+            XLx,
+        }
+        let mut swaps: Vec<Swap> = Vec::new();
         for l in (self.lowest_trainable..self.layers.len()).rev() {
             let lp = &self.layers[l];
             let la = &a.layers[l];
@@ -811,6 +819,7 @@ impl<B: Backend> BertClassifier<B> {
                         lora::lora_backward_input_dropped(be, &mut s.d_lx, &s.d_small, &pv[la_a], &lo.mask, &s.d_x, n, h,
                                                           ad.lora_r);
                         std::mem::swap(&mut s.d_x, &mut s.d_lx);
+                        swaps.push(Swap::XLx);
                     } else {
                         lora::lora_backward(be, if need_dx { Some(&mut s.d_x) } else { None }, da, dbb, &mut s.d_small,
                                             &s.d_qkv[ti], &lo.xa, inp, &pv[la_a], &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
@@ -819,6 +828,7 @@ impl<B: Backend> BertClassifier<B> {
             }
             if need_dx {
                 std::mem::swap(&mut s.d_out, &mut s.d_x);
+                swaps.push(Swap::OutX);
             }
         }
 
@@ -852,6 +862,12 @@ impl<B: Backend> BertClassifier<B> {
                 Family::Roberta => [pad, pad, None],
             };
             embedding::embedding_backward(be, dword, dpos, dtyp, &s.d_res, batch.ids, &self.pos_ids, &self.type_ids, h, skip);
+        }
+        for swap in swaps.into_iter().rev() {
+            match swap {
+                Swap::OutX => std::mem::swap(&mut s.d_out, &mut s.d_x),
+                Swap::XLx => std::mem::swap(&mut s.d_x, &mut s.d_lx),
+            }
         }
         Ok(())
     }

@@ -641,7 +641,18 @@ impl Runtime {
         let Some(q) = guard.as_mut() else { return Ok(()) };
         let Some(plan) = q.plan() else { return Ok(()) };
         let issued = match (&self.kind, plan) {
-            (Kind::DryRun(_), _) => Ok(()),
+            // nothing runs, but the books follow the plans (graphs kept, replays counted)
+            (Kind::DryRun(_), Plan::Build(key, ops)) => {
+                q.keep(key, ops, None);
+                Ok(())
+            }
+            (Kind::DryRun(_), Plan::Replay(key, _, ops)) => {
+                if let Some(cached) = q.graphs.get_mut(&key) {
+                    cached.ops = ops;
+                }
+                Ok(())
+            }
+            (Kind::DryRun(_), Plan::Eager(_)) => Ok(()),
             (_, Plan::Eager(ops)) => ops.iter().try_for_each(|op| self.issue(op)),
             (Kind::Driver(d), Plan::Build(key, ops)) => self.timed(false, || {
                 let g = d.build_graph(&ops)?;
