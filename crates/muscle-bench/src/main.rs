@@ -368,7 +368,8 @@ fn main() {
                     }
                     be
                 };
-                return bench(&args, open, &device, |_| vec![], cuda_stats, Cuda::launches, |_, _| None);
+                return bench(&args, open, &device, |_| vec![], cuda_stats, Cuda::launches, |_, _| None,
+                             Cuda::graph_failure);
             }
             let open = || Cuda::with_precision(0, precision).unwrap_or_else(|e| {
                 eprintln!("muscle-bench: {e}");
@@ -381,7 +382,8 @@ fn main() {
             drop(be);
             let name = format!("SGEMM 8192^3, cuBLAS f32 ({})", info.name);
             let peaks = move |be: &Cuda| vec![(name.clone(), sgemm_peak(be, 8192, 3))];
-            return bench(&args, open, &device, peaks, cuda_stats, Cuda::launches, cuda_profile);
+            return bench(&args, open, &device, peaks, cuda_stats, Cuda::launches, cuda_profile,
+                         Cuda::graph_failure);
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -403,7 +405,7 @@ fn main() {
         return;
     }
     bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, [0; 11]),
-          |_| Default::default(), |_, _| None);
+          |_| Default::default(), |_, _| None, |_| None);
 }
 
 /// A profiled step: per kind of call its calls and GPU ms (most first), the GPU's busy ms, the runs
@@ -443,7 +445,8 @@ fn cuda_stats(be: &Cuda) -> (usize, [u64; 11]) {
 fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: impl Fn(&B) -> Peaks,
                      device_stats: impl Fn(&B) -> (usize, [u64; 11]),
                      launches: impl Fn(&B) -> std::collections::HashMap<&'static str, u64>,
-                     profile: impl Fn(&B, bool) -> Option<ProfileRows>) {
+                     profile: impl Fn(&B, bool) -> Option<ProfileRows>,
+                     graph_failure: impl Fn(&B) -> Option<String>) {
     let calls_of = |be: &B| -> u64 { device_stats(be).1[..3].iter().sum() };
     let heads = (args.hidden / 64).max(1);
     // RoBERTa: its vocabulary, position offset (514 = 512 + padding index + 1) and single token type
@@ -561,6 +564,9 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         let busy = (!busy.is_empty()).then(|| busy.iter().sum::<f64>() / busy.len() as f64);
         eprintln!("{mode}: {:.1} ms{}{}", secs * 1e3, busy.map_or(String::new(), |u| format!(", {u:.2} cores busy")),
                   if graphs.0 > 0 { format!(", {} CUDA graph launches ({} built)", graphs.0, graphs.1) } else { String::new() });
+        if let Some(why) = graph_failure(&clf.be) {
+            eprintln!("{mode}: graph mode fell back to issuing calls one by one: {why}");
+        }
         rows.push(Row { mode: mode.clone(), ms: secs * 1e3, gflop, rate, ratio: median(ratios), mem, busy, calls,
                         issuing: median(issuing), waiting: median(waiting), graphs });
         if args.profile {

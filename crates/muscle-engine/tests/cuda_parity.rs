@@ -814,6 +814,7 @@ fn graph_mode(target: Target) {
         }
         let params: Vec<Vec<f32>> = clf.model.params.meta.iter().filter(|m| m.trainable)
             .map(|m| clf.model.get_param(&clf.be, &m.name).unwrap()).collect();
+        assert_eq!(clf.be.graph_failure(), None, "graph mode fell back to issuing calls one by one");
         (losses, params, clf.be.graph_stats(), after_four)
     };
     let (eager_losses, eager_params, none, _) = run(false);

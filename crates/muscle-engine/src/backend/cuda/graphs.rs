@@ -125,6 +125,8 @@ pub const MAX_GRAPHS: usize = 64;
 /// driver's graph objects; `()` emulated, where a "graph" is the cached run itself).
 pub struct Queue<G> {
     pub run: Vec<Op>,
+    /// why graphs could not be built or launched on this device; every call is then issued at once
+    pub failed: Option<String>,
     seen: HashMap<u64, u32>,
     pub graphs: HashMap<u64, Cached<G>>,
     pub stats: GraphStats,
@@ -138,7 +140,7 @@ pub struct Cached<G> {
 
 impl<G> Default for Queue<G> {
     fn default() -> Self {
-        Queue { run: Vec::new(), seen: HashMap::new(), graphs: HashMap::new(), stats: GraphStats::default() }
+        Queue { run: Vec::new(), failed: None, seen: HashMap::new(), graphs: HashMap::new(), stats: GraphStats::default() }
     }
 }
 

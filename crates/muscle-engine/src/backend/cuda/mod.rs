@@ -1148,6 +1148,12 @@ impl Cuda {
         self.rt.graph_stats()
     }
 
+    /// Why graph mode fell back to issuing every call at once on this device (a graph could not be
+    /// built or launched), if it did; training goes on either way.
+    pub fn graph_failure(&self) -> Option<String> {
+        self.rt.graph_failure()
+    }
+
     /// Applies `MUSCLE_CUDA_GRAPHS=1` to a new backend.
     fn with_env_graphs(self) -> Self {
         if std::env::var("MUSCLE_CUDA_GRAPHS").is_ok_and(|v| v == "1") {

@@ -601,6 +601,11 @@ impl Runtime {
         Ok(())
     }
 
+    /// Why graph mode stopped using graphs on this device, if it did.
+    pub fn graph_failure(&self) -> Option<String> {
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|q| q.failed.clone())
+    }
+
     /// Graph mode's books (zeros when it is off).
     pub fn graph_stats(&self) -> GraphStats {
         self.graphs.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|q| q.stats).unwrap_or_default()
@@ -614,7 +619,7 @@ impl Runtime {
     fn submit(&self, op: Op) -> Result<(), String> {
         if !self.profiling() {
             let mut q = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(q) = q.as_mut() {
+            if let Some(q) = q.as_mut().filter(|q| q.failed.is_none()) {
                 self.yard.hold();
                 q.run.push(op);
                 return Ok(());
@@ -654,24 +659,47 @@ impl Runtime {
             }
             (Kind::DryRun(_), Plan::Eager(_)) => Ok(()),
             (_, Plan::Eager(ops)) => ops.iter().try_for_each(|op| self.issue(op)),
-            (Kind::Driver(d), Plan::Build(key, ops)) => self.timed(false, || {
-                let g = d.build_graph(&ops)?;
-                let launched = g.launch(d.stream.cu_stream());
-                q.keep(key, ops, Some(g));
-                launched
-            }),
-            (Kind::Driver(d), Plan::Replay(key, changed, ops)) => self.timed(false, || {
-                let cached = q.graphs.get_mut(&key).ok_or("a planned graph is missing")?;
-                let g = cached.graph.as_ref().ok_or("a planned graph was not built")?;
-                for &i in &changed {
-                    let Op::Launch { name, .. } = &ops[i] else { continue };
-                    let f = d.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
-                    g.patch(i, f.cu_function(), &ops[i])?;
+            // A graph that cannot be built, patched or launched (a driver or cuBLAS that refuses
+            // stream capture, say) turns graph mode off for good: the run is issued call by call
+            // (nothing of it ran: capture only records, and a failed launch queues nothing), and
+            // `graph_failure` says why.
+            (Kind::Driver(d), Plan::Build(key, ops)) => {
+                match self.timed(false, || d.build_graph(&ops).and_then(|g| g.launch(d.stream.cu_stream()).map(|_| g))) {
+                    Ok(g) => {
+                        q.keep(key, ops, Some(g));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        q.failed = Some(format!("building a CUDA graph: {e}"));
+                        ops.iter().try_for_each(|op| self.issue(op))
+                    }
                 }
-                let launched = g.launch(d.stream.cu_stream());
-                cached.ops = ops;
-                launched
-            }),
+            }
+            (Kind::Driver(d), Plan::Replay(key, changed, ops)) => {
+                let replayed = self.timed(false, || {
+                    let cached = q.graphs.get(&key).ok_or("a planned graph is missing")?;
+                    let g = cached.graph.as_ref().ok_or("a planned graph was not built")?;
+                    for &i in &changed {
+                        let Op::Launch { name, .. } = &ops[i] else { continue };
+                        let f = d.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
+                        g.patch(i, f.cu_function(), &ops[i])?;
+                    }
+                    g.launch(d.stream.cu_stream())
+                });
+                match replayed {
+                    Ok(()) => {
+                        if let Some(cached) = q.graphs.get_mut(&key) {
+                            cached.ops = ops;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        q.failed = Some(format!("launching a CUDA graph: {e}"));
+                        q.graphs.clear();
+                        ops.iter().try_for_each(|op| self.issue(op))
+                    }
+                }
+            }
             (Kind::Emulated(_), Plan::Build(key, ops)) => {
                 let issued = ops.iter().try_for_each(|op| self.issue(op));
                 q.keep(key, ops, None);
