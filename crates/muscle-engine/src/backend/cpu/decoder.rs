@@ -55,10 +55,7 @@ pub fn rms_norm_backward(dinp: &mut [f32], dw: Option<&mut [f32]>, dout: &[f32],
                 acc
             })
             .collect();
-        dw.fill(0.0);
-        for p in parts {
-            dw.iter_mut().zip(&p).for_each(|(x, y)| *x += y);
-        }
+        dw.copy_from_slice(&super::elementwise::add_in_order(parts, h));
     }
 }
 

@@ -22,6 +22,18 @@ pub fn add_bias(out: &mut [f32], bias: &[f32]) {
     });
 }
 
+/// The sum of partial sums of `n` each, added in their order: rayon's `reduce`/`fold` would add
+/// them in whatever tree its work splitting made, and identical runs would differ in their last bits.
+pub fn add_in_order(parts: impl IntoIterator<Item = Vec<f32>>, n: usize) -> Vec<f32> {
+    let mut total = vec![0.0f32; n];
+    for p in parts {
+        for (x, y) in total.iter_mut().zip(&p) {
+            *x += y;
+        }
+    }
+    total
+}
+
 /// `dst (+)= sum over rows of m`, rows of width `dst.len()`.
 pub fn column_sums(dst: &mut [f32], m: &[f32], accumulate: bool) {
     let n = dst.len();
@@ -39,15 +51,7 @@ pub fn column_sums(dst: &mut [f32], m: &[f32], accumulate: bool) {
             acc
         })
         .collect::<Vec<_>>();
-    // the chunks' partials added in chunk order: rayon's `reduce` would add them in whatever tree
-    // its work splitting made, and the bias gradients would differ between identical runs
-    let total = total.into_iter().reduce(|mut a, b| {
-        for (x, y) in a.iter_mut().zip(&b) {
-            *x += y;
-        }
-        a
-    }).unwrap_or_else(|| vec![0.0f32; n]);
-    for (d, s) in dst.iter_mut().zip(total) {
+    for (d, s) in dst.iter_mut().zip(add_in_order(total, n)) {
         *d = if accumulate { *d + s } else { s };
     }
 }

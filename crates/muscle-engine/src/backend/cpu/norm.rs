@@ -1,5 +1,6 @@
 //! Layer norm over the last dimension, forward saving (mean, rstd) for the backward.
 
+use super::elementwise::add_in_order;
 use super::vmath::{multiversion, sum_lanes, LANES};
 use rayon::prelude::*;
 
@@ -65,7 +66,7 @@ pub fn layer_norm_backward(dinp: &mut [f32], dw: Option<&mut [f32]>, db: Option<
     // fold/reduce would split and combine as its threads happen to run, and the gradients would
     // differ in their last bits between identical runs).
     let rows = mean.len();
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = (0..rows.div_ceil(PARAM_ROWS))
+    let (parts_w, parts_b): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (0..rows.div_ceil(PARAM_ROWS))
         .into_par_iter()
         .map(|blk| {
             let (mut gw, mut gb) = (vec![0.0f32; h], vec![0.0f32; h]);
@@ -78,14 +79,8 @@ pub fn layer_norm_backward(dinp: &mut [f32], dw: Option<&mut [f32]>, db: Option<
             }
             (gw, gb)
         })
-        .collect();
-    let (mut gw, mut gb) = (vec![0.0f32; h], vec![0.0f32; h]);
-    for (pw, pb) in parts {
-        for j in 0..h {
-            gw[j] += pw[j];
-            gb[j] += pb[j];
-        }
-    }
+        .unzip();
+    let (gw, gb) = (add_in_order(parts_w, h), add_in_order(parts_b, h));
     if let Some(dw) = dw {
         dw.copy_from_slice(&gw);
     }
