@@ -78,15 +78,12 @@ impl<B: Backend> Classifier<B> {
         };
         if let (Some(reference), Some(rule)) = (reference, s.ga) {
             // keep g aside (swapping buffers, no copy), compute r into the model's gradients
-            for (slot, g) in self.saved.iter_mut().zip(self.model.params.grads.iter_mut()) {
-                if g.is_some() {
-                    if slot.is_none() {
-                        let len = self.be.len(g.as_ref().unwrap());
-                        *slot = Some(self.be.zeros(len));
-                    }
-                    std::mem::swap(slot, g);
+            for (slot, g) in self.saved.iter_mut().zip(&self.model.params.grads) {
+                if let (None, Some(g)) = (&slot, g) {
+                    *slot = Some(self.be.zeros(self.be.len(g)));
                 }
             }
+            self.swap_saved();
             let ref_loss = self.gradient(reference)?;
             let numel: Vec<usize> = self.model.params.meta.iter().map(|m| m.numel()).collect();
             let out = grad_align::align(&self.be, &mut self.model.params.grads, &self.saved, &numel, rule, ref_loss);
@@ -108,17 +105,22 @@ impl<B: Backend> Classifier<B> {
                 "training diverged (loss {}, gradient norm {}); lower the learning rate", report.loss, report.clipped_norm)));
         }
         self.opt.update(&self.be, &mut self.model.params, s.lr);
-        if reference.is_some() && s.ga.is_some() {
+        if report.ref_loss.is_some() {
             // the gradient buffers back in their places (their contents are spent), so every step
             // makes the same calls on the same buffers (a CUDA graph of the step then replays)
-            for (slot, g) in self.saved.iter_mut().zip(self.model.params.grads.iter_mut()) {
-                if g.is_some() {
-                    std::mem::swap(slot, g);
-                }
-            }
+            self.swap_saved();
         }
         self.be.check()?;
         Ok(report)
+    }
+
+    /// Swaps each trainable tensor's gradient buffer with its slot in `saved`.
+    fn swap_saved(&mut self) {
+        for (slot, g) in self.saved.iter_mut().zip(self.model.params.grads.iter_mut()) {
+            if g.is_some() {
+                std::mem::swap(slot, g);
+            }
+        }
     }
 
     /// Logits `[b, num_labels]` in evaluation mode (no dropout).

@@ -211,9 +211,7 @@ impl Cuda {
         }
         let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| fail("creating the cuBLAS handle", &e))?;
         let driver = Driver::new(ctx, stream, blas, functions).map_err(|e| fail("setting up staging memory, the capture stream and the cuBLAS workspace", &e))?;
-        Ok(Cuda { rt: Runtime::new(Kind::Driver(driver)), scratch: Mutex::new(Scratch::default()),
-                  error: Mutex::new(None), info, precision, bf16_weights: Default::default(),
-                  tf32_attention: tf32_allowed(precision) }.with_env_graphs())
+        Ok(Self::assemble(Kind::Driver(driver), info, precision))
     }
 
     /// The backend on the CPU: host memory, the kernels run by `emulator` (the `muscle-cuda-emu`
@@ -222,8 +220,7 @@ impl Cuda {
     #[doc(hidden)]
     pub fn emulated(emulator: Box<dyn KernelEmulator>, precision: Precision) -> Self {
         let info = DeviceInfo { ordinal: 0, name: "emulated on the CPU".into(), compute_capability: (0, 0), total_memory: 0 };
-        Cuda { rt: Runtime::new(Kind::Emulated(emulator)), scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info,
-               precision, bf16_weights: Default::default(), tf32_attention: tf32_allowed(precision) }.with_env_graphs()
+        Self::assemble(Kind::Emulated(emulator), info, precision)
     }
 
     /// A backend that allocates nothing and runs nothing but counts: the driver calls a step would
@@ -232,9 +229,7 @@ impl Cuda {
     /// are those of all-zero gradients.
     pub fn dry_run(precision: Precision) -> Self {
         let info = DeviceInfo { ordinal: 0, name: "dry run (no device)".into(), compute_capability: (0, 0), total_memory: 0 };
-        Cuda { rt: Runtime::new(Kind::DryRun(Default::default())), scratch: Mutex::new(Scratch::default()),
-               error: Mutex::new(None), info, precision, bf16_weights: Default::default(),
-               tf32_attention: tf32_allowed(precision) }
+        Self::assemble(Kind::DryRun(Default::default()), info, precision)
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -332,10 +327,10 @@ impl Cuda {
         if self.failed() {
             return; // an argument may be a 0 address from the failure
         }
-        let mut slots: Vec<u64> = args.iter().map(|a| a.bits()).collect();
+        let slots: Vec<u64> = args.iter().map(|a| a.bits()).collect();
         // SAFETY: the slots hold each argument in the layout the kernel's signature declares (the
         // emulated tests check every launch's count against the source); the grid covers the sizes passed.
-        let r = unsafe { self.rt.launch(name, grid, block, smem, &mut slots) };
+        let r = unsafe { self.rt.launch(name, grid, block, smem, slots) };
         self.record(name, r);
     }
 
@@ -1154,12 +1149,14 @@ impl Cuda {
         self.rt.graph_failure()
     }
 
-    /// Applies `MUSCLE_CUDA_GRAPHS=1` to a new backend.
-    fn with_env_graphs(self) -> Self {
+    /// The backend over a runtime of `kind`, in graph mode from the start with `MUSCLE_CUDA_GRAPHS=1`.
+    fn assemble(kind: Kind, info: DeviceInfo, precision: Precision) -> Self {
+        let cuda = Cuda { rt: Runtime::new(kind), scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info,
+                          precision, bf16_weights: Default::default(), tf32_attention: tf32_allowed(precision) };
         if std::env::var("MUSCLE_CUDA_GRAPHS").is_ok_and(|v| v == "1") {
-            let _ = self.rt.set_graphs(true); // nothing is queued yet: cannot fail
+            let _ = cuda.rt.set_graphs(true); // nothing is queued yet: cannot fail
         }
-        self
+        cuda
     }
 
     /// Starts (or stops, `false`) timing every call on the GPU; `profile` reads the times. Slow: for

@@ -169,7 +169,7 @@ impl Driver {
         if !p.marks.is_empty() {
             return Ok(());
         }
-        let spin = self.functions.get("profile_spin").ok_or("kernel profile_spin was not loaded")?;
+        let spin = self.function("profile_spin")?;
         let mut ns = PROFILE_SPIN_NS;
         let mut params = [&mut ns as *mut i64 as *mut c_void];
         // SAFETY: profile_spin takes one long long.
@@ -282,6 +282,11 @@ impl Drop for Profiler {
 }
 
 impl Driver {
+    /// The loaded kernel `name`.
+    fn function(&self, name: &str) -> Result<&CudaFunction, String> {
+        self.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))
+    }
+
     fn staging(&self) -> std::sync::MutexGuard<'_, Staging> {
         self.staging.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -293,7 +298,7 @@ impl Driver {
     unsafe fn issue(&self, op: &Op, stream: cudarc::driver::sys::CUstream) -> Result<(), String> {
         match op {
             Op::Launch { name, grid, block, smem, args } => {
-                let f = self.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
+                let f = self.function(name)?;
                 let mut slots = args.clone();
                 let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
                 cudarc::driver::result::launch_kernel(f.cu_function(), *grid, *block, *smem, stream, &mut params).map_err(dbg)
@@ -346,10 +351,7 @@ impl Driver {
         for (i, op) in ops.iter().enumerate() {
             let deps: Vec<_> = prev.into_iter().collect();
             let node = match op {
-                Op::Launch { name, .. } => {
-                    let f = self.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
-                    g.add_kernel(i, &deps, f.cu_function(), op)?
-                }
+                Op::Launch { name, .. } => g.add_kernel(i, &deps, self.function(name)?.cu_function(), op)?,
                 // SAFETY: the op's addresses are those the run was queued with (its buffers are held).
                 other => g.add_child(&deps, unsafe { self.capture(other)? })?,
             };
@@ -681,8 +683,7 @@ impl Runtime {
                     let g = cached.graph.as_ref().ok_or("a planned graph was not built")?;
                     for &i in &changed {
                         let Op::Launch { name, .. } = &ops[i] else { continue };
-                        let f = d.functions.get(name).ok_or_else(|| format!("kernel {name} was not loaded"))?;
-                        g.patch(i, f.cu_function(), &ops[i])?;
+                        g.patch(i, d.function(name)?.cu_function(), &ops[i])?;
                     }
                     g.launch(d.stream.cu_stream())
                 });
@@ -863,13 +864,13 @@ impl Runtime {
     /// # Safety
     /// `args` hold, in order, values of the types kernel `name` declares; pointers cover the grid's accesses.
     pub unsafe fn launch(&self, name: &'static str, grid: (u32, u32, u32), block: (u32, u32, u32), shared_bytes: u32,
-                         args: &mut [u64]) -> Result<(), String> {
+                         args: Vec<u64>) -> Result<(), String> {
         {
             let mut books = self.calls.lock().unwrap_or_else(|e| e.into_inner());
             books.0.kernels += 1;
             *books.1.entry(name).or_default() += 1;
         }
-        self.submit(Op::Launch { name, grid, block, smem: shared_bytes, args: args.to_vec() })
+        self.submit(Op::Launch { name, grid, block, smem: shared_bytes, args })
     }
 
     /// # Safety
