@@ -361,15 +361,8 @@ fn main() {
             let precision = if args.bf16 { Precision::Bf16 } else { Precision::F32 };
             if args.dry {
                 let device = format!("CUDA backend, dry run, {}", if args.bf16 { "bf16" } else { "f32" });
-                let open = || {
-                    let be = Cuda::dry_run(precision);
-                    if std::env::var("MUSCLE_CUDA_GRAPHS").is_ok_and(|v| v == "1") {
-                        be.set_graphs(true).expect("nothing is queued yet");
-                    }
-                    be
-                };
-                return bench(&args, open, &device, |_| vec![], cuda_stats, Cuda::launches, |_, _| None,
-                             Cuda::graph_failure);
+                return bench(&args, || Cuda::dry_run(precision), &device, |_| vec![], cuda_stats, Cuda::launches,
+                             |_, _| None, Cuda::graph_failure);
             }
             let open = || Cuda::with_precision(0, precision).unwrap_or_else(|e| {
                 eprintln!("muscle-bench: {e}");
@@ -404,7 +397,7 @@ fn main() {
         tune(&be, args.batch * args.seq, args.hidden, configs, args.iters.max(3));
         return;
     }
-    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, [0; 11]),
+    bench(&args, || be.clone(), &format!("cpu, {threads} threads"), |be| cpu_peaks(be, 3), |_| (0, Books::default()),
           |_| Default::default(), |_, _| None, |_| None);
 }
 
@@ -427,14 +420,49 @@ fn cuda_profile(be: &Cuda, start: bool) -> Option<ProfileRows> {
     })
 }
 
-/// Device memory in use (a dry run: the most it allocated) and the driver calls so far: kernels,
-/// GEMMs, copies, waits.
+/// A backend's books so far (all zero on the CPU): driver calls, waits on the device, allocations,
+/// the host's nanoseconds issuing calls and waiting, and graph mode's launches, builds, patched
+/// nodes and runs issued call by call. Subtracting two gives what happened between them.
+#[derive(Default, Clone, Copy)]
+struct Books {
+    kernels: u64,
+    gemms: u64,
+    copies: u64,
+    waits: u64,
+    allocs: u64,
+    issue_ns: u64,
+    wait_ns: u64,
+    graph_launches: u64,
+    graphs_built: u64,
+    nodes_patched: u64,
+    eager_runs: u64,
+}
+
+impl Books {
+    /// Kernel launches, GEMMs and copies: the calls into the driver.
+    fn calls(&self) -> u64 {
+        self.kernels + self.gemms + self.copies
+    }
+}
+
+impl std::ops::Sub for Books {
+    type Output = Books;
+    fn sub(self, o: Books) -> Books {
+        Books { kernels: self.kernels - o.kernels, gemms: self.gemms - o.gemms, copies: self.copies - o.copies,
+                waits: self.waits - o.waits, allocs: self.allocs - o.allocs, issue_ns: self.issue_ns - o.issue_ns,
+                wait_ns: self.wait_ns - o.wait_ns, graph_launches: self.graph_launches - o.graph_launches,
+                graphs_built: self.graphs_built - o.graphs_built, nodes_patched: self.nodes_patched - o.nodes_patched,
+                eager_runs: self.eager_runs - o.eager_runs }
+    }
+}
+
+/// Device memory in use (a dry run: the most it allocated) and the backend's books so far.
 #[cfg(feature = "cuda")]
-fn cuda_stats(be: &Cuda) -> (usize, [u64; 11]) {
-    let c = be.calls();
-    let g = be.graph_stats();
-    (be.memory_used(), [c.kernels, c.gemms, c.copies, c.waits, c.allocs, c.issue_ns, c.wait_ns, g.launched, g.built, g.patched,
-                        g.eager_runs])
+fn cuda_stats(be: &Cuda) -> (usize, Books) {
+    let (c, g) = (be.calls(), be.graph_stats());
+    (be.memory_used(), Books { kernels: c.kernels, gemms: c.gemms, copies: c.copies, waits: c.waits, allocs: c.allocs,
+                               issue_ns: c.issue_ns, wait_ns: c.wait_ns, graph_launches: g.launched, graphs_built: g.built,
+                               nodes_patched: g.patched, eager_runs: g.eager_runs })
 }
 
 /// Times each mode's step on backends from `open` and prints the table (and the JSON).
@@ -443,11 +471,10 @@ fn cuda_stats(be: &Cuda) -> (usize, [u64; 11]) {
 /// measured right before every timed step and each step is set against the best GEMM of its own
 /// measurement; a mode's ratio is the median of those paired ratios.
 fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: impl Fn(&B) -> Peaks,
-                     device_stats: impl Fn(&B) -> (usize, [u64; 11]),
+                     device_stats: impl Fn(&B) -> (usize, Books),
                      launches: impl Fn(&B) -> std::collections::HashMap<&'static str, u64>,
                      profile: impl Fn(&B, bool) -> Option<ProfileRows>,
                      graph_failure: impl Fn(&B) -> Option<String>) {
-    let calls_of = |be: &B| -> u64 { device_stats(be).1[..3].iter().sum() };
     let heads = (args.hidden / 64).max(1);
     // RoBERTa: its vocabulary, position offset (514 = 512 + padding index + 1) and single token type
     let (family, kind, vocab, positions, types, pad) =
@@ -517,7 +544,7 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
             run(&mut clf);
             let host_ms = t0.elapsed().as_secs_f64() * 1e3;
             let (mem, after) = device_stats(&clf.be);
-            let step: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+            let step = after - before;
             let mut per_kernel: Vec<(&str, u64)> = launches(&clf.be).into_iter()
                 .map(|(k, n)| (k, n - kernels_before.get(k).copied().unwrap_or(0)))
                 .filter(|&(_, n)| n > 0)
@@ -526,10 +553,10 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
             dry_rows.push((mode.clone(), step, mem, per_kernel, host_ms));
             continue;
         }
-        let (mut times, mut ratios, mut busy, mut calls) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let (mut times, mut ratios, mut busy) = (Vec::new(), Vec::new(), Vec::new());
         let (mut issuing, mut waiting) = (Vec::new(), Vec::new());
-        // graph mode: graphs launched and built in the last timed step
-        let mut graphs = (0, 0);
+        // the books of the last timed step
+        let mut last = Books::default();
         let gflop = flops::step(&shape, kind, ga) / 1e9;
         for _ in 0..args.iters {
             let peaks = peaks_of(&clf.be);
@@ -541,14 +568,12 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
                 }
             }
             best_samples.push(best);
-            let (t0, cpu0, calls0, books0) = (Instant::now(), cpu_seconds(), calls_of(&clf.be), device_stats(&clf.be).1);
+            let (t0, cpu0, books0) = (Instant::now(), cpu_seconds(), device_stats(&clf.be).1);
             run(&mut clf);
             let secs = t0.elapsed().as_secs_f64();
-            calls = calls_of(&clf.be) - calls0;
-            let books = device_stats(&clf.be).1;
-            issuing.push((books[5] - books0[5]) as f64 / 1e6);
-            graphs = (books[7] - books0[7], books[8] - books0[8]);
-            waiting.push((books[6] - books0[6]) as f64 / 1e6);
+            last = device_stats(&clf.be).1 - books0;
+            issuing.push(last.issue_ns as f64 / 1e6);
+            waiting.push(last.wait_ns as f64 / 1e6);
             if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
                 busy.push((b - a) / secs);
             }
@@ -563,12 +588,17 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         let mem = device_stats(&clf.be).0;
         let busy = (!busy.is_empty()).then(|| busy.iter().sum::<f64>() / busy.len() as f64);
         eprintln!("{mode}: {:.1} ms{}{}", secs * 1e3, busy.map_or(String::new(), |u| format!(", {u:.2} cores busy")),
-                  if graphs.0 > 0 { format!(", {} CUDA graph launches ({} built)", graphs.0, graphs.1) } else { String::new() });
+                  if last.graph_launches > 0 {
+                      format!(", {} CUDA graph launches ({} built)", last.graph_launches, last.graphs_built)
+                  } else {
+                      String::new()
+                  });
         if let Some(why) = graph_failure(&clf.be) {
             eprintln!("{mode}: graph mode fell back to issuing calls one by one: {why}");
         }
-        rows.push(Row { mode: mode.clone(), ms: secs * 1e3, gflop, rate, ratio: median(ratios), mem, busy, calls,
-                        issuing: median(issuing), waiting: median(waiting), graphs });
+        rows.push(Row { mode: mode.clone(), ms: secs * 1e3, gflop, rate, ratio: median(ratios), mem, busy,
+                        calls: last.calls(), issuing: median(issuing), waiting: median(waiting),
+                        graphs: (last.graph_launches, last.graphs_built) });
         if args.profile {
             profile(&clf.be, true);
             run(&mut clf);
@@ -667,9 +697,9 @@ struct Row {
 
 /// `--device cuda-dry`'s table and JSON: per mode, one step's driver calls and the most device
 /// memory allocated (weights, activations, optimiser state, scratch).
-/// A dry-run step: mode, calls (kernels, GEMMs, copies, waits, allocations), peak memory, launches
-/// per kernel, and the host's milliseconds for the step with no driver under it.
-type DryRow = (String, Vec<u64>, usize, Vec<(&'static str, u64)>, f64);
+/// A dry-run step: mode, its books, peak memory, launches per kernel, and the host's milliseconds
+/// for the step with no driver under it.
+type DryRow = (String, Books, usize, Vec<(&'static str, u64)>, f64);
 
 fn dry_report(args: &Args, device: &str, rows: &[DryRow]) {
     let (kind, b, t) = (if args.roberta { "roberta" } else { "bert" }, args.batch, args.seq);
@@ -678,13 +708,13 @@ fn dry_report(args: &Args, device: &str, rows: &[DryRow]) {
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (m, c, mem, _, host_ms) in rows {
         println!("| {kind} {m}, {b} x {t}, {}L/{}H | {} | {} | {} | {} | {} | {} | {:.2} GiB | {host_ms:.2} |", args.layers,
-                 args.hidden, c[0], c[1], c[2], c[0] + c[1] + c[2], c[3], c[4], *mem as f64 / (1u64 << 30) as f64);
+                 args.hidden, c.kernels, c.gemms, c.copies, c.calls(), c.waits, c.allocs, *mem as f64 / (1u64 << 30) as f64);
     }
-    if rows.iter().any(|r| r.1[7] > 0) {
+    if rows.iter().any(|r| r.1.graph_launches > 0) {
         println!("\nGraph mode (MUSCLE_CUDA_GRAPHS=1), the fourth step:");
         for (m, c, _, _, _) in rows {
-            println!("- {m}: {} graph launches ({} built), {} kernel nodes patched, {} runs issued call by call", c[7], c[8],
-                     c[9], c[10]);
+            println!("- {m}: {} graph launches ({} built), {} kernel nodes patched, {} runs issued call by call",
+                     c.graph_launches, c.graphs_built, c.nodes_patched, c.eager_runs);
         }
     }
     println!("\nKernel launches per step:");
@@ -700,9 +730,10 @@ fn dry_report(args: &Args, device: &str, rows: &[DryRow]) {
             "device": device, "precision": if args.bf16 { "bf16" } else { "f32" },
             "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
             "steps": rows.iter().map(|(m, c, mem, per_kernel, host_ms)| serde_json::json!({
-                "mode": m, "kernels": c[0], "gemms": c[1], "copies": c[2], "driver_calls": c[0] + c[1] + c[2],
-                "waits": c[3], "allocations": c[4], "host_ms": host_ms, "peak_device_memory_bytes": mem,
-                "graph_launches": c[7], "graphs_built": c[8], "nodes_patched": c[9], "runs_issued_call_by_call": c[10],
+                "mode": m, "kernels": c.kernels, "gemms": c.gemms, "copies": c.copies, "driver_calls": c.calls(),
+                "waits": c.waits, "allocations": c.allocs, "host_ms": host_ms, "peak_device_memory_bytes": mem,
+                "graph_launches": c.graph_launches, "graphs_built": c.graphs_built, "nodes_patched": c.nodes_patched,
+                "runs_issued_call_by_call": c.eager_runs,
                 "launches": per_kernel.iter().map(|(k, n)| (k.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>()}))
                 .collect::<Vec<_>>(),
         });
