@@ -476,8 +476,7 @@ impl<B: Backend> BertClassifier<B> {
         Keeps { ctx: p[lp.attn_out.0].trainable, h1: p[lp.inter.0].trainable, inter: p[lp.out.0].trainable }
     }
 
-    fn ensure_buffers(&mut self, be: &B, b: usize, t: usize) {
-        let keeps: Vec<Keeps> = (0..self.layers.len()).map(|l| self.keeps(l)).collect();
+    fn ensure_buffers(&mut self, be: &B, b: usize, t: usize, keeps: &[Keeps]) {
         let (h, i, heads) = (self.cfg.hidden_size, self.cfg.intermediate_size, self.cfg.num_attention_heads);
         let n = b * t;
         let (r, nk) = (self.adapters.lora_r, self.adapters.mslr_scales.len());
@@ -496,7 +495,7 @@ impl<B: Backend> BertClassifier<B> {
                 be.ensure(buf, len);
             }
         }
-        for ((la, lp), k) in a.layers.iter_mut().zip(&self.layers).zip(&keeps) {
+        for ((la, lp), k) in a.layers.iter_mut().zip(&self.layers).zip(keeps) {
             for buf in la.qkv.iter_mut() {
                 be.ensure(buf, n * h);
             }
@@ -546,7 +545,8 @@ impl<B: Backend> BertClassifier<B> {
     pub fn forward_on_device(&mut self, be: &B, batch: &BatchRef, train: bool) -> Result<()> {
         self.validate(batch)?;
         let (b, t) = (batch.b, batch.t);
-        self.ensure_buffers(be, b, t);
+        let keeps: Vec<Keeps> = (0..self.layers.len()).map(|l| self.keeps(l)).collect();
+        self.ensure_buffers(be, b, t, &keeps);
         let pad = match self.family {
             Family::Bert => None,
             Family::Roberta => self.cfg.pad_token_id,
@@ -563,7 +563,6 @@ impl<B: Backend> BertClassifier<B> {
         let cfg = &self.cfg;
         let (h, inter, heads, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.head_dim());
         let n = b * t;
-        let keeps: Vec<Keeps> = (0..self.layers.len()).map(|l| self.keeps(l)).collect();
         let pv = &self.params.values;
         let a = &mut self.acts;
         let ad = &self.adapters;

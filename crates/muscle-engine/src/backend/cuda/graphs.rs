@@ -122,7 +122,8 @@ pub const MAX_SEEN: usize = 4096;
 pub const MAX_GRAPHS: usize = 64;
 
 /// What a runtime in graph mode keeps: the queued run, the runs seen and the graphs built (`G`: the
-/// driver's graph objects; `()` emulated, where a "graph" is the cached run itself).
+/// runtime's graph objects: the driver's, or none emulated and in a dry run, where a "graph" is
+/// the cached run itself).
 pub struct Queue<G> {
     pub run: Vec<Op>,
     /// why graphs could not be built or launched on this device; every call is then issued at once
