@@ -835,6 +835,72 @@ fn graph_mode(target: Target) {
     eprintln!("graph mode: 5 steps as issued call by call (max abs diff {worst:.2e}); {stats:?}");
 }
 
+/// The activation arena: buffers handed over together get one allocation, made again only when
+/// one of them is short, and each keeps the largest length it has had.
+#[test]
+fn activations_come_from_one_arena() {
+    let be = Target::Emulated.open(Precision::F32);
+    let (mut a, mut b, mut c) = (be.zeros(0), be.zeros(0), be.zeros(0));
+    let allocs = |be: &Cuda| be.calls().allocs;
+    let start = allocs(&be);
+    be.ensure_arena(&mut [(&mut a, 5), (&mut b, 0), (&mut c, 3)]);
+    assert_eq!(allocs(&be) - start, 1, "three buffers, one allocation");
+    be.fill(&mut a, 5, 1.0);
+    be.fill(&mut c, 3, 2.0);
+    assert_eq!((be.to_host(&a, 5), be.to_host(&c, 3)), (vec![1.0; 5], vec![2.0; 3]), "parts overlap");
+    be.ensure_arena(&mut [(&mut a, 4), (&mut b, 0), (&mut c, 3)]);
+    assert_eq!(allocs(&be) - start, 1, "an arena that fits is kept");
+    be.ensure_arena(&mut [(&mut a, 2), (&mut b, 7), (&mut c, 1)]);
+    assert_eq!(allocs(&be) - start, 2, "a short buffer lays them all out again");
+    assert_eq!((be.len(&a), be.len(&b), be.len(&c)), (5, 7, 3), "lengths kept at their largest");
+    be.fill(&mut b, 7, 3.0);
+    assert_eq!(be.to_host(&b, 7), vec![3.0; 7]);
+}
+
+/// Parts start 256 bytes apart at least (cudaMalloc's alignment); an arena larger than the GPU's
+/// free memory is refused with both sizes and what to change.
+#[test]
+fn arena_layout_aligns_parts_and_refuses_a_batch_too_large() {
+    use muscle_engine::backend::cuda::runtime::arena_layout;
+    assert_eq!(arena_layout(&[3, 0, 100, 64], 4, None).unwrap(), (vec![0, 256, 256, 768], 1024));
+    let err = arena_layout(&[1 << 28], 4, Some(1 << 29)).unwrap_err();
+    assert!(err.contains("1.00 GiB") && err.contains("0.50 GiB free") && err.contains("batch size"), "{err}");
+    assert!(arena_layout(&[1 << 28], 4, Some(1 << 30)).is_ok());
+}
+
+on_both!(changing_batch_shapes, changing_batch_shapes_match_the_cpu_emulated, changing_batch_shapes_match_the_cpu);
+/// Training on batches of changing shapes (larger, smaller, then the first again) lays the
+/// activation arena out again as batches grow and gives the CPU's losses and logits, dropout
+/// (drawn again in the backward) included.
+fn changing_batch_shapes(target: Target) {
+    let dir = fixtures().join("tiny-bert");
+    let batch_of = |b: usize, t: usize| -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+        let ids: Vec<i32> = (0..b * t).map(|i| if i % t >= t - 1 && i % 2 == 0 { 0 } else { 2 + (i * 7 % 19) as i32 }).collect();
+        let mask = ids.iter().map(|&x| (x != 0) as i32).collect();
+        (ids, mask, (0..b as i32).map(|i| i % 2).collect())
+    };
+    let shapes = [(3, 5), (4, 8), (2, 3), (3, 5)];
+    fn run<B: Backend>(be: B, dir: &Path, batches: &[((Vec<i32>, Vec<i32>, Vec<i32>), (usize, usize))]) -> (Vec<f32>, Vec<f32>) {
+        let mut model = BertClassifier::load(&be, dir, 2, &peft_spec(0.1), 5).unwrap();
+        model.set_dropout(true);
+        let mut clf = Classifier::new(be, model, AdamWConfig::default());
+        let settings = StepSettings { lr: 1e-2, max_grad_norm: 1.0, ga: None };
+        let mut losses = Vec::new();
+        for ((ids, mask, labels), (b, t)) in batches {
+            let batch = BatchRef { ids, mask, labels: Some(labels), b: *b, t: *t };
+            losses.push(clf.train_step(&batch, None, &settings).unwrap().loss);
+        }
+        let ((ids, mask, _), (b, t)) = &batches[1];
+        (losses, clf.predict(&BatchRef { ids, mask, labels: None, b: *b, t: *t }).unwrap())
+    }
+    let batches: Vec<_> = shapes.iter().map(|&(b, t)| (batch_of(b, t), (b, t))).collect();
+    let (cpu_losses, cpu_logits) = run(Cpu::new(), &dir, &batches);
+    let (losses, logits) = run(target.open(Precision::F32), &dir, &batches);
+    let worst = assert_close("changing shapes: losses", &losses, &cpu_losses)
+        .max(assert_close("changing shapes: logits", &logits, &cpu_logits));
+    eprintln!("batches of 3x5, 4x8, 2x3, 3x5 on CUDA match the CPU: max abs diff {worst:.2e}");
+}
+
 on_both!(training_steps, training_steps_match_the_cpu_emulated, training_steps_match_the_cpu);
 fn training_steps(target: Target) {
     let open = || target.open(Precision::F32);

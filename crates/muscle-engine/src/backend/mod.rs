@@ -58,6 +58,14 @@ pub trait Backend: Send + Sync + 'static {
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Grow `buf` to hold at least `n` elements (contents unspecified when it grows).
     fn ensure(&self, buf: &mut Self::Buf, n: usize);
+    /// [`Backend::ensure`] for each `(buf, n)`: a model's activations and backward scratch,
+    /// handed over together so that a backend can lay them out in one allocation (the CUDA
+    /// backend's activation arena). Contents are unspecified afterwards when any buffer grew.
+    fn ensure_arena(&self, bufs: &mut [(&mut Self::Buf, usize)]) {
+        for (buf, n) in bufs.iter_mut() {
+            self.ensure(buf, *n);
+        }
+    }
     fn fill(&self, buf: &mut Self::Buf, n: usize, value: f32);
     /// Declares `buf` (`n` elements) a frozen weight matrix that from now on is only an operand of
     /// `matmul` and read back by `to_host`: a backend may keep it in a compact form (the CUDA

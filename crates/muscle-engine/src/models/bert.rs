@@ -55,13 +55,9 @@ struct HeadParams {
     mslr: Option<(usize, usize)>,
 }
 
-#[derive(Default)]
+/// What a LoRA adapter keeps: `x A^T`. Its dropped-out input is drawn again in the backward.
 struct LoraActs<Buf> {
-    /// `x A^T`
     xa: Buf,
-    /// dropped-out input and its mask (only with LoRA dropout)
-    xd: Buf,
-    mask: Buf,
 }
 
 struct LayerActs<Buf> {
@@ -69,8 +65,6 @@ struct LayerActs<Buf> {
     lora: [LoraActs<Buf>; 3],
     ctx: Buf,
     probs: Buf,
-    probs_drop: Buf,
-    attn_drop: Buf,
     res1: Buf,
     ln1_mean: Buf,
     ln1_rstd: Buf,
@@ -78,7 +72,6 @@ struct LayerActs<Buf> {
     /// what GELU's backward needs of the intermediate pre-activation (`Backend::matmul_bias_gelu`)
     inter_saved: Buf,
     inter: Buf,
-    ffn_drop: Buf,
     res2: Buf,
     ln2_mean: Buf,
     ln2_rstd: Buf,
@@ -105,7 +98,6 @@ struct Acts<Buf> {
     emb_sum: Buf,
     emb_mean: Buf,
     emb_rstd: Buf,
-    emb_drop: Buf,
     /// input to layer 0
     emb_out: Buf,
     layers: Vec<LayerActs<Buf>>,
@@ -128,8 +120,19 @@ struct Acts<Buf> {
     probs: Buf,
 }
 
-/// Backward scratch shared by all layers (they are processed one at a time).
+/// Backward scratch shared by all layers (they are processed one at a time), and the dropout
+/// buffers of the embeddings and the layers.
+///
+/// Those masks are not kept per layer: each site's mask is a pure function of (seed, pass, site,
+/// layer), so the backward draws it again, bit for bit, into the same buffer the forward used.
+/// On the GPU the redraw is folded into the kernel that applies the mask (a pending mask), so it
+/// costs no launch, only the hashing; kept, the masks and LoRA's dropped-out inputs took about
+/// 100 MB a layer for BERT-base at 32 x 128.
 struct Scratch<Buf> {
+    /// one site's dropout mask: attention probabilities `[b, heads, t, t]` or hidden `[b*t, h]`
+    mask: Buf,
+    /// a LoRA adapter's dropped-out input `[b*t, h]`
+    xd: Buf,
     d_out: Buf,
     d_x: Buf,
     d_res: Buf,
@@ -181,11 +184,12 @@ pub struct BertClassifier<B: Backend> {
     adapters: AdapterShape,
     acts: Acts<B::Buf>,
     scratch: Scratch<B::Buf>,
-    /// host copies of the last forward's inputs; `last` = (batch, seq, dropout drawn)
+    /// host copies of the last forward's inputs; `last` = (batch, seq, the pass whose dropout
+    /// masks it drew, if it drew any: the backward draws them again)
     pos_ids: Vec<i32>,
     type_ids: Vec<i32>,
     cls_rows: Vec<usize>,
-    last: Option<(usize, usize, bool)>,
+    last: Option<(usize, usize, Option<u64>)>,
     seed: u64,
     /// counts training forwards, so every pass draws fresh dropout masks
     passes: u64,
@@ -307,7 +311,7 @@ impl<B: Backend> BertClassifier<B> {
             head,
             adapters: AdapterShape { lora_r: 0, lora_scale: 0.0, lora_dropout: 0.0, mslr_scales: vec![], mslr_scale: 0.0, mslr_dropout: 0.0 },
             acts: Acts {
-                emb_sum: zeros(be), emb_mean: zeros(be), emb_rstd: zeros(be), emb_drop: zeros(be), emb_out: zeros(be),
+                emb_sum: zeros(be), emb_mean: zeros(be), emb_rstd: zeros(be), emb_out: zeros(be),
                 layers: Vec::new(),
                 shared: SharedActs { ctx: zeros(be), h1: zeros(be), inter: zeros(be) },
                 cls: zeros(be), head_in: zeros(be), head_drop_a: zeros(be), mslr_in: zeros(be), mslr_drop: zeros(be),
@@ -315,7 +319,7 @@ impl<B: Backend> BertClassifier<B> {
                 logits: zeros(be), probs: zeros(be),
             },
             scratch: Scratch {
-                d_out: zeros(be), d_x: zeros(be), d_res: zeros(be), d_h1: zeros(be), d_tmp: zeros(be), d_lx: zeros(be),
+                mask: zeros(be), xd: zeros(be), d_out: zeros(be), d_x: zeros(be), d_res: zeros(be), d_h1: zeros(be), d_tmp: zeros(be), d_lx: zeros(be),
                 d_ctx: zeros(be), d_qkv: [zeros(be), zeros(be), zeros(be)], d_inter: zeros(be), d_inter_pre: zeros(be),
                 d_small: zeros(be), d_logits: zeros(be), d_head_out: zeros(be), d_pre: zeros(be), d_head_in: zeros(be),
             },
@@ -334,12 +338,10 @@ impl<B: Backend> BertClassifier<B> {
         for _ in 0..model.cfg.num_hidden_layers {
             model.acts.layers.push(LayerActs {
                 qkv: [zeros(be), zeros(be), zeros(be)],
-                lora: [LoraActs { xa: zeros(be), xd: zeros(be), mask: zeros(be) },
-                       LoraActs { xa: zeros(be), xd: zeros(be), mask: zeros(be) },
-                       LoraActs { xa: zeros(be), xd: zeros(be), mask: zeros(be) }],
-                ctx: zeros(be), probs: zeros(be), probs_drop: zeros(be), attn_drop: zeros(be), res1: zeros(be),
+                lora: [LoraActs { xa: zeros(be) }, LoraActs { xa: zeros(be) }, LoraActs { xa: zeros(be) }],
+                ctx: zeros(be), probs: zeros(be), res1: zeros(be),
                 ln1_mean: zeros(be), ln1_rstd: zeros(be), h1: zeros(be), inter_saved: zeros(be), inter: zeros(be),
-                ffn_drop: zeros(be), res2: zeros(be), ln2_mean: zeros(be), ln2_rstd: zeros(be), out: zeros(be),
+                res2: zeros(be), ln2_mean: zeros(be), ln2_rstd: zeros(be), out: zeros(be),
             });
         }
         model.add_adapters(be, spec, &mut rng);
@@ -476,60 +478,46 @@ impl<B: Backend> BertClassifier<B> {
         Keeps { ctx: p[lp.attn_out.0].trainable, h1: p[lp.inter.0].trainable, inter: p[lp.out.0].trainable }
     }
 
-    fn ensure_buffers(&mut self, be: &B, b: usize, t: usize, keeps: &[Keeps]) {
+    /// Sizes every activation and scratch buffer for a `b x t` batch, all in one call to the
+    /// backend (one arena on a GPU); a buffer this forward does not use asks for nothing and
+    /// keeps what it has. `drop`: this forward draws dropout masks.
+    fn ensure_buffers(&mut self, be: &B, b: usize, t: usize, keeps: &[Keeps], drop: bool) {
         let (h, i, heads) = (self.cfg.hidden_size, self.cfg.intermediate_size, self.cfg.num_attention_heads);
         let n = b * t;
         let (r, nk) = (self.adapters.lora_r, self.adapters.mslr_scales.len());
         let c = self.num_labels;
+        let if_ = |cond: bool, len: usize| if cond { len } else { 0 };
+        let shared = keeps.iter().any(|k| !(k.ctx && k.h1 && k.inter));
+        let lora_xd = drop && self.adapters.lora_dropout > 0.0 && self.layers.iter().any(|lp| lp.lora.iter().any(Option::is_some));
         let a = &mut self.acts;
-        for (buf, len) in [(&mut a.emb_sum, n * h), (&mut a.emb_mean, n), (&mut a.emb_rstd, n), (&mut a.emb_drop, n * h),
-                           (&mut a.emb_out, n * h), (&mut a.cls, b * h), (&mut a.head_in, b * h), (&mut a.head_drop_a, b * h),
-                           (&mut a.mslr_in, b * h), (&mut a.mslr_drop, b * h), (&mut a.mslr_us, b * nk), (&mut a.pre, b * h),
-                           (&mut a.act, b * h), (&mut a.head_out, b * h), (&mut a.head_drop_b, b * h), (&mut a.logits, b * c),
-                           (&mut a.probs, b * c)] {
-            be.ensure(buf, len);
-        }
-        let lora_dropout = self.adapters.lora_dropout > 0.0;
-        if keeps.iter().any(|k| !(k.ctx && k.h1 && k.inter)) {
-            for (buf, len) in [(&mut a.shared.ctx, n * h), (&mut a.shared.h1, n * h), (&mut a.shared.inter, n * i)] {
-                be.ensure(buf, len);
-            }
-        }
+        let mut bufs: Vec<(&mut B::Buf, usize)> = vec![
+            (&mut a.emb_sum, n * h), (&mut a.emb_mean, n), (&mut a.emb_rstd, n), (&mut a.emb_out, n * h),
+            (&mut a.cls, b * h), (&mut a.head_in, b * h), (&mut a.head_drop_a, b * h), (&mut a.mslr_in, b * h),
+            (&mut a.mslr_drop, b * h), (&mut a.mslr_us, b * nk), (&mut a.pre, b * h), (&mut a.act, b * h),
+            (&mut a.head_out, b * h), (&mut a.head_drop_b, b * h), (&mut a.logits, b * c), (&mut a.probs, b * c),
+            (&mut a.shared.ctx, if_(shared, n * h)), (&mut a.shared.h1, if_(shared, n * h)),
+            (&mut a.shared.inter, if_(shared, n * i)),
+        ];
         for ((la, lp), k) in a.layers.iter_mut().zip(&self.layers).zip(keeps) {
-            for buf in la.qkv.iter_mut() {
-                be.ensure(buf, n * h);
+            let [q, kk, v] = &mut la.qkv;
+            bufs.extend([(q, n * h), (kk, n * h), (v, n * h)]);
+            for (lo, adapter) in la.lora.iter_mut().zip(&lp.lora) {
+                bufs.push((&mut lo.xa, if_(adapter.is_some(), n * r)));
             }
-            for (ti, lo) in la.lora.iter_mut().enumerate() {
-                if lp.lora[ti].is_some() {
-                    be.ensure(&mut lo.xa, n * r);
-                    if lora_dropout {
-                        be.ensure(&mut lo.xd, n * h);
-                        be.ensure(&mut lo.mask, n * h);
-                    }
-                }
-            }
-            for (buf, len) in [(&mut la.probs, b * heads * t * t), (&mut la.probs_drop, b * heads * t * t),
-                               (&mut la.attn_drop, n * h), (&mut la.res1, n * h), (&mut la.ln1_mean, n), (&mut la.ln1_rstd, n),
-                               (&mut la.inter_saved, n * i), (&mut la.ffn_drop, n * h),
-                               (&mut la.res2, n * h), (&mut la.ln2_mean, n), (&mut la.ln2_rstd, n), (&mut la.out, n * h)] {
-                be.ensure(buf, len);
-            }
-            for (buf, len, kept) in [(&mut la.ctx, n * h, k.ctx), (&mut la.h1, n * h, k.h1), (&mut la.inter, n * i, k.inter)] {
-                if kept {
-                    be.ensure(buf, len);
-                }
-            }
+            bufs.extend([(&mut la.probs, b * heads * t * t), (&mut la.res1, n * h), (&mut la.ln1_mean, n),
+                          (&mut la.ln1_rstd, n), (&mut la.inter_saved, n * i), (&mut la.res2, n * h), (&mut la.ln2_mean, n),
+                          (&mut la.ln2_rstd, n), (&mut la.out, n * h), (&mut la.ctx, if_(k.ctx, n * h)),
+                          (&mut la.h1, if_(k.h1, n * h)), (&mut la.inter, if_(k.inter, n * i))]);
         }
         let s = &mut self.scratch;
-        for (buf, len) in [(&mut s.d_out, n * h), (&mut s.d_x, n * h), (&mut s.d_res, n * h), (&mut s.d_h1, n * h),
-                           (&mut s.d_tmp, n * h), (&mut s.d_lx, n * h), (&mut s.d_ctx, n * h), (&mut s.d_inter, n * i),
-                           (&mut s.d_inter_pre, n * i), (&mut s.d_small, n * r.max(nk).max(1)), (&mut s.d_logits, b * c),
-                           (&mut s.d_head_out, b * h), (&mut s.d_pre, b * h), (&mut s.d_head_in, b * h)] {
-            be.ensure(buf, len);
-        }
-        for buf in s.d_qkv.iter_mut() {
-            be.ensure(buf, n * h);
-        }
+        let [dq, dk, dv] = &mut s.d_qkv;
+        bufs.extend([(&mut s.d_out, n * h), (&mut s.d_x, n * h), (&mut s.d_res, n * h), (&mut s.d_h1, n * h),
+                     (&mut s.d_tmp, n * h), (&mut s.d_lx, n * h), (&mut s.d_ctx, n * h), (&mut s.d_inter, n * i),
+                     (&mut s.d_inter_pre, n * i), (&mut s.d_small, n * r.max(nk).max(1)), (&mut s.d_logits, b * c),
+                     (&mut s.d_head_out, b * h), (&mut s.d_pre, b * h), (&mut s.d_head_in, b * h), (dq, n * h),
+                     (dk, n * h), (dv, n * h), (&mut s.mask, if_(drop, (b * heads * t * t).max(n * h))),
+                     (&mut s.xd, if_(lora_xd, n * h))]);
+        be.ensure_arena(&mut bufs);
     }
 
     /// Runs the model on a batch and returns the logits `[b, num_labels]` (host). With `train`,
@@ -546,7 +534,9 @@ impl<B: Backend> BertClassifier<B> {
         self.validate(batch)?;
         let (b, t) = (batch.b, batch.t);
         let keeps: Vec<Keeps> = (0..self.layers.len()).map(|l| self.keeps(l)).collect();
-        self.ensure_buffers(be, b, t, &keeps);
+        // A dropout site is live only in training, with dropout on and p > 0.
+        let drop = train && self.dropout_on;
+        self.ensure_buffers(be, b, t, &keeps, drop);
         let pad = match self.family {
             Family::Bert => None,
             Family::Roberta => self.cfg.pad_token_id,
@@ -565,9 +555,8 @@ impl<B: Backend> BertClassifier<B> {
         let n = b * t;
         let pv = &self.params.values;
         let a = &mut self.acts;
+        let s = &mut self.scratch;
         let ad = &self.adapters;
-        // A dropout site is live only in training, with dropout on and p > 0.
-        let drop = train && self.dropout_on;
         let live = |p: f32| drop && p > 0.0;
         let hp = cfg.hidden_dropout_prob;
 
@@ -578,7 +567,7 @@ impl<B: Backend> BertClassifier<B> {
         layer_norm::layer_norm_forward(be, &mut a.emb_out, &mut a.emb_mean, &mut a.emb_rstd, &a.emb_sum, &pv[e.ln_w],
                                        &pv[e.ln_b], n, h, cfg.layer_norm_eps);
         if live(hp) {
-            dropout::dropout_forward(be, &mut a.emb_out, &mut a.emb_drop, n * h, hp, seed, &[pass, site::EMB]);
+            dropout::dropout_forward(be, &mut a.emb_out, &mut s.mask, n * h, hp, seed, &[pass, site::EMB]);
         }
 
         for (l, lp) in self.layers.iter().enumerate() {
@@ -602,9 +591,9 @@ impl<B: Backend> BertClassifier<B> {
                 if let Some((la_a, la_b)) = lp.lora[ti] {
                     let lo = &mut la.lora[ti];
                     let inp = if live(ad.lora_dropout) {
-                        dropout::dropout_forward_into(be, &mut lo.xd, x, &mut lo.mask, n * h, ad.lora_dropout, seed,
+                        dropout::dropout_forward_into(be, &mut s.xd, x, &mut s.mask, n * h, ad.lora_dropout, seed,
                                                       &[pass, site::LORA, lid, ti as u64]);
-                        &lo.xd
+                        &s.xd
                     } else {
                         x
                     };
@@ -612,8 +601,8 @@ impl<B: Backend> BertClassifier<B> {
                 }
             }
             let pdrop = if live(cfg.attention_probs_dropout_prob) {
-                be.dropout_mask(&mut la.probs_drop, b * heads * t * t, cfg.attention_probs_dropout_prob, seed, &[pass, site::PROBS, lid]);
-                Some(&la.probs_drop)
+                be.dropout_mask(&mut s.mask, b * heads * t * t, cfg.attention_probs_dropout_prob, seed, &[pass, site::PROBS, lid]);
+                Some(&s.mask)
             } else {
                 None
             };
@@ -621,20 +610,20 @@ impl<B: Backend> BertClassifier<B> {
                                          pdrop, b, t, heads, d);
             // attention output: dense -> dropout -> + x -> layer norm
             if live(hp) {
-                be.dropout_mask(&mut la.attn_drop, n * h, hp, seed, &[pass, site::ATTN, lid]);
+                be.dropout_mask(&mut s.mask, n * h, hp, seed, &[pass, site::ATTN, lid]);
             }
             linear::linear_dropout_residual_forward(be, &mut la.res1, ctx, &pv[lp.attn_out.0], &pv[lp.attn_out.1],
-                                                    live(hp).then_some(&la.attn_drop), x, n, h, h);
+                                                    live(hp).then_some(&s.mask), x, n, h, h);
             layer_norm::layer_norm_forward(be, h1, &mut la.ln1_mean, &mut la.ln1_rstd, &la.res1, &pv[lp.ln1.0],
                                            &pv[lp.ln1.1], n, h, cfg.layer_norm_eps);
             // feed-forward: dense -> gelu -> dense -> dropout -> + h1 -> layer norm
             linear::linear_gelu_forward(be, &mut la.inter_saved, inter_out, h1, &pv[lp.inter.0], &pv[lp.inter.1], n,
                                         h, inter);
             if live(hp) {
-                be.dropout_mask(&mut la.ffn_drop, n * h, hp, seed, &[pass, site::FFN, lid]);
+                be.dropout_mask(&mut s.mask, n * h, hp, seed, &[pass, site::FFN, lid]);
             }
             linear::linear_dropout_residual_forward(be, &mut la.res2, inter_out, &pv[lp.out.0], &pv[lp.out.1],
-                                                    live(hp).then_some(&la.ffn_drop), h1, n, inter, h);
+                                                    live(hp).then_some(&s.mask), h1, n, inter, h);
             layer_norm::layer_norm_forward(be, &mut la.out, &mut la.ln2_mean, &mut la.ln2_rstd, &la.res2, &pv[lp.ln2.0],
                                            &pv[lp.ln2.1], n, h, cfg.layer_norm_eps);
         }
@@ -665,7 +654,7 @@ impl<B: Backend> BertClassifier<B> {
             dropout::dropout_forward(be, &mut a.head_out, &mut a.head_drop_b, b * h, cp, seed, &[pass, site::HEAD_B]);
         }
         linear::linear_forward(be, &mut a.logits, &a.head_out, &pv[hd.out.0], Some(&pv[hd.out.1]), b, h, self.num_labels);
-        self.last = Some((b, t, drop));
+        self.last = Some((b, t, drop.then_some(pass)));
         Ok(())
     }
 
@@ -681,8 +670,8 @@ impl<B: Backend> BertClassifier<B> {
     /// Backpropagates the loss of the last (training-mode or eval-mode) forward into the
     /// gradients of the trainable tensors. Gradients are overwritten, not accumulated.
     pub fn backward(&mut self, be: &B, batch: &BatchRef) -> Result<()> {
-        // `dropped`: the forward drew dropout masks, which the backward must apply again
-        let (b, t, dropped) = self.last.ok_or_else(|| EngineError::Other("backward before forward".into()))?;
+        // `drawn`: the pass whose dropout masks the forward drew, which the backward draws again
+        let (b, t, drawn) = self.last.ok_or_else(|| EngineError::Other("backward before forward".into()))?;
         let labels = batch.labels.ok_or_else(|| EngineError::Batch("backward needs labels".into()))?;
         if (b, t) != (batch.b, batch.t) {
             return Err(EngineError::Batch("backward batch differs from the forward's".into()));
@@ -696,7 +685,8 @@ impl<B: Backend> BertClassifier<B> {
         let a = &self.acts;
         let s = &mut self.scratch;
         let ad = &self.adapters;
-        let live = |p: f32| dropped && p > 0.0;
+        let live = |p: f32| drawn.is_some() && p > 0.0;
+        let (pass, seed) = (drawn.unwrap_or(0), self.seed);
         let hp = cfg.hidden_dropout_prob;
         let cp = cfg.head_dropout();
 
@@ -768,8 +758,10 @@ impl<B: Backend> BertClassifier<B> {
             let (dw, db) = two(pg, lp.ln2.0, lp.ln2.1);
             layer_norm::layer_norm_backward(be, &mut s.d_h1, dw, db, &s.d_out, &la.res2, &pv[lp.ln2.0], &la.ln2_mean,
                                             &la.ln2_rstd, n, h);
+            let lid = l as u64;
             let d_ffn = if live(hp) {
-                dropout::dropout_backward_into(be, &mut s.d_tmp, &s.d_h1, &la.ffn_drop, n * h);
+                be.dropout_mask(&mut s.mask, n * h, hp, seed, &[pass, site::FFN, lid]);
+                dropout::dropout_backward_into(be, &mut s.d_tmp, &s.d_h1, &s.mask, n * h);
                 &s.d_tmp
             } else {
                 &s.d_h1
@@ -788,14 +780,20 @@ impl<B: Backend> BertClassifier<B> {
                                             &la.ln1_rstd, n, h);
             let d_ln1 = if need_dx { &s.d_x } else { &s.d_res };
             let d_attn = if live(hp) {
-                dropout::dropout_backward_into(be, &mut s.d_tmp, d_ln1, &la.attn_drop, n * h);
+                be.dropout_mask(&mut s.mask, n * h, hp, seed, &[pass, site::ATTN, lid]);
+                dropout::dropout_backward_into(be, &mut s.d_tmp, d_ln1, &s.mask, n * h);
                 &s.d_tmp
             } else {
                 d_ln1
             };
             let (dw, db) = two(pg, lp.attn_out.0, lp.attn_out.1);
             linear::linear_backward(be, Some((&mut s.d_ctx, false)), dw, db, d_attn, &la.ctx, &pv[lp.attn_out.0], n, h, h);
-            let pdrop = if live(cfg.attention_probs_dropout_prob) { Some(&la.probs_drop) } else { None };
+            let pdrop = if live(cfg.attention_probs_dropout_prob) {
+                be.dropout_mask(&mut s.mask, b * heads * t * t, cfg.attention_probs_dropout_prob, seed, &[pass, site::PROBS, lid]);
+                Some(&s.mask)
+            } else {
+                None
+            };
             {
                 let [dq, dk, dv] = &mut s.d_qkv;
                 attention::attention_backward(be, dq, dk, dv, &s.d_ctx, &la.probs, &la.qkv[0], &la.qkv[1], &la.qkv[2],
@@ -809,13 +807,17 @@ impl<B: Backend> BertClassifier<B> {
                 if let Some((la_a, la_b)) = lp.lora[ti] {
                     let lo = &la.lora[ti];
                     let dropped = live(ad.lora_dropout);
-                    let inp = if dropped { &lo.xd } else { x };
+                    if dropped {
+                        dropout::dropout_forward_into(be, &mut s.xd, x, &mut s.mask, n * h, ad.lora_dropout, seed,
+                                                      &[pass, site::LORA, lid, ti as u64]);
+                    }
+                    let inp = if dropped { &s.xd } else { x };
                     let (da, dbb) = two(pg, la_a, la_b);
                     if need_dx && dropped {
                         // d_x += (dxa A) * mask, in the GEMM's store: into d_lx, which becomes d_x
                         lora::lora_backward(be, None, da, dbb, &mut s.d_small, &s.d_qkv[ti], &lo.xa, inp, &pv[la_a],
                                             &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
-                        lora::lora_backward_input_dropped(be, &mut s.d_lx, &s.d_small, &pv[la_a], &lo.mask, &s.d_x, n, h,
+                        lora::lora_backward_input_dropped(be, &mut s.d_lx, &s.d_small, &pv[la_a], &s.mask, &s.d_x, n, h,
                                                           ad.lora_r);
                         std::mem::swap(&mut s.d_x, &mut s.d_lx);
                         swaps.push(Swap::XLx);
@@ -835,7 +837,8 @@ impl<B: Backend> BertClassifier<B> {
         if self.embeddings_train {
             let e = &self.emb;
             if live(hp) {
-                dropout::dropout_backward(be, &mut s.d_out, &a.emb_drop, n * h);
+                be.dropout_mask(&mut s.mask, n * h, hp, seed, &[pass, site::EMB]);
+                dropout::dropout_backward(be, &mut s.d_out, &s.mask, n * h);
             }
             let (dw, db) = two(pg, e.ln_w, e.ln_b);
             layer_norm::layer_norm_backward(be, &mut s.d_res, dw, db, &s.d_out, &a.emb_sum, &pv[e.ln_w], &a.emb_mean,
@@ -889,14 +892,14 @@ impl<B: Backend> BertClassifier<B> {
 
     /// The encoder's last hidden state `[b*t, hidden]` of the last forward (host).
     pub fn last_hidden_state(&self, be: &B) -> Vec<f32> {
-        let (b, t, _) = self.last.unwrap_or((0, 0, false));
+        let (b, t, _) = self.last.unwrap_or((0, 0, None));
         let last = self.acts.layers.last().map(|l| &l.out).unwrap_or(&self.acts.emb_out);
         be.to_host(last, b * t * self.cfg.hidden_size)
     }
 
     /// The head's activation `tanh(dense(x))` of the last forward: BERT's pooled output.
     pub fn pooled_output(&self, be: &B) -> Vec<f32> {
-        let (b, _, _) = self.last.unwrap_or((0, 0, false));
+        let (b, _, _) = self.last.unwrap_or((0, 0, None));
         be.to_host(&self.acts.act, b * self.cfg.hidden_size)
     }
 

@@ -58,6 +58,12 @@ enum Store {
 }
 
 impl GpuBuf {
+    /// `len` f32s in `mem` (`None`: the allocation failed, and the error is kept).
+    fn new(mem: Option<Mem<f32>>, len: usize) -> GpuBuf {
+        GpuBuf { store: mem.map_or(Store::Missing, Store::F32), len, pending: Mutex::new(None), half: None,
+                 half_valid: Default::default() }
+    }
+
     fn is_bf16(&self) -> bool {
         matches!(self.store, Store::Bf16(_))
     }
@@ -379,8 +385,7 @@ impl Cuda {
 
     fn alloc(&self, n: usize) -> GpuBuf {
         let slice = if self.begin() { self.record("allocating device memory", self.rt.alloc_zeros::<f32>(n)) } else { None };
-        GpuBuf { store: slice.map_or(Store::Missing, Store::F32), len: n, pending: Mutex::new(None), half: None,
-                 half_valid: Default::default() }
+        GpuBuf::new(slice, n)
     }
 
     /// `matmul`'s GEMM. With a frozen bf16 operand both go to the tensor cores in bf16 (f32
@@ -489,6 +494,34 @@ impl Backend for Cuda {
         if buf.len < n {
             buf.store = Store::Missing; // free before allocating the larger one
             *buf = self.alloc(n);
+        }
+    }
+    /// One allocation for all of them (the activation arena), made again, larger, only when a
+    /// buffer is short: a model's activations and backward scratch cost one `cuMemAlloc` for the
+    /// largest batch, and their total is checked against the device's free memory before it is
+    /// made (see `Runtime::alloc_arena`). A buffer keeps its length when it is laid out again, so
+    /// alternating batch shapes settle on one arena.
+    fn ensure_arena(&self, bufs: &mut [(&mut GpuBuf, usize)]) {
+        if bufs.iter().all(|(b, n)| b.len >= *n) {
+            return;
+        }
+        let lens: Vec<usize> = bufs.iter().map(|(b, n)| b.len.max(*n)).collect();
+        // the old arena is freed (once every part is dropped) before the new one is made
+        for (b, _) in bufs.iter_mut() {
+            **b = GpuBuf::new(None, 0);
+        }
+        let parts = if self.begin() { self.record("allocating the activation arena", self.rt.alloc_arena::<f32>(&lens)) } else { None };
+        match parts {
+            Some(parts) => {
+                for ((b, _), (mem, len)) in bufs.iter_mut().zip(parts.into_iter().zip(lens)) {
+                    **b = GpuBuf::new(Some(mem), len);
+                }
+            }
+            None => {
+                for ((b, _), len) in bufs.iter_mut().zip(lens) {
+                    b.len = len; // Missing: every use is a no-op after the kept error
+                }
+            }
         }
     }
     fn freeze_weight(&self, buf: &mut GpuBuf, n: usize) {
@@ -866,14 +899,24 @@ impl Backend for Cuda {
         let bh = b * heads;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let [pd, dp] = self.attn_scratch(&mut scratch, [if drop.is_some() { bh * t * t } else { 1 }, bh * t * t]);
-        let (pp, pdrop) = (self.ptr(probs), drop.map_or(0, |x| self.ptr(x)));
-        let used = match drop {
-            Some(_) => {
-                // P' = P * mask, as the forward multiplied V with
+        let pp = self.ptr(probs);
+        // a mask the model draws again for the backward is still pending: drawn (and written, for
+        // dS below) by the kernel that applies it
+        let pending = drop.and_then(|x| self.take_pending(x, bh * t * t));
+        let pdrop = drop.map_or(0, |x| if pending.is_some() { self.address(x) } else { self.ptr(x) });
+        let used = match (drop, pending) {
+            // P' = P * mask, as the forward multiplied V with
+            (Some(_), Some(m)) => {
+                self.launch_n("dropout_mul_into_f32", bh * t * t, &[
+                    Arg::Ptr(pd), Arg::Ptr(pp), Arg::Ptr(pdrop), Arg::I64((bh * t * t) as i64), Arg::F32(m.p),
+                    Arg::F32(m.keep), Arg::U64(m.key)]);
+                pd
+            }
+            (Some(_), None) => {
                 self.launch_n("mul_into_f32", bh * t * t, &[Arg::Ptr(pd), Arg::Ptr(pp), Arg::Ptr(pdrop), Arg::I64((bh * t * t) as i64)]);
                 pd
             }
-            None => pp,
+            (None, _) => pp,
         };
         let h = Heads { b, t, heads, d };
         let (pq, pk, pv, pg) = (self.ptr(q), self.ptr(k), self.ptr(v), self.ptr(dout));

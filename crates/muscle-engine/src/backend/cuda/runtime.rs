@@ -12,6 +12,26 @@ use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Where each of `lens` elements of `size` bytes starts in an arena (256-byte aligned, as
+/// `cudaMalloc`'s allocations are), and the arena's bytes; an error naming the sizes when it is
+/// larger than `free`.
+pub fn arena_layout(lens: &[usize], size: usize, free: Option<usize>) -> Result<(Vec<usize>, usize), String> {
+    let mut starts = Vec::with_capacity(lens.len());
+    let mut end = 0usize;
+    for &n in lens {
+        starts.push(end);
+        end += (n * size).div_ceil(256) * 256;
+    }
+    match free {
+        Some(free) if end > free => Err(format!("the activations of this batch need {:.2} GiB and the GPU has {:.2} GiB \
+                                                 free: lower the batch size or the sequence length",
+                                                end as f64 / GIB, free as f64 / GIB)),
+        _ => Ok((starts, end.max(size))),
+    }
+}
+
 /// Runs one kernel by name on host memory, arguments as `cuLaunchKernel` takes them: an 8-byte slot
 /// per argument holding its value in the low bytes.
 pub trait KernelEmulator: Send + Sync {
@@ -27,6 +47,9 @@ pub enum Mem<T> {
     Host(Held<HostMem<T>>),
     /// a dry run's buffer: a size on the books, no memory
     Dry(DryMem),
+    /// `len` elements `bytes` into an arena ([`Runtime::alloc_arena`]), which lives while any of
+    /// its parts does
+    Part { arena: Arc<Mem<T>>, bytes: usize, len: usize },
 }
 
 /// What a dry run has allocated: bytes now and at most, shared by its buffers.
@@ -62,6 +85,7 @@ impl<T> Mem<T> {
             Mem::Device(s) => s.len(),
             Mem::Host(h) => h.len,
             Mem::Dry(d) => d.len,
+            Mem::Part { len, .. } => *len,
         }
     }
 }
@@ -83,27 +107,41 @@ unsafe impl<T: Sync> Sync for HostMem<T> {}
 
 impl<T: Copy + Default> HostMem<T> {
     fn zeroed(n: usize) -> Result<Self, String> {
-        let len = n.max(1);
-        let bytes = len * std::mem::size_of::<T>();
+        let (mut mem, starts) = Self::zeroed_parts(&[n.max(1)])?;
+        mem.ptr = NonNull::new(starts[0] as *mut T).ok_or("mmap returned null")?;
+        mem.len = n.max(1);
+        Ok(mem)
+    }
+
+    /// One mapping holding buffers of `lens` elements, each ending exactly where an inaccessible
+    /// guard page begins; returns it (its `ptr` the mapping's start) and each buffer's address.
+    fn zeroed_parts(lens: &[usize]) -> Result<(Self, Vec<usize>), String> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let data_pages = bytes.div_ceil(page);
-        let total = (data_pages + 1) * page;
-        // SAFETY: a fresh private anonymous mapping (zero-filled); the last page is made inaccessible.
+        let spans: Vec<usize> = lens.iter().map(|&n| (n * std::mem::size_of::<T>()).div_ceil(page) + 1).collect();
+        let total = spans.iter().sum::<usize>() * page;
+        // SAFETY: a fresh private anonymous mapping (zero-filled); each span's last page is made
+        // inaccessible.
         unsafe {
             let map = libc::mmap(std::ptr::null_mut(), total, libc::PROT_READ | libc::PROT_WRITE,
                                  libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
             if map == libc::MAP_FAILED {
                 return Err(format!("mmap of {total} bytes failed"));
             }
-            let guard = (map as *mut u8).add(data_pages * page);
-            if libc::mprotect(guard as *mut libc::c_void, page, libc::PROT_NONE) != 0 {
-                libc::munmap(map, total);
-                return Err("mprotect of a guard page failed".into());
+            let mut starts = Vec::with_capacity(lens.len());
+            let mut at = map as *mut u8;
+            for (&n, &span) in lens.iter().zip(&spans) {
+                let guard = at.add((span - 1) * page);
+                if libc::mprotect(guard as *mut libc::c_void, page, libc::PROT_NONE) != 0 {
+                    libc::munmap(map, total);
+                    return Err("mprotect of a guard page failed".into());
+                }
+                // the buffer ends where the guard page starts (its alignment is T's: page - bytes keeps it)
+                starts.push(guard.sub(n * std::mem::size_of::<T>()) as usize);
+                at = guard.add(page);
             }
-            // the buffer ends where the guard page starts (its alignment is T's: page - bytes keeps it)
-            let start = guard.sub(bytes) as *mut T;
-            Ok(HostMem { ptr: NonNull::new_unchecked(start), len, map: (map, total) })
+            let whole = total / std::mem::size_of::<T>().max(1);
+            Ok((HostMem { ptr: NonNull::new_unchecked(map as *mut T), len: whole, map: (map, total) }, starts))
         }
     }
 }
@@ -771,12 +809,40 @@ impl Runtime {
         }
     }
 
+    /// Buffers of `lens` elements in one allocation (zeroed): a model's activations. On a GPU each
+    /// starts 256 bytes aligned (as `cudaMalloc`'s do), and the whole is checked against the
+    /// device's free memory first, so a batch too large fails with its size named instead of an
+    /// out-of-memory error from the driver. Emulated, every part still ends at a guard page.
+    pub fn alloc_arena<T: DeviceRepr + ValidAsZeroBits + Copy + Default>(&self, lens: &[usize])
+                                                                        -> Result<Vec<Mem<T>>, String> {
+        let size = std::mem::size_of::<T>();
+        let (arena, starts) = match &self.kind {
+            Kind::Emulated(_) => {
+                self.count(|c| c.allocs += 1);
+                let (mem, starts) = HostMem::<T>::zeroed_parts(lens)?;
+                let base = mem.ptr.as_ptr() as usize;
+                (Mem::Host(Held::new(mem, self.yard.clone())), starts.into_iter().map(|s| s - base).collect())
+            }
+            Kind::Driver(_) | Kind::DryRun(_) => {
+                let free = match &self.kind {
+                    Kind::Driver(d) => Some(d.ctx.mem_get_info().map_err(dbg)?.0),
+                    _ => None,
+                };
+                let (starts, end) = arena_layout(lens, size, free)?;
+                (self.alloc_zeros::<T>(end.div_ceil(size))?, starts)
+            }
+        };
+        let arena = Arc::new(arena);
+        Ok(lens.iter().zip(starts).map(|(&len, bytes)| Mem::Part { arena: arena.clone(), bytes, len }).collect())
+    }
+
     /// The address kernels and GEMMs are given for `m`.
     pub fn addr<T>(&self, m: &Mem<T>) -> u64 {
         match (&self.kind, m) {
             (Kind::Driver(d), Mem::Device(s)) => s.device_ptr(&d.stream).0,
             (_, Mem::Host(h)) => h.ptr.as_ptr() as u64,
             (_, Mem::Dry(d)) => d.address,
+            (_, Mem::Part { arena, bytes, .. }) => self.addr(arena) + *bytes as u64,
             (_, Mem::Device(_)) => 0, // never made: only the driver allocates device memory
         }
     }
@@ -791,9 +857,9 @@ impl Runtime {
         }
         self.count(|c| c.copies += 1);
         let bytes = std::mem::size_of_val(data);
-        match (&self.kind, dst) {
-            (Kind::Driver(d), Mem::Device(s)) => {
-                let dst = s.device_ptr(&d.stream).0;
+        let dst = self.addr(dst);
+        match &self.kind {
+            Kind::Driver(d) => {
                 // staging space no queued copy still reads; when it runs out, the queued run is
                 // issued and waited for first
                 let at = d.staging().take(bytes, || {
@@ -817,13 +883,12 @@ impl Runtime {
                     }
                 }
             }
-            (_, Mem::Dry(_)) => Ok(()),
-            (_, Mem::Host(h)) => {
+            Kind::DryRun(_) => Ok(()),
+            Kind::Emulated(_) => {
                 // SAFETY: plain values viewed as their bytes.
                 let kept = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, bytes) }.to_vec();
-                self.submit(Op::Upload { dst: h.ptr.as_ptr() as u64, bytes, src: UploadSrc::Kept(kept) })
+                self.submit(Op::Upload { dst, bytes, src: UploadSrc::Kept(kept) })
             }
-            _ => Err("a device buffer on an emulated runtime".into()),
         }
     }
 
@@ -837,12 +902,12 @@ impl Runtime {
             c.waits += 1;
         });
         self.flush()?;
-        match (&self.kind, src) {
-            (Kind::Driver(d), Mem::Device(s)) => self.timed(true, || d.download(s.device_ptr(&d.stream).0, n)),
-            (_, Mem::Dry(_)) => Ok(vec![T::default(); n]),
+        let src = self.addr(src);
+        match &self.kind {
+            Kind::Driver(d) => self.timed(true, || d.download(src, n)),
+            Kind::DryRun(_) => Ok(vec![T::default(); n]),
             // SAFETY: in bounds (checked above); no kernel runs concurrently on an emulated runtime.
-            (_, Mem::Host(h)) => Ok(unsafe { std::slice::from_raw_parts(h.ptr.as_ptr(), n) }.to_vec()),
-            _ => Err("a device buffer on an emulated runtime".into()),
+            Kind::Emulated(_) => Ok(unsafe { std::slice::from_raw_parts(src as *const T, n) }.to_vec()),
         }
     }
 
