@@ -193,6 +193,12 @@ pub trait Backend: Send + Sync + 'static {
     fn tanh_backward(&self, dinp: &mut Self::Buf, out: &Self::Buf, dout: &Self::Buf, n: usize);
     /// Draw an inverted-dropout mask (`0` or `1/(1-p)`) into `mask` from (seed, stream ids).
     fn dropout_mask(&self, mask: &mut Self::Buf, n: usize, p: f32, seed: u64, stream: &[u64]);
+    /// [`Backend::dropout_mask`] for a mask that only the next verb applying it (to exactly `n`
+    /// elements) reads; afterwards the buffer's contents are unspecified. A backend may then draw
+    /// it inside that verb without storing it (the CUDA backend does; the CPU stores it).
+    fn dropout_mask_once(&self, mask: &mut Self::Buf, n: usize, p: f32, seed: u64, stream: &[u64]) {
+        self.dropout_mask(mask, n, p, seed, stream);
+    }
     /// `x[i] *= mask[i]` (forward and backward of dropout alike).
     fn mul(&self, x: &mut Self::Buf, mask: &Self::Buf, n: usize);
     /// `out[i] = x[i] * mask[i]`: dropout out of place, where the undropped `x` is still needed.

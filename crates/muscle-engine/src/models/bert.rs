@@ -126,8 +126,9 @@ struct Acts<Buf> {
 /// Those masks are not kept per layer: each site's mask is a pure function of (seed, pass, site,
 /// layer), so the backward draws it again, bit for bit, into the same buffer the forward used.
 /// On the GPU the redraw is folded into the kernel that applies the mask (a pending mask), so it
-/// costs no launch, only the hashing; kept, the masks and LoRA's dropped-out inputs took about
-/// 100 MB a layer for BERT-base at 32 x 128.
+/// costs no launch, only the hashing; a mask read once (`Backend::dropout_mask_once`: all but
+/// the attention probabilities' and LoRA's in the backward) is not even written. Kept, the masks
+/// and LoRA's dropped-out inputs took about 100 MB a layer for BERT-base at 32 x 128.
 struct Scratch<Buf> {
     /// one site's dropout mask: attention probabilities `[b, heads, t, t]` or hidden `[b*t, h]`
     mask: Buf,
@@ -567,7 +568,8 @@ impl<B: Backend> BertClassifier<B> {
         layer_norm::layer_norm_forward(be, &mut a.emb_out, &mut a.emb_mean, &mut a.emb_rstd, &a.emb_sum, &pv[e.ln_w],
                                        &pv[e.ln_b], n, h, cfg.layer_norm_eps);
         if live(hp) {
-            dropout::dropout_forward(be, &mut a.emb_out, &mut s.mask, n * h, hp, seed, &[pass, site::EMB]);
+            be.dropout_mask_once(&mut s.mask, n * h, hp, seed, &[pass, site::EMB]);
+            be.mul(&mut a.emb_out, &s.mask, n * h);
         }
 
         for (l, lp) in self.layers.iter().enumerate() {
@@ -591,8 +593,8 @@ impl<B: Backend> BertClassifier<B> {
                 if let Some((la_a, la_b)) = lp.lora[ti] {
                     let lo = &mut la.lora[ti];
                     let inp = if live(ad.lora_dropout) {
-                        dropout::dropout_forward_into(be, &mut s.xd, x, &mut s.mask, n * h, ad.lora_dropout, seed,
-                                                      &[pass, site::LORA, lid, ti as u64]);
+                        be.dropout_mask_once(&mut s.mask, n * h, ad.lora_dropout, seed, &[pass, site::LORA, lid, ti as u64]);
+                        be.mul_into(&mut s.xd, x, &s.mask, n * h);
                         &s.xd
                     } else {
                         x
@@ -601,7 +603,8 @@ impl<B: Backend> BertClassifier<B> {
                 }
             }
             let pdrop = if live(cfg.attention_probs_dropout_prob) {
-                be.dropout_mask(&mut s.mask, b * heads * t * t, cfg.attention_probs_dropout_prob, seed, &[pass, site::PROBS, lid]);
+                be.dropout_mask_once(&mut s.mask, b * heads * t * t, cfg.attention_probs_dropout_prob, seed,
+                                     &[pass, site::PROBS, lid]);
                 Some(&s.mask)
             } else {
                 None
@@ -610,7 +613,7 @@ impl<B: Backend> BertClassifier<B> {
                                          pdrop, b, t, heads, d);
             // attention output: dense -> dropout -> + x -> layer norm
             if live(hp) {
-                be.dropout_mask(&mut s.mask, n * h, hp, seed, &[pass, site::ATTN, lid]);
+                be.dropout_mask_once(&mut s.mask, n * h, hp, seed, &[pass, site::ATTN, lid]);
             }
             linear::linear_dropout_residual_forward(be, &mut la.res1, ctx, &pv[lp.attn_out.0], &pv[lp.attn_out.1],
                                                     live(hp).then_some(&s.mask), x, n, h, h);
@@ -620,7 +623,7 @@ impl<B: Backend> BertClassifier<B> {
             linear::linear_gelu_forward(be, &mut la.inter_saved, inter_out, h1, &pv[lp.inter.0], &pv[lp.inter.1], n,
                                         h, inter);
             if live(hp) {
-                be.dropout_mask(&mut s.mask, n * h, hp, seed, &[pass, site::FFN, lid]);
+                be.dropout_mask_once(&mut s.mask, n * h, hp, seed, &[pass, site::FFN, lid]);
             }
             linear::linear_dropout_residual_forward(be, &mut la.res2, inter_out, &pv[lp.out.0], &pv[lp.out.1],
                                                     live(hp).then_some(&s.mask), h1, n, inter, h);
@@ -760,7 +763,7 @@ impl<B: Backend> BertClassifier<B> {
                                             &la.ln2_rstd, n, h);
             let lid = l as u64;
             let d_ffn = if live(hp) {
-                be.dropout_mask(&mut s.mask, n * h, hp, seed, &[pass, site::FFN, lid]);
+                be.dropout_mask_once(&mut s.mask, n * h, hp, seed, &[pass, site::FFN, lid]);
                 dropout::dropout_backward_into(be, &mut s.d_tmp, &s.d_h1, &s.mask, n * h);
                 &s.d_tmp
             } else {
@@ -780,7 +783,7 @@ impl<B: Backend> BertClassifier<B> {
                                             &la.ln1_rstd, n, h);
             let d_ln1 = if need_dx { &s.d_x } else { &s.d_res };
             let d_attn = if live(hp) {
-                be.dropout_mask(&mut s.mask, n * h, hp, seed, &[pass, site::ATTN, lid]);
+                be.dropout_mask_once(&mut s.mask, n * h, hp, seed, &[pass, site::ATTN, lid]);
                 dropout::dropout_backward_into(be, &mut s.d_tmp, d_ln1, &s.mask, n * h);
                 &s.d_tmp
             } else {
@@ -789,6 +792,7 @@ impl<B: Backend> BertClassifier<B> {
             let (dw, db) = two(pg, lp.attn_out.0, lp.attn_out.1);
             linear::linear_backward(be, Some((&mut s.d_ctx, false)), dw, db, d_attn, &la.ctx, &pv[lp.attn_out.0], n, h, h);
             let pdrop = if live(cfg.attention_probs_dropout_prob) {
+                // kept: the backward reads it twice
                 be.dropout_mask(&mut s.mask, b * heads * t * t, cfg.attention_probs_dropout_prob, seed, &[pass, site::PROBS, lid]);
                 Some(&s.mask)
             } else {
@@ -808,6 +812,7 @@ impl<B: Backend> BertClassifier<B> {
                     let lo = &la.lora[ti];
                     let dropped = live(ad.lora_dropout);
                     if dropped {
+                        // kept: the input gradient below reads the mask again
                         dropout::dropout_forward_into(be, &mut s.xd, x, &mut s.mask, n * h, ad.lora_dropout, seed,
                                                       &[pass, site::LORA, lid, ti as u64]);
                     }
@@ -837,7 +842,7 @@ impl<B: Backend> BertClassifier<B> {
         if self.embeddings_train {
             let e = &self.emb;
             if live(hp) {
-                be.dropout_mask(&mut s.mask, n * h, hp, seed, &[pass, site::EMB]);
+                be.dropout_mask_once(&mut s.mask, n * h, hp, seed, &[pass, site::EMB]);
                 dropout::dropout_backward(be, &mut s.d_out, &s.mask, n * h);
             }
             let (dw, db) = two(pg, e.ln_w, e.ln_b);

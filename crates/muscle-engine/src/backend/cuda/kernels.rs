@@ -22,10 +22,10 @@ pub const MODULES: &[Module] = &[
         file: "elementwise.cu",
         source: include_str!("kernels/elementwise.cu"),
         kernels: &[
-            "fill_f32", "add_bias_f32", "axpby_f32", "scale_f32", "add_f32", "mul_f32", "mul_into_f32", "dropout_mul_f32",
+            "fill_f32", "add_bias_f32", "add_bias_3_f32", "axpby_f32", "scale_f32", "add_f32", "mul_f32", "mul_into_f32", "dropout_mul_f32",
             "dropout_mul_into_f32", "scale_cols_f32",
             "gelu_forward_f32", "gelu_backward_f32", "tanh_forward_f32", "tanh_backward_f32",
-            "dropout_mask_f32", "counter_uniform_f32", "adamw_f32", "f32_to_bf16", "bias_dropout_residual_f32",
+            "dropout_mask_f32", "counter_uniform_f32", "adamw_f32", "f32_to_bf16", "f32_to_bf16_3", "bias_dropout_residual_f32",
             "bias_gelu_f32",
         ],
     },

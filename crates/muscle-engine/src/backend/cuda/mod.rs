@@ -41,12 +41,15 @@ pub struct GpuBuf {
 }
 
 /// A mask of `n` inverted-dropout draws from stream `key` (0 with probability `p`, else `keep`).
+/// `write`: the kernel applying it also writes it to the buffer, for a later read (not for a mask
+/// of `dropout_mask_once`, which only that kernel reads).
 #[derive(Clone, Copy)]
 struct PendingMask {
     n: usize,
     p: f32,
     keep: f32,
     key: u64,
+    write: bool,
 }
 
 enum Store {
@@ -315,6 +318,22 @@ impl Cuda {
         }
     }
 
+    /// Records a dropout mask for the kernel that applies it to draw (see `PendingMask`).
+    fn pend_mask(&self, mask: &mut GpuBuf, n: usize, p: f32, seed: u64, stream: &[u64], write: bool) {
+        if n > mask.len {
+            self.record::<()>("dropout_mask", Err(format!("a mask of {n} in a buffer of {}", mask.len)));
+            return;
+        }
+        let key = crate::rng::stream_key(seed, stream);
+        *mask.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(PendingMask { n, p, keep: 1.0 / (1.0 - p), key, write });
+    }
+
+    /// Where the kernel applying pending mask `m` writes its draws: `mask`'s address, or 0 (none)
+    /// for a mask nothing reads again.
+    fn draws_to(&self, mask: &GpuBuf, m: &PendingMask) -> u64 {
+        if m.write { self.address(mask) } else { 0 }
+    }
+
     /// The address of an f32 buffer as it is, pending mask or not. Any use may write it, so its bf16
     /// copy stops being valid.
     fn address(&self, b: &GpuBuf) -> u64 {
@@ -569,11 +588,21 @@ impl Backend for Cuda {
             let (ar, ac) = if a.trans { (k, m) } else { (m, k) };
             self.bf16_operand(&mut scratch, 0, &a, ar, ac)
         });
-        for (c, b, bias) in items.iter_mut() {
+        for (c, b, _) in items.iter_mut() {
             let half = if b.buf.is_bf16() { a_half } else { None };
             self.gemm(&mut scratch, c, 0, n, a, half, *b, m, n, k, 1.0, false);
-            self.launch_n("add_bias_f32", m * n, &[Arg::Ptr(self.ptr(c)), Arg::Ptr(self.ptr(bias)), Arg::I64(m as i64),
-                                                   Arg::I32(n as i32)]);
+        }
+        // the biases after the GEMMs, three outputs a launch
+        for group in items.chunks(3) {
+            let mut args = Vec::with_capacity(8);
+            for i in 0..3 {
+                match group.get(i) {
+                    Some((c, _, bias)) => args.extend([Arg::Ptr(self.ptr(c)), Arg::Ptr(self.ptr(bias))]),
+                    None => args.extend([Arg::Ptr(0), Arg::Ptr(0)]),
+                }
+            }
+            args.extend([Arg::I64(m as i64), Arg::I32(n as i32)]);
+            self.launch_n("add_bias_3_f32", 3 * m * n, &args);
         }
     }
     fn matmul_bias_dropout_residual(&self, out: &mut GpuBuf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize, n: usize,
@@ -582,8 +611,12 @@ impl Backend for Cuda {
         if m * n > 0 && self.begin() {
             let pending = mask.and_then(|x| self.take_pending(x, m * n));
             let pb = bias.map_or(0, |x| self.ptr(x));
-            // a pending mask is drawn by the kernel into the buffer; a drawn one is read
-            let pm = mask.map_or(0, |x| if pending.is_some() { self.address(x) } else { self.ptr(x) });
+            // a pending mask is drawn by the kernel (and written to the buffer if it is read again); a
+            // drawn one is read
+            let pm = mask.map_or(0, |x| match &pending {
+                Some(m) => self.draws_to(x, m),
+                None => self.ptr(x),
+            });
             let (p, keep, key) = pending.map_or((0.0, 1.0, 0), |m| (m.p, m.keep, m.key));
             self.launch_n("bias_dropout_residual_f32", m * n, &[
                 Arg::Ptr(self.ptr(out)), Arg::Ptr(pb), Arg::Ptr(pm), Arg::Ptr(self.ptr(residual)), Arg::I64(m as i64),
@@ -725,25 +758,30 @@ impl Backend for Cuda {
         if p <= 0.0 {
             return self.fill(mask, n, 1.0);
         }
-        if n > mask.len {
-            self.record::<()>("dropout_mask", Err(format!("a mask of {n} in a buffer of {}", mask.len)));
-            return;
+        self.pend_mask(mask, n, p, seed, stream, true);
+    }
+    fn dropout_mask_once(&self, mask: &mut GpuBuf, n: usize, p: f32, seed: u64, stream: &[u64]) {
+        if p <= 0.0 {
+            return self.fill(mask, n, 1.0);
         }
-        // recorded, not drawn: the kernel that applies it draws it (see `PendingMask`)
-        let key = crate::rng::stream_key(seed, stream);
-        *mask.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(PendingMask { n, p, keep: 1.0 / (1.0 - p), key });
+        self.pend_mask(mask, n, p, seed, stream, false);
     }
     fn mul_into(&self, out: &mut GpuBuf, x: &GpuBuf, mask: &GpuBuf, n: usize) {
         if !self.begin() {
             return;
         }
+        // `out` is a dropped-out gradient on its way into a frozen (bf16) layer's input-gradient
+        // GEMM, or an adapter's input: its bf16 copy saves that GEMM a conversion
+        let po = self.ptr(out);
+        let half = self.half_out(out, n);
         match self.take_pending(mask, n) {
             Some(m) => self.launch_n("dropout_mul_into_f32", n, &[
-                Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(x)), Arg::Ptr(self.address(mask)), Arg::I64(n as i64),
-                Arg::F32(m.p), Arg::F32(m.keep), Arg::U64(m.key)]),
-            None => self.launch_n("mul_into_f32", n, &[Arg::Ptr(self.ptr(out)), Arg::Ptr(self.ptr(x)),
-                                                       Arg::Ptr(self.ptr(mask)), Arg::I64(n as i64)]),
+                Arg::Ptr(po), Arg::Ptr(self.ptr(x)), Arg::Ptr(self.draws_to(mask, &m)), Arg::I64(n as i64),
+                Arg::F32(m.p), Arg::F32(m.keep), Arg::U64(m.key), Arg::Ptr(half)]),
+            None => self.launch_n("mul_into_f32", n, &[Arg::Ptr(po), Arg::Ptr(self.ptr(x)),
+                                                       Arg::Ptr(self.ptr(mask)), Arg::I64(n as i64), Arg::Ptr(half)]),
         }
+        self.half_written(out, half);
     }
     fn mul(&self, x: &mut GpuBuf, mask: &GpuBuf, n: usize) {
         if !self.begin() {
@@ -751,8 +789,8 @@ impl Backend for Cuda {
         }
         match self.take_pending(mask, n) {
             Some(m) => self.launch_n("dropout_mul_f32", n, &[
-                Arg::Ptr(self.ptr(x)), Arg::Ptr(self.address(mask)), Arg::I64(n as i64), Arg::F32(m.p), Arg::F32(m.keep),
-                Arg::U64(m.key)]),
+                Arg::Ptr(self.ptr(x)), Arg::Ptr(self.draws_to(mask, &m)), Arg::I64(n as i64), Arg::F32(m.p),
+                Arg::F32(m.keep), Arg::U64(m.key)]),
             None => self.launch_n("mul_f32", n, &[Arg::Ptr(self.ptr(x)), Arg::Ptr(self.ptr(mask)), Arg::I64(n as i64)]),
         }
     }
@@ -875,7 +913,10 @@ impl Backend for Cuda {
         let heads_of = Heads { b, t, heads, d };
         let (pq, pk, pv, po, pp) = (self.ptr(q), self.ptr(k), self.ptr(v), self.ptr(out), self.ptr(probs));
         let pending = drop.and_then(|x| self.take_pending(x, bh * t * t));
-        let pdrop = drop.map_or(0, |x| if pending.is_some() { self.address(x) } else { self.ptr(x) });
+        let pdrop = drop.map_or(0, |x| match &pending {
+            Some(m) => self.draws_to(x, m),
+            None => self.ptr(x),
+        });
         let (p_drop, keep, key) = pending.map_or((0.0, 1.0, 0), |m| (m.p, m.keep, m.key));
         let used = if drop.is_some() { pd } else { pp };
         // scores = scale Q K^T into `probs`, then out = P' V (P' the dropped-out probabilities)
@@ -901,7 +942,7 @@ impl Backend for Cuda {
         let [pd, dp] = self.attn_scratch(&mut scratch, [if drop.is_some() { bh * t * t } else { 1 }, bh * t * t]);
         let pp = self.ptr(probs);
         // a mask the model draws again for the backward is still pending: drawn (and written, for
-        // dS below) by the kernel that applies it
+        // dS below, whatever `write` says) by the kernel that applies it
         let pending = drop.and_then(|x| self.take_pending(x, bh * t * t));
         let pdrop = drop.map_or(0, |x| if pending.is_some() { self.address(x) } else { self.ptr(x) });
         let used = match (drop, pending) {
@@ -909,11 +950,12 @@ impl Backend for Cuda {
             (Some(_), Some(m)) => {
                 self.launch_n("dropout_mul_into_f32", bh * t * t, &[
                     Arg::Ptr(pd), Arg::Ptr(pp), Arg::Ptr(pdrop), Arg::I64((bh * t * t) as i64), Arg::F32(m.p),
-                    Arg::F32(m.keep), Arg::U64(m.key)]);
+                    Arg::F32(m.keep), Arg::U64(m.key), Arg::Ptr(0)]);
                 pd
             }
             (Some(_), None) => {
-                self.launch_n("mul_into_f32", bh * t * t, &[Arg::Ptr(pd), Arg::Ptr(pp), Arg::Ptr(pdrop), Arg::I64((bh * t * t) as i64)]);
+                self.launch_n("mul_into_f32", bh * t * t, &[Arg::Ptr(pd), Arg::Ptr(pp), Arg::Ptr(pdrop), Arg::I64((bh * t * t) as i64),
+                                                             Arg::Ptr(0)]);
                 pd
             }
             (None, _) => pp,
@@ -934,6 +976,17 @@ impl Backend for Cuda {
             Arg::Ptr(dp), Arg::Ptr(pp), Arg::Ptr(pdrop), Arg::I32((bh * t) as i32), Arg::I32(t as i32)]);
         self.gemm_arrays(arrays[2], (t, false), (hd, false), hd, t, d, t, scale, bh);
         self.gemm_arrays(arrays[3], (t, true), (hd, false), hd, t, d, t, scale, bh);
+        // In bf16 mode the three gradients next meet the frozen q, k, v weights in bf16 GEMMs (their
+        // input gradient): their bf16 copies in one launch instead of a conversion before each.
+        let n = b * t * hd;
+        let halves = [self.half_out(dq, n), self.half_out(dk, n), self.half_out(dv, n)];
+        if halves.iter().any(|&x| x != 0) {
+            self.launch_n("f32_to_bf16_3", 3 * n, &[Arg::Ptr(halves[0]), Arg::Ptr(pdq), Arg::Ptr(halves[1]), Arg::Ptr(pdk),
+                                                     Arg::Ptr(halves[2]), Arg::Ptr(pdv), Arg::I64(n as i64)]);
+            for (buf, half) in [(&*dq, halves[0]), (&*dk, halves[1]), (&*dv, halves[2])] {
+                self.half_written(buf, half);
+            }
+        }
     }
     fn flash_attention_forward(&self, out: &mut GpuBuf, lse: &mut GpuBuf, q: &GpuBuf, k: &GpuBuf, v: &GpuBuf,
                                key_mask: &[i32], causal: bool, dropout: Option<(f32, u64)>, b: usize, t: usize,

@@ -7,7 +7,8 @@
 // One warp per row of the scores [b*heads*t, t] (already scaled): softmax over the keys the mask keeps
 // (1 = token), 0 for the others, an all-zero row when every key is masked. `probs` is written in place;
 // with `drop`, `pd` gets probs * drop (what multiplies V), else `pd` may alias nothing and is unused.
-// With p > 0 the dropout mask is drawn here (stream `key`, element row * t + j) and written to `drop`.
+// With p > 0 the dropout mask is drawn here (stream `key`, element row * t + j) and written to `drop`
+// unless that is null (a mask nothing reads again); `pd` then gets probs times the draws.
 extern "C" __global__ void attention_softmax_f32(float* probs, float* pd, float* drop, const int* key_mask,
                                                  int rows, int t, int heads, float p_drop, float keep, u64 key) {
     const int lane = threadIdx.x & 31;
@@ -32,7 +33,7 @@ extern "C" __global__ void attention_softmax_f32(float* probs, float* pd, float*
         p[j] = v;
         if (p_drop > 0.0f) {
             const float z = dropout_draw(p_drop, keep, key, (u64)(row * t + j));
-            drop[row * t + j] = z;
+            if (drop) drop[row * t + j] = z;
             pd[row * t + j] = v * z;
         } else if (drop) {
             pd[row * t + j] = v * drop[row * t + j];

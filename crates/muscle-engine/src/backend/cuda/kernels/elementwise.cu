@@ -8,6 +8,20 @@ extern "C" __global__ void add_bias_f32(float* out, const float* bias, i64 rows,
     FOR_EACH(i, rows * n) out[i] += bias[i % n];
 }
 
+// add_bias_f32 over up to three outputs of [rows, n] in one launch (attention's q, k and v
+// projections); a null output is skipped.
+extern "C" __global__ void add_bias_3_f32(float* c0, const float* b0, float* c1, const float* b1, float* c2,
+                                          const float* b2, i64 rows, int n) {
+    const i64 each = rows * n;
+    FOR_EACH(i, 3 * each) {
+        const int which = (int)(i / each);
+        const i64 j = i - which * each;
+        float* c = which == 0 ? c0 : which == 1 ? c1 : c2;
+        const float* b = which == 0 ? b0 : which == 1 ? b1 : b2;
+        if (c) c[j] += b[j % n];
+    }
+}
+
 extern "C" __global__ void axpby_f32(float* y, float a, const float* x, float b, i64 n) {
     FOR_EACH(i, n) y[i] = a * x[i] + b * y[i];
 }
@@ -24,26 +38,33 @@ extern "C" __global__ void mul_f32(float* x, const float* m, i64 n) {
     FOR_EACH(i, n) x[i] *= m[i];
 }
 
-extern "C" __global__ void mul_into_f32(float* out, const float* a, const float* b, i64 n) {
-    FOR_EACH(i, n) out[i] = a[i] * b[i];
+// out = a * b; `half` (may be null): out in bf16 too, for the bf16 GEMM that reads it next.
+extern "C" __global__ void mul_into_f32(float* out, const float* a, const float* b, i64 n, unsigned short* half) {
+    FOR_EACH(i, n) {
+        const float v = a[i] * b[i];
+        out[i] = v;
+        if (half) half[i] = bf16_bits(v);
+    }
 }
 
-// Dropout drawn where it is applied: mask[i] = the draw (kept for the backward), then x *= mask
-// (in place) or out = x * mask.
+// Dropout drawn where it is applied: mask[i] = the draw (when `mask` is not null: a mask read
+// again later), then x *= mask (in place) or out = x * mask (and its bf16 copy, as mul_into_f32).
 extern "C" __global__ void dropout_mul_f32(float* x, float* mask, i64 n, float p, float keep, u64 key) {
     FOR_EACH(i, n) {
         const float z = dropout_draw(p, keep, key, (u64)i);
-        mask[i] = z;
+        if (mask) mask[i] = z;
         x[i] *= z;
     }
 }
 
 extern "C" __global__ void dropout_mul_into_f32(float* out, const float* x, float* mask, i64 n, float p, float keep,
-                                                u64 key) {
+                                                u64 key, unsigned short* half) {
     FOR_EACH(i, n) {
         const float z = dropout_draw(p, keep, key, (u64)i);
-        mask[i] = z;
-        out[i] = x[i] * z;
+        if (mask) mask[i] = z;
+        const float v = x[i] * z;
+        out[i] = v;
+        if (half) half[i] = bf16_bits(v);
     }
 }
 
@@ -106,9 +127,22 @@ extern "C" __global__ void f32_to_bf16(unsigned short* dst, const float* src, i6
     FOR_EACH(i, n) dst[i] = bf16_bits(src[i]);
 }
 
+// f32_to_bf16 over three buffers of n each in one launch (attention's q, k and v gradients, for the
+// bf16 GEMMs of their input gradients); a null destination is skipped.
+extern "C" __global__ void f32_to_bf16_3(unsigned short* d0, const float* s0, unsigned short* d1, const float* s1,
+                                         unsigned short* d2, const float* s2, i64 n) {
+    FOR_EACH(i, 3 * n) {
+        const int which = (int)(i / n);
+        const i64 j = i - which * n;
+        unsigned short* d = which == 0 ? d0 : which == 1 ? d1 : d2;
+        const float* s = which == 0 ? s0 : which == 1 ? s1 : s2;
+        if (d) d[j] = bf16_bits(s[j]);
+    }
+}
+
 // The stores after a layer's GEMM (the CPU does these inside its GEMM's store):
 // out = (out + bias) * mask + residual over [rows, n]; bias and mask may be null. With p > 0 the
-// mask is drawn here (stream `key`) and written to `mask` for the backward.
+// mask is drawn here (stream `key`) and written to `mask` unless that is null.
 extern "C" __global__ void bias_dropout_residual_f32(float* out, const float* bias, float* mask,
                                                      const float* residual, i64 rows, int n, float p, float keep,
                                                      u64 key) {
@@ -117,7 +151,7 @@ extern "C" __global__ void bias_dropout_residual_f32(float* out, const float* bi
         if (bias) v += bias[i % n];
         if (p > 0.0f) {
             const float z = dropout_draw(p, keep, key, (u64)i);
-            mask[i] = z;
+            if (mask) mask[i] = z;
             v *= z;
         } else if (mask) {
             v *= mask[i];
