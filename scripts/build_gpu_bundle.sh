@@ -18,8 +18,12 @@ cp target/release/muscle-bench .gpu.partial/bin/
 git rev-parse --short HEAD > .gpu.partial/bin/BUILD
 strip .gpu.partial/bin/cuda_* .gpu.partial/bin/muscle-bench 2>/dev/null || true
 # the previous bundle's benchmark, when it is another commit's, comes along as the "before" variant
-# that scripts/gpu_check.sh times beside this build
-if [[ -x .gpu/bin/muscle-bench && -f .gpu/bin/BUILD && "$(cat .gpu/bin/BUILD)" != "$(cat .gpu.partial/bin/BUILD)" ]]; then
+# that scripts/gpu_check.sh times beside this build; KEEP_BEFORE=1 keeps the bundle's "before" as it
+# is instead (say, the last build that was measured on a GPU, when the previous one never ran there)
+if [[ ${KEEP_BEFORE:-0} == 1 && -x .gpu/bin/muscle-bench-before ]]; then
+  cp .gpu/bin/muscle-bench-before .gpu.partial/bin/
+  cp .gpu/bin/BEFORE .gpu.partial/bin/ 2>/dev/null || true
+elif [[ -x .gpu/bin/muscle-bench && -f .gpu/bin/BUILD && "$(cat .gpu/bin/BUILD)" != "$(cat .gpu.partial/bin/BUILD)" ]]; then
   cp .gpu/bin/muscle-bench .gpu.partial/bin/muscle-bench-before
   cp .gpu/bin/BUILD .gpu.partial/bin/BEFORE
 elif [[ -x .gpu/bin/muscle-bench-before ]]; then

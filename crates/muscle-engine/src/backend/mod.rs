@@ -26,6 +26,17 @@ impl<B: Backend + ?Sized> Clone for Mat<'_, B> {
 }
 impl<B: Backend + ?Sized> Copy for Mat<'_, B> {}
 
+/// Where a layer norm writes (`out`, and per row `mean` and `rstd` for its backward) and its
+/// affine parameters: the norm half of [`Backend::matmul_bias_dropout_residual_norm`].
+pub struct NormOut<'a, B: Backend + ?Sized> {
+    pub out: &'a mut B::Buf,
+    pub mean: &'a mut B::Buf,
+    pub rstd: &'a mut B::Buf,
+    pub w: &'a B::Buf,
+    pub b: &'a B::Buf,
+    pub eps: f32,
+}
+
 /// One tensor of a many-tensor AdamW step ([`Backend::adamw_many`]).
 pub struct AdamwItem<'a, B: Backend + ?Sized> {
     pub param: &'a mut B::Buf,
@@ -114,6 +125,17 @@ pub trait Backend: Send + Sync + 'static {
             self.mul(out, mask, m * n);
         }
         self.axpby(out, 1.0, residual, 1.0, m * n);
+    }
+    /// [`Backend::matmul_bias_dropout_residual`] into `res` (`[m, n]`), then the layer norm of
+    /// `res` over rows of `n` into `norm`: a sublayer's output through dropout into the residual sum
+    /// and the layer norm after it (BERT's post-norm). The default runs the two verbs; a backend may
+    /// do the norm in the same pass over `res` (the CUDA backend: one row kernel after the GEMM).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_bias_dropout_residual_norm(&self, res: &mut Self::Buf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize,
+                                         n: usize, k: usize, bias: Option<&Self::Buf>, mask: Option<&Self::Buf>,
+                                         residual: &Self::Buf, norm: NormOut<'_, Self>) {
+        self.matmul_bias_dropout_residual(res, a, b, m, n, k, bias, mask, residual);
+        self.layer_norm_forward(norm.out, norm.mean, norm.rstd, res, norm.w, norm.b, m, n, norm.eps);
     }
     /// `act = gelu(pre)` with `pre = op(A) op(B) + bias` (`[m, n]`): the feed-forward's first
     /// half. `saved` (`[m, n]`) receives what [`Backend::matmul_gelu_backward`] needs of `pre`,
@@ -225,6 +247,20 @@ pub trait Backend: Send + Sync + 'static {
     fn layer_norm_backward(&self, dinp: &mut Self::Buf, dw: Option<&mut Self::Buf>, db: Option<&mut Self::Buf>,
                            dout: &Self::Buf, inp: &Self::Buf, w: &Self::Buf, mean: &Self::Buf,
                            rstd: &Self::Buf, rows: usize, h: usize);
+    /// [`Backend::layer_norm_backward`], then, where `dropped = (buf, mask)` is given,
+    /// `buf = dinp * mask`: a post-norm layer's input gradient flows on as the residual's and,
+    /// through the sublayer's dropout, into the sublayer's output. The default runs the two verbs;
+    /// a backend may write both in one pass (the CUDA backend does, drawing a pending mask there).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_backward_dropout(&self, dinp: &mut Self::Buf, dw: Option<&mut Self::Buf>, db: Option<&mut Self::Buf>,
+                                   dout: &Self::Buf, inp: &Self::Buf, w: &Self::Buf, mean: &Self::Buf,
+                                   rstd: &Self::Buf, rows: usize, h: usize,
+                                   dropped: Option<(&mut Self::Buf, &Self::Buf)>) {
+        self.layer_norm_backward(dinp, dw, db, dout, inp, w, mean, rstd, rows, h);
+        if let Some((out, mask)) = dropped {
+            self.mul_into(out, dinp, mask, rows * h);
+        }
+    }
     /// RMSNorm (decoders): `out = x rstd w` per row, `rstd = 1 / sqrt(mean(x^2) + eps)` saved for
     /// the backward.
     #[allow(clippy::too_many_arguments)]

@@ -1,5 +1,6 @@
-//! Inverted dropout with seeded masks: the mask is drawn from (seed, stream ids), kept for the
-//! backward, and applied by multiplication in both directions.
+//! Inverted dropout with seeded masks: the mask is drawn from (seed, stream ids) and applied by
+//! multiplication in both directions. Being a pure function of its stream, a mask need not be
+//! kept for the backward: the encoder draws its layers' masks again there.
 
 use crate::backend::Backend;
 

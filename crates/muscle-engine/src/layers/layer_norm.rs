@@ -16,6 +16,16 @@ pub fn layer_norm_backward<B: Backend>(be: &B, dinp: &mut B::Buf, dw: Option<&mu
     be.layer_norm_backward(dinp, dw, db, dout, inp, w, mean, rstd, rows, h);
 }
 
+/// [`layer_norm_backward`], and with `dropped = (buf, mask)`, `buf = dinp * mask` too (see
+/// [`Backend::layer_norm_backward_dropout`]).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward_dropout<B: Backend>(be: &B, dinp: &mut B::Buf, dw: Option<&mut B::Buf>,
+                                               db: Option<&mut B::Buf>, dout: &B::Buf, inp: &B::Buf, w: &B::Buf,
+                                               mean: &B::Buf, rstd: &B::Buf, rows: usize, h: usize,
+                                               dropped: Option<(&mut B::Buf, &B::Buf)>) {
+    be.layer_norm_backward_dropout(dinp, dw, db, dout, inp, w, mean, rstd, rows, h, dropped);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

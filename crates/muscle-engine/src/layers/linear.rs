@@ -1,6 +1,6 @@
 //! `y = x W^T + b` with `W: [out, in]` in Hugging Face layout, `x: [rows, in]`.
 
-use crate::backend::{Backend, Mat};
+use crate::backend::{Backend, Mat, NormOut};
 
 #[allow(clippy::too_many_arguments)]
 pub fn linear_forward<B: Backend>(be: &B, out: &mut B::Buf, inp: &B::Buf, w: &B::Buf, bias: Option<&B::Buf>,
@@ -34,6 +34,17 @@ pub fn linear_dropout_residual_forward<B: Backend>(be: &B, out: &mut B::Buf, inp
     be.matmul_bias_dropout_residual(out, Mat { buf: inp, offset: 0, ld: in_f, trans: false },
                                     Mat { buf: w, offset: 0, ld: in_f, trans: true }, rows, out_f, in_f, Some(bias), mask,
                                     residual);
+}
+
+/// [`linear_dropout_residual_forward`] into `out`, then the layer norm of `out` into `norm`
+/// (see [`Backend::matmul_bias_dropout_residual_norm`]).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_dropout_residual_norm_forward<B: Backend>(be: &B, out: &mut B::Buf, inp: &B::Buf, w: &B::Buf,
+                                                        bias: &B::Buf, mask: Option<&B::Buf>, residual: &B::Buf,
+                                                        rows: usize, in_f: usize, out_f: usize, norm: NormOut<'_, B>) {
+    be.matmul_bias_dropout_residual_norm(out, Mat { buf: inp, offset: 0, ld: in_f, trans: false },
+                                         Mat { buf: w, offset: 0, ld: in_f, trans: true }, rows, out_f, in_f, Some(bias),
+                                         mask, residual, norm);
 }
 
 /// `act = gelu(x W^T + b)`: a linear layer followed by GELU (BERT's intermediate dense), in one

@@ -9,7 +9,7 @@
 //! walks them in reverse and stops at the lowest layer that has anything to train.
 
 use super::config::{EncoderConfig, Family};
-use crate::backend::Backend;
+use crate::backend::{Backend, NormOut};
 use crate::error::{EngineError, Result};
 use crate::io::safetensors::Weights;
 use crate::layers::{activation, attention, dropout, embedding, layer_norm, linear, lora, mslr, softmax_xent};
@@ -615,20 +615,20 @@ impl<B: Backend> BertClassifier<B> {
             if live(hp) {
                 be.dropout_mask_once(&mut s.mask, n * h, hp, seed, &[pass, site::ATTN, lid]);
             }
-            linear::linear_dropout_residual_forward(be, &mut la.res1, ctx, &pv[lp.attn_out.0], &pv[lp.attn_out.1],
-                                                    live(hp).then_some(&s.mask), x, n, h, h);
-            layer_norm::layer_norm_forward(be, h1, &mut la.ln1_mean, &mut la.ln1_rstd, &la.res1, &pv[lp.ln1.0],
-                                           &pv[lp.ln1.1], n, h, cfg.layer_norm_eps);
+            let norm = NormOut { out: h1, mean: &mut la.ln1_mean, rstd: &mut la.ln1_rstd, w: &pv[lp.ln1.0],
+                                 b: &pv[lp.ln1.1], eps: cfg.layer_norm_eps };
+            linear::linear_dropout_residual_norm_forward(be, &mut la.res1, ctx, &pv[lp.attn_out.0], &pv[lp.attn_out.1],
+                                                         live(hp).then_some(&s.mask), x, n, h, h, norm);
             // feed-forward: dense -> gelu -> dense -> dropout -> + h1 -> layer norm
             linear::linear_gelu_forward(be, &mut la.inter_saved, inter_out, h1, &pv[lp.inter.0], &pv[lp.inter.1], n,
                                         h, inter);
             if live(hp) {
                 be.dropout_mask_once(&mut s.mask, n * h, hp, seed, &[pass, site::FFN, lid]);
             }
-            linear::linear_dropout_residual_forward(be, &mut la.res2, inter_out, &pv[lp.out.0], &pv[lp.out.1],
-                                                    live(hp).then_some(&s.mask), h1, n, inter, h);
-            layer_norm::layer_norm_forward(be, &mut la.out, &mut la.ln2_mean, &mut la.ln2_rstd, &la.res2, &pv[lp.ln2.0],
-                                           &pv[lp.ln2.1], n, h, cfg.layer_norm_eps);
+            let norm = NormOut { out: &mut la.out, mean: &mut la.ln2_mean, rstd: &mut la.ln2_rstd, w: &pv[lp.ln2.0],
+                                 b: &pv[lp.ln2.1], eps: cfg.layer_norm_eps };
+            linear::linear_dropout_residual_norm_forward(be, &mut la.res2, inter_out, &pv[lp.out.0], &pv[lp.out.1],
+                                                         live(hp).then_some(&s.mask), h1, n, inter, h, norm);
         }
 
         // head: [CLS] state -> (RoBERTa: dropout) -> dense (+ MSLR) -> tanh -> dropout -> out
@@ -758,17 +758,15 @@ impl<B: Backend> BertClassifier<B> {
             let need_dx = l > self.lowest_trainable || self.embeddings_train;
             // Second layer norm. Its input gradient is the residual's (d_h1, which the feed-forward's
             // input gradient is then added to) and, through the dropout, the feed-forward output's.
-            let (dw, db) = two(pg, lp.ln2.0, lp.ln2.1);
-            layer_norm::layer_norm_backward(be, &mut s.d_h1, dw, db, &s.d_out, &la.res2, &pv[lp.ln2.0], &la.ln2_mean,
-                                            &la.ln2_rstd, n, h);
             let lid = l as u64;
-            let d_ffn = if live(hp) {
+            if live(hp) {
                 be.dropout_mask_once(&mut s.mask, n * h, hp, seed, &[pass, site::FFN, lid]);
-                dropout::dropout_backward_into(be, &mut s.d_tmp, &s.d_h1, &s.mask, n * h);
-                &s.d_tmp
-            } else {
-                &s.d_h1
-            };
+            }
+            let (dw, db) = two(pg, lp.ln2.0, lp.ln2.1);
+            layer_norm::layer_norm_backward_dropout(be, &mut s.d_h1, dw, db, &s.d_out, &la.res2, &pv[lp.ln2.0],
+                                                    &la.ln2_mean, &la.ln2_rstd, n, h,
+                                                    live(hp).then_some((&mut s.d_tmp, &s.mask)));
+            let d_ffn = if live(hp) { &s.d_tmp } else { &s.d_h1 };
             let (dw, db) = two(pg, lp.out.0, lp.out.1);
             linear::linear_backward(be, None, dw, db, d_ffn, &la.inter, &pv[lp.out.0], n, inter, h);
             linear::linear_gelu_backward_input(be, &mut s.d_inter_pre, &mut s.d_inter, d_ffn, &pv[lp.out.0],
@@ -777,18 +775,15 @@ impl<B: Backend> BertClassifier<B> {
             linear::linear_backward(be, Some((&mut s.d_h1, true)), dw, db, &s.d_inter_pre, &la.h1, &pv[lp.inter.0], n, h, inter);
             // First layer norm, the same way round: the residual's gradient goes to d_x (where the
             // q, k, v input gradients are added), or nowhere below the lowest trainable layer.
+            if live(hp) {
+                be.dropout_mask_once(&mut s.mask, n * h, hp, seed, &[pass, site::ATTN, lid]);
+            }
             let (dw, db) = two(pg, lp.ln1.0, lp.ln1.1);
             let d_ln1 = if need_dx { &mut s.d_x } else { &mut s.d_res };
-            layer_norm::layer_norm_backward(be, d_ln1, dw, db, &s.d_h1, &la.res1, &pv[lp.ln1.0], &la.ln1_mean,
-                                            &la.ln1_rstd, n, h);
+            layer_norm::layer_norm_backward_dropout(be, d_ln1, dw, db, &s.d_h1, &la.res1, &pv[lp.ln1.0], &la.ln1_mean,
+                                                    &la.ln1_rstd, n, h, live(hp).then_some((&mut s.d_tmp, &s.mask)));
             let d_ln1 = if need_dx { &s.d_x } else { &s.d_res };
-            let d_attn = if live(hp) {
-                be.dropout_mask_once(&mut s.mask, n * h, hp, seed, &[pass, site::ATTN, lid]);
-                dropout::dropout_backward_into(be, &mut s.d_tmp, d_ln1, &s.mask, n * h);
-                &s.d_tmp
-            } else {
-                d_ln1
-            };
+            let d_attn = if live(hp) { &s.d_tmp } else { d_ln1 };
             let (dw, db) = two(pg, lp.attn_out.0, lp.attn_out.1);
             linear::linear_backward(be, Some((&mut s.d_ctx, false)), dw, db, d_attn, &la.ctx, &pv[lp.attn_out.0], n, h, h);
             let pdrop = if live(cfg.attention_probs_dropout_prob) {

@@ -55,7 +55,7 @@ pub const MODULES: &[Module] = &[
         file: "reduce.cu",
         source: include_str!("kernels/reduce.cu"),
         kernels: &[
-            "column_sums_f32", "layer_norm_forward_f32", "layer_norm_backward_f32",
+            "column_sums_f32", "layer_norm_forward_f32", "residual_layer_norm_f32", "layer_norm_backward_f32",
             "layer_norm_params_backward_f32",
         ],
     },

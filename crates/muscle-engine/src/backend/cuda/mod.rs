@@ -18,7 +18,7 @@ pub mod kernels;
 pub mod libs;
 pub mod runtime;
 
-use super::{AdamwItem, AxpbyItem, Backend, Mat};
+use super::{AdamwItem, AxpbyItem, Backend, Mat, NormOut};
 use crate::error::{EngineError, Result};
 use cudarc::driver::{CudaContext, DeviceRepr, ValidAsZeroBits};
 use runtime::{Calls, Driver, Gemm, KernelEmulator, Kind, Mem, Runtime};
@@ -328,6 +328,17 @@ impl Cuda {
         *mask.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(PendingMask { n, p, keep: 1.0 / (1.0 - p), key, write });
     }
 
+    /// A dropout mask's kernel arguments `(address, p, keep, key)` for a kernel applying `n` of it:
+    /// a pending mask is drawn by the kernel (`p > 0`) and written to the buffer only if it is read
+    /// again; a drawn one is read (`p = 0`); no mask is address 0.
+    fn mask_args(&self, mask: Option<&GpuBuf>, n: usize) -> (u64, f32, f32, u64) {
+        let Some(x) = mask else { return (0, 0.0, 1.0, 0) };
+        match self.take_pending(x, n) {
+            Some(m) => (self.draws_to(x, &m), m.p, m.keep, m.key),
+            None => (self.ptr(x), 0.0, 1.0, 0),
+        }
+    }
+
     /// Where the kernel applying pending mask `m` writes its draws: `mask`'s address, or 0 (none)
     /// for a mask nothing reads again.
     fn draws_to(&self, mask: &GpuBuf, m: &PendingMask) -> u64 {
@@ -609,18 +620,27 @@ impl Backend for Cuda {
                                     k: usize, bias: Option<&GpuBuf>, mask: Option<&GpuBuf>, residual: &GpuBuf) {
         self.matmul(out, 0, n, a, b, m, n, k, 1.0, false);
         if m * n > 0 && self.begin() {
-            let pending = mask.and_then(|x| self.take_pending(x, m * n));
             let pb = bias.map_or(0, |x| self.ptr(x));
-            // a pending mask is drawn by the kernel (and written to the buffer if it is read again); a
-            // drawn one is read
-            let pm = mask.map_or(0, |x| match &pending {
-                Some(m) => self.draws_to(x, m),
-                None => self.ptr(x),
-            });
-            let (p, keep, key) = pending.map_or((0.0, 1.0, 0), |m| (m.p, m.keep, m.key));
+            let (pm, p, keep, key) = self.mask_args(mask, m * n);
             self.launch_n("bias_dropout_residual_f32", m * n, &[
                 Arg::Ptr(self.ptr(out)), Arg::Ptr(pb), Arg::Ptr(pm), Arg::Ptr(self.ptr(residual)), Arg::I64(m as i64),
                 Arg::I32(n as i32), Arg::F32(p), Arg::F32(keep), Arg::U64(key)]);
+        }
+    }
+    fn matmul_bias_dropout_residual_norm(&self, res: &mut GpuBuf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize,
+                                         n: usize, k: usize, bias: Option<&GpuBuf>, mask: Option<&GpuBuf>,
+                                         residual: &GpuBuf, norm: NormOut<'_, Self>) {
+        self.matmul(res, 0, n, a, b, m, n, k, 1.0, false);
+        if m * n > 0 && self.begin() {
+            let pb = bias.map_or(0, |x| self.ptr(x));
+            let (pm, p, keep, key) = self.mask_args(mask, m * n);
+            let half = self.half_out(norm.out, m * n);
+            self.launch("residual_layer_norm_f32", (m as u32, 1, 1), (THREADS, 1, 1), 0, &[
+                Arg::Ptr(self.ptr(res)), Arg::Ptr(pb), Arg::Ptr(pm), Arg::Ptr(self.ptr(residual)),
+                Arg::Ptr(self.ptr(norm.out)), Arg::Ptr(self.ptr(norm.mean)), Arg::Ptr(self.ptr(norm.rstd)),
+                Arg::Ptr(self.ptr(norm.w)), Arg::Ptr(self.ptr(norm.b)), Arg::I32(m as i32), Arg::I32(n as i32),
+                Arg::F32(norm.eps), Arg::F32(p), Arg::F32(keep), Arg::U64(key), Arg::Ptr(half)]);
+            self.half_written(norm.out, half);
         }
     }
     fn matmul_bias_gelu(&self, saved: &mut GpuBuf, act: &mut GpuBuf, a: Mat<'_, Self>, b: Mat<'_, Self>, m: usize,
@@ -837,14 +857,31 @@ impl Backend for Cuda {
     fn layer_norm_backward(&self, dinp: &mut GpuBuf, dw: Option<&mut GpuBuf>, db: Option<&mut GpuBuf>,
                            dout: &GpuBuf, inp: &GpuBuf, w: &GpuBuf, mean: &GpuBuf,
                            rstd: &GpuBuf, rows: usize, h: usize) {
+        self.layer_norm_backward_dropout(dinp, dw, db, dout, inp, w, mean, rstd, rows, h, None);
+    }
+    fn layer_norm_backward_dropout(&self, dinp: &mut GpuBuf, dw: Option<&mut GpuBuf>, db: Option<&mut GpuBuf>,
+                                   dout: &GpuBuf, inp: &GpuBuf, w: &GpuBuf, mean: &GpuBuf, rstd: &GpuBuf, rows: usize,
+                                   h: usize, dropped: Option<(&mut GpuBuf, &GpuBuf)>) {
         if rows == 0 || !self.begin() {
             return;
         }
-        let half = self.half_out(dinp, rows * h);
+        let pd = self.ptr(dinp);
+        let (pdrop, (pm, p, keep, key), half) = match dropped {
+            Some((out, mask)) => {
+                let pout = self.ptr(out);
+                let half = self.half_out(out, rows * h);
+                (Some((pout, out)), self.mask_args(Some(mask), rows * h), half)
+            }
+            None => (None, (0, 0.0, 1.0, 0), self.half_out(dinp, rows * h)),
+        };
         self.launch("layer_norm_backward_f32", (rows as u32, 1, 1), (THREADS, 1, 1), 0, &[
-            Arg::Ptr(self.ptr(dinp)), Arg::Ptr(self.ptr(dout)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(self.ptr(w)),
-            Arg::Ptr(self.ptr(mean)), Arg::Ptr(self.ptr(rstd)), Arg::I32(rows as i32), Arg::I32(h as i32), Arg::Ptr(half)]);
-        self.half_written(dinp, half);
+            Arg::Ptr(pd), Arg::Ptr(self.ptr(dout)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(self.ptr(w)),
+            Arg::Ptr(self.ptr(mean)), Arg::Ptr(self.ptr(rstd)), Arg::I32(rows as i32), Arg::I32(h as i32), Arg::Ptr(half),
+            Arg::Ptr(pdrop.as_ref().map_or(0, |d| d.0)), Arg::Ptr(pm), Arg::F32(p), Arg::F32(keep), Arg::U64(key)]);
+        match pdrop {
+            Some((_, out)) => self.half_written(out, half),
+            None => self.half_written(dinp, half),
+        }
         if dw.is_some() || db.is_some() {
             let pw = dw.map_or(0, |x| self.ptr(x));
             let pb = db.map_or(0, |x| self.ptr(x));
@@ -912,12 +949,7 @@ impl Backend for Cuda {
         let [pd] = self.attn_scratch(&mut scratch, [if drop.is_some() { bh * t * t } else { 1 }]);
         let heads_of = Heads { b, t, heads, d };
         let (pq, pk, pv, po, pp) = (self.ptr(q), self.ptr(k), self.ptr(v), self.ptr(out), self.ptr(probs));
-        let pending = drop.and_then(|x| self.take_pending(x, bh * t * t));
-        let pdrop = drop.map_or(0, |x| match &pending {
-            Some(m) => self.draws_to(x, m),
-            None => self.ptr(x),
-        });
-        let (p_drop, keep, key) = pending.map_or((0.0, 1.0, 0), |m| (m.p, m.keep, m.key));
+        let (pdrop, p_drop, keep, key) = self.mask_args(drop, bh * t * t);
         let used = if drop.is_some() { pd } else { pp };
         // scores = scale Q K^T into `probs`, then out = P' V (P' the dropped-out probabilities)
         let arrays = self.pointer_arrays(&mut scratch, &[

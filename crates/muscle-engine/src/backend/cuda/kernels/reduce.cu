@@ -49,11 +49,64 @@ extern "C" __global__ void layer_norm_forward_f32(float* out, float* mean, float
     }
 }
 
+// One block per row: the stores after a sublayer's GEMM, as bias_dropout_residual_f32 (res =
+// (res + bias) * mask + residual; bias and mask may be null; with p > 0 the mask is drawn here and
+// written to `mask` unless that is null), then layer_norm_forward_f32 of the new res: one pass
+// instead of two launches. Each thread re-reads only the elements it wrote.
+extern "C" __global__ void residual_layer_norm_f32(float* res, const float* bias, float* mask, const float* residual,
+                                                   float* out, float* mean, float* rstd, const float* w,
+                                                   const float* b, int rows, int h, float eps, float p, float keep,
+                                                   u64 key, unsigned short* half) {
+    __shared__ float scratch[32];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    float* x = res + (i64)r * h;
+    const float* rr = residual + (i64)r * h;
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) {
+        const i64 i = (i64)r * h + j;
+        float v = x[j];
+        if (bias) v += bias[j];
+        if (p > 0.0f) {
+            const float z = dropout_draw(p, keep, key, (u64)i);
+            if (mask) mask[i] = z;
+            v *= z;
+        } else if (mask) {
+            v *= mask[i];
+        }
+        v += rr[j];
+        x[j] = v;
+        s += v;
+    }
+    const float mu = block_sum(s, scratch) / h;
+    float q = 0.0f;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) {
+        const float d = x[j] - mu;
+        q += d * d;
+    }
+    const float var = block_sum(q, scratch) / h;
+    const float rs = rsqrtf(var + eps);
+    float* o = out + (i64)r * h;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) {
+        const float y = (x[j] - mu) * rs * w[j] + b[j];
+        o[j] = y;
+        if (half) half[(i64)r * h + j] = bf16_bits(y);
+    }
+    if (threadIdx.x == 0) {
+        mean[r] = mu;
+        rstd[r] = rs;
+    }
+}
+
 // dinp per row: (g w - mean(g w) - n mean(g w n)) rstd, with n the normalised input.
-// `half` (may be null): dinp in bf16 too, for the bf16 GEMM that reads it next.
+// With `dropped` (may be null), also dropped = dinp * mask: with p > 0 the mask is drawn here
+// (stream `key`, element r * h + j) and written to `mask` unless that is null; else read.
+// `half` (may be null): in bf16 too, for the bf16 GEMM that reads it next, `dropped` if given, else
+// dinp.
 extern "C" __global__ void layer_norm_backward_f32(float* dinp, const float* dout, const float* inp, const float* w,
                                                    const float* mean, const float* rstd, int rows, int h,
-                                                   unsigned short* half) {
+                                                   unsigned short* half, float* dropped, float* mask, float p,
+                                                   float keep, u64 key) {
     __shared__ float scratch[32];
     const int r = blockIdx.x;
     if (r >= rows) return;
@@ -74,7 +127,20 @@ extern "C" __global__ void layer_norm_backward_f32(float* dinp, const float* dou
         const float n = (x[j] - mu) * rs;
         const float v = (g[j] * w[j] - mdn - n * mdnn) * rs;
         d[j] = v;
-        if (half) half[(i64)r * h + j] = bf16_bits(v);
+        const i64 i = (i64)r * h + j;
+        if (dropped) {
+            float z;
+            if (p > 0.0f) {
+                z = dropout_draw(p, keep, key, (u64)i);
+                if (mask) mask[i] = z;
+            } else {
+                z = mask[i];
+            }
+            dropped[i] = v * z;
+            if (half) half[i] = bf16_bits(v * z);
+        } else if (half) {
+            half[i] = bf16_bits(v);
+        }
     }
 }
 
