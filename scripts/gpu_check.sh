@@ -8,7 +8,7 @@
 #   3. muscle-bench --device cuda (bf16 and f32) beside scripts/bench_torch.py (bf16 and f32), BERT- and
 #      RoBERTa-base, 32 x 64 and 32 x 128; scripts/gpu_report.py prints the ratios;
 #   4. variants of our bf16 step: graph mode, an earlier build (.gpu/bin/muscle-bench-before, when
-#      carried) and attention's GEMMs in exact f32 (MUSCLE_CUDA_TF32=0), to measure each change.
+#      carried), attention's GEMMs in exact f32 (MUSCLE_CUDA_TF32=0) and flash attention, to measure each change.
 # Results go to .gpu/out, or, under the device tool, to $OUT as one archive (gpu-check.tgz) and report.md.
 # Each stage has its own time limit so one hang cannot eat the rest, and the whole check a deadline
 # (GPU_CHECK_SECONDS, 420 by default). GPU_CHECK_PLAN=profile runs 1, 2 and only BERT-base bf16 of 3,
@@ -81,12 +81,17 @@ ours() {  # ours <family> <seq> <precision> [muscle-bench flags...]
 theirs() {  # theirs <family> <precision>
   stage "torch-$1-$2" 150 "$py" scripts/bench_torch.py --model "$1" --dtype "$2" --iters 10 --json "$out/torch-$1-$2.json"
 }
-variant() {  # variant <name> <binary> <family> <seq> [env...]: the training steps by another build or setting
+variant() {  # variant <name> <binary> <family> <seq> [env...] [-- flags...]: the training steps by another build or setting
   local name=$1 bin=$2 fam=$3 seq=$4
   shift 4
+  local envs=() flags=()
+  while (($#)); do
+    if [[ $1 == -- ]]; then shift; flags=("$@"); break; fi
+    envs+=("$1"); shift
+  done
   [[ -x $bin ]] || return 0
-  stage "variant-$name-$fam-$seq-bf16" 60 env "$@" "$bin" --device cuda --precision bf16 --family "$fam" --seq "$seq" \
-    --iters 10 --modes lora,musclelora --json "$out/variant-$name-$fam-$seq-bf16.json"
+  stage "variant-$name-$fam-$seq-bf16" 60 env "${envs[@]}" "$bin" --device cuda --precision bf16 --family "$fam" --seq "$seq" \
+    --iters 10 --modes lora,musclelora "${flags[@]}" --json "$out/variant-$name-$fam-$seq-bf16.json"
 }
 if [[ ${GPU_CHECK_PLAN:-full} == profile ]]; then
   # a short look: BERT-base bf16 beside PyTorch, with every call of one step timed on the GPU
@@ -95,7 +100,7 @@ if [[ ${GPU_CHECK_PLAN:-full} == profile ]]; then
 fi
 # the target first (BERT-base bf16, with a profile of one step, and in graph mode), then
 # RoBERTa, then what each change bought (an earlier build carried as .gpu/bin/muscle-bench-before;
-# attention's GEMMs in exact f32), then f32
+# attention's GEMMs in exact f32; flash attention at the benchmark's lengths), then f32
 ours bert 64 bf16 --profile; ours bert 128 bf16 --profile
 variant graphs .gpu/bin/muscle-bench bert 64 MUSCLE_CUDA_GRAPHS=1
 variant graphs .gpu/bin/muscle-bench bert 128 MUSCLE_CUDA_GRAPHS=1
@@ -106,6 +111,7 @@ variant graphs .gpu/bin/muscle-bench roberta 128 MUSCLE_CUDA_GRAPHS=1
 for seq in 64 128; do
   variant before .gpu/bin/muscle-bench-before bert "$seq"
   variant f32attention .gpu/bin/muscle-bench bert "$seq" MUSCLE_CUDA_TF32=0
+  variant flash .gpu/bin/muscle-bench bert "$seq" -- --attention flash
 done
 for fam in bert roberta; do
   ours "$fam" 64 f32; ours "$fam" 128 f32; theirs "$fam" f32

@@ -34,6 +34,8 @@ struct Args {
     profile: bool,
     roberta: bool,
     bf16: bool,
+    /// `--attention`: standard, flash, or auto (flash from FLASH_FROM tokens)
+    attention: AttentionImpl,
 }
 
 /// `--tune`'s "kc,mc,nc,split;..." list.
@@ -52,7 +54,7 @@ fn parse_args() -> std::result::Result<Args, String> {
     let mut a = Args { layers: 12, hidden: 768, batch: 32, seq: 64, iters: 3,
                        modes: vec!["lora".into(), "musclelora".into(), "full".into(), "eval".into()], json: None,
                        gemms: false, kernels: false, tune: None, cuda: false, dry: false, roberta: false, bf16: false,
-                       profile: false };
+                       profile: false, attention: AttentionImpl::Auto };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -74,6 +76,12 @@ fn parse_args() -> std::result::Result<Args, String> {
                 "bf16" => true,
                 other => return Err(format!("--precision: `{other}` is not one of f32, bf16")),
             },
+            "--attention" => a.attention = match val()?.as_str() {
+                "auto" => AttentionImpl::Auto,
+                "standard" => AttentionImpl::Standard,
+                "flash" => AttentionImpl::Flash,
+                other => return Err(format!("--attention: `{other}` is not one of auto, standard, flash")),
+            },
             "--family" => a.roberta = match val()?.as_str() {
                 "bert" => false,
                 "roberta" => true,
@@ -87,7 +95,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             },
             "-h" | "--help" => {
                 println!("muscle-bench [--layers 12] [--hidden 768] [--batch 32] [--seq 64] [--iters 3] \
-                          [--modes lora,musclelora,full,eval] [--device cpu|cuda|cuda-dry] [--precision f32|bf16] [--family bert|roberta] [--json out.json] [--gemms] [--kernels] [--profile] [--tune CONFIGS]\n\n\
+                          [--modes lora,musclelora,full,eval] [--device cpu|cuda|cuda-dry] [--precision f32|bf16] [--family bert|roberta] [--attention auto|standard|flash] [--json out.json] [--gemms] [--kernels] [--profile] [--tune CONFIGS]\n\n\
                           Times training steps of a random BERT- (or RoBERTa-) shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
                           dropout 0.1) against the machine's SGEMM peak (2048^3 on the CPU, ours and numpy's; cuBLAS f32 at\n\
                           8192^3 on a GPU), measured right before every timed step: a step's ratio is the median of\n\
@@ -97,6 +105,9 @@ fn parse_args() -> std::result::Result<Args, String> {
                           --device cuda-dry: no device and no timing, the CUDA backend's books for one step of each mode:\n\
                           its driver calls and the most device memory it would allocate (any model size, any machine);\n\
                           --precision bf16 (GPU only): frozen weights and their GEMMs in bf16, f32 accumulation.\n\
+                          --attention: standard (probabilities kept per layer), flash (none kept; the backward\n\
+                          recomputes them; slower kernels), or auto (the default: flash where standard attention's\n\
+                          probabilities would take more than 4 GiB).\n\
                           --gemms: GFLOP/s of each layer GEMM shape; --kernels: ms of the non-GEMM kernels per layer (CPU).\n\
                           --profile (GPU): after the timed steps, one more step of each mode with every call timed on the\n\
                           device (CUDA events; each run of calls queued behind a spin so the times are the GPU's alone):\n\
@@ -517,7 +528,8 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
                   flops::Kind::Eval, false),
         };
         let be = open();
-        let model = BertClassifier::from_weights(&be, cfg.clone(), family, &weights, 2, &spec, 1).expect("model");
+        let mut model = BertClassifier::from_weights(&be, cfg.clone(), family, &weights, 2, &spec, 1).expect("model");
+        model.set_attention(args.attention);
         let mut clf = Classifier::new(be, model, AdamWConfig::default());
         let settings = StepSettings {
             lr: 2e-5, max_grad_norm: 1.0,
@@ -630,8 +642,8 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
         } else {
             String::new()
         };
-        println!("| {kind} {} step, {b} x {t}, {}L/{}H | {:.1} | {:.1} | {:.1} | {:.0}% |{extra}", r.mode, args.layers,
-                 args.hidden, r.ms, r.gflop, r.rate, 100.0 * r.ratio);
+        println!("| {kind} {} step, {b} x {t}, {}L/{}H{} | {:.1} | {:.1} | {:.1} | {:.0}% |{extra}", r.mode, args.layers,
+                 args.hidden, attention_tag(args), r.ms, r.gflop, r.rate, 100.0 * r.ratio);
     }
     println!("\nBefore every timed step each SGEMM above is measured (best of 3; the table shows their medians);\n\
               a step's \"of peak\" is the median over its {} timed steps (after one warm-up) of its GFLOP/s over\n\
@@ -664,7 +676,8 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
             "device": device, "peaks": peaks.iter().map(|(n, p)| serde_json::json!({"name": n, "gflops": p})).collect::<Vec<_>>(),
             "peak_gflops": peak_ref,
             "precision": if args.bf16 { "bf16" } else { "f32" },
-            "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
+            "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t,
+                      "attention": attention_tag(args).trim_start_matches(", ")},
             "steps": rows.iter().map(|r| serde_json::json!({
                 "mode": r.mode, "ms": r.ms, "gflop": r.gflop, "gflops": r.rate, "ratio_to_peak": r.ratio,
                 "cores_busy": r.busy, "device_memory_bytes": if args.cuda { Some(r.mem) } else { None },
@@ -701,14 +714,24 @@ struct Row {
 /// for the step with no driver under it.
 type DryRow = (String, Books, usize, Vec<(&'static str, u64)>, f64);
 
+/// How the steps' attention ran: ", flash attention" or ", standard attention".
+fn attention_tag(args: &Args) -> &'static str {
+    let flash = match args.attention {
+        AttentionImpl::Auto => auto_flash(args.layers, args.hidden / 64, args.batch, args.seq),
+        AttentionImpl::Standard => false,
+        AttentionImpl::Flash => true,
+    };
+    if flash { ", flash attention" } else { ", standard attention" }
+}
+
 fn dry_report(args: &Args, device: &str, rows: &[DryRow]) {
     let (kind, b, t) = (if args.roberta { "roberta" } else { "bert" }, args.batch, args.seq);
     println!("Device: {device}\n");
     println!("| step | kernels | GEMMs | copies | driver calls | waits on the device | allocations | peak device memory | host ms, no driver |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (m, c, mem, _, host_ms) in rows {
-        println!("| {kind} {m}, {b} x {t}, {}L/{}H | {} | {} | {} | {} | {} | {} | {:.2} GiB | {host_ms:.2} |", args.layers,
-                 args.hidden, c.kernels, c.gemms, c.copies, c.calls(), c.waits, c.allocs, *mem as f64 / (1u64 << 30) as f64);
+        println!("| {kind} {m}, {b} x {t}, {}L/{}H{} | {} | {} | {} | {} | {} | {} | {:.2} GiB | {host_ms:.2} |", args.layers,
+                 args.hidden, attention_tag(args), c.kernels, c.gemms, c.copies, c.calls(), c.waits, c.allocs, *mem as f64 / (1u64 << 30) as f64);
     }
     if rows.iter().any(|r| r.1.graph_launches > 0) {
         println!("\nGraph mode (MUSCLE_CUDA_GRAPHS=1), the fourth step:");
@@ -728,7 +751,8 @@ fn dry_report(args: &Args, device: &str, rows: &[DryRow]) {
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "device": device, "precision": if args.bf16 { "bf16" } else { "f32" },
-            "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t},
+            "shape": {"family": kind, "layers": args.layers, "hidden": args.hidden, "batch": b, "seq": t,
+                      "attention": attention_tag(args).trim_start_matches(", ")},
             "steps": rows.iter().map(|(m, c, mem, per_kernel, host_ms)| serde_json::json!({
                 "mode": m, "kernels": c.kernels, "gemms": c.gemms, "copies": c.copies, "driver_calls": c.calls(),
                 "waits": c.waits, "allocations": c.allocs, "host_ms": host_ms, "peak_device_memory_bytes": mem,

@@ -17,7 +17,7 @@ use muscle_engine::backend::{AdamwItem, Mat};
 use muscle_engine::rng::{counter_uniform, stream_key, Rng};
 use muscle_engine::backend::cuda::runtime::KernelEmulator;
 use muscle_engine::backend::cuda::Precision;
-use muscle_engine::{AdamWConfig, Backend, BatchRef, BertClassifier, Classifier, Cpu, Cuda, GaRule, LoraSpec,
+use muscle_engine::{AdamWConfig, AttentionImpl, Backend, BatchRef, BertClassifier, Classifier, Cpu, Cuda, GaRule, LoraSpec,
                     MslrSpec, StepSettings, TrainMode, TrainSpec};
 use std::path::Path;
 
@@ -871,7 +871,7 @@ fn arena_layout_aligns_parts_and_refuses_a_batch_too_large() {
 on_both!(changing_batch_shapes, changing_batch_shapes_match_the_cpu_emulated, changing_batch_shapes_match_the_cpu);
 /// Training on batches of changing shapes (larger, smaller, then the first again) lays the
 /// activation arena out again as batches grow and gives the CPU's losses and logits, dropout
-/// (drawn again in the backward) included.
+/// (drawn again in the backward) included; with standard attention, then with flash attention.
 fn changing_batch_shapes(target: Target) {
     let dir = fixtures().join("tiny-bert");
     let batch_of = |b: usize, t: usize| -> (Vec<i32>, Vec<i32>, Vec<i32>) {
@@ -880,9 +880,11 @@ fn changing_batch_shapes(target: Target) {
         (ids, mask, (0..b as i32).map(|i| i % 2).collect())
     };
     let shapes = [(3, 5), (4, 8), (2, 3), (3, 5)];
-    fn run<B: Backend>(be: B, dir: &Path, batches: &[((Vec<i32>, Vec<i32>, Vec<i32>), (usize, usize))]) -> (Vec<f32>, Vec<f32>) {
+    fn run<B: Backend>(be: B, dir: &Path, batches: &[((Vec<i32>, Vec<i32>, Vec<i32>), (usize, usize))],
+                       attention: AttentionImpl) -> (Vec<f32>, Vec<f32>) {
         let mut model = BertClassifier::load(&be, dir, 2, &peft_spec(0.1), 5).unwrap();
         model.set_dropout(true);
+        model.set_attention(attention);
         let mut clf = Classifier::new(be, model, AdamWConfig::default());
         let settings = StepSettings { lr: 1e-2, max_grad_norm: 1.0, ga: None };
         let mut losses = Vec::new();
@@ -894,11 +896,13 @@ fn changing_batch_shapes(target: Target) {
         (losses, clf.predict(&BatchRef { ids, mask, labels: None, b: *b, t: *t }).unwrap())
     }
     let batches: Vec<_> = shapes.iter().map(|&(b, t)| (batch_of(b, t), (b, t))).collect();
-    let (cpu_losses, cpu_logits) = run(Cpu::new(), &dir, &batches);
-    let (losses, logits) = run(target.open(Precision::F32), &dir, &batches);
-    let worst = assert_close("changing shapes: losses", &losses, &cpu_losses)
-        .max(assert_close("changing shapes: logits", &logits, &cpu_logits));
-    eprintln!("batches of 3x5, 4x8, 2x3, 3x5 on CUDA match the CPU: max abs diff {worst:.2e}");
+    for attention in [AttentionImpl::Standard, AttentionImpl::Flash] {
+        let (cpu_losses, cpu_logits) = run(Cpu::new(), &dir, &batches, attention);
+        let (losses, logits) = run(target.open(Precision::F32), &dir, &batches, attention);
+        let worst = assert_close(&format!("changing shapes, {attention:?}: losses"), &losses, &cpu_losses)
+            .max(assert_close(&format!("changing shapes, {attention:?}: logits"), &logits, &cpu_logits));
+        eprintln!("batches of 3x5, 4x8, 2x3, 3x5 on CUDA, {attention:?} attention, match the CPU: max abs diff {worst:.2e}");
+    }
 }
 
 on_both!(training_steps, training_steps_match_the_cpu_emulated, training_steps_match_the_cpu);

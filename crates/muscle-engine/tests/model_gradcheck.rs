@@ -23,9 +23,14 @@ fn loss_at(m: &mut BertClassifier<Cpu>, be: &Cpu, batch: &BatchRef, train: bool,
 }
 
 fn check_model(roberta: bool, spec: TrainSpec, train: bool, tag: &str) {
+    check_model_with(roberta, spec, train, tag, AttentionImpl::Auto);
+}
+
+fn check_model_with(roberta: bool, spec: TrainSpec, train: bool, tag: &str, attention: AttentionImpl) {
     let be = Cpu::new();
     let dir = tiny_checkpoint(tag, roberta, true);
     let mut m = BertClassifier::load(&be, &dir, TINY_LABELS, &spec, 3).unwrap();
+    m.set_attention(attention);
     // LoRA B starts at zero, which would make A's gradient vanish: give it values.
     for i in 0..m.params.meta.len() {
         if m.params.meta[i].name.contains("lora_B") {
@@ -94,6 +99,56 @@ fn bert_lora_mslr() {
 #[test]
 fn roberta_lora_mslr_with_dropout() {
     check_model(true, peft_spec(0.2), true, "roberta-peft-drop");
+}
+
+/// Flash attention in the model (forced: `Auto` would not choose it for tiny batches):
+/// its backward, dropout on the probabilities included, against finite differences.
+#[test]
+fn bert_full_finetuning_with_dropout_flash_attention() {
+    check_model_with(false, TrainSpec::full(), true, "bert-full-drop-flash", AttentionImpl::Flash);
+}
+
+#[test]
+fn roberta_lora_mslr_with_dropout_flash_attention() {
+    check_model_with(true, peft_spec(0.2), true, "roberta-peft-drop-flash", AttentionImpl::Flash);
+}
+
+/// Flash and standard attention draw the same dropout masks, so a training forward and backward
+/// give the same loss and gradients up to rounding.
+#[test]
+fn flash_and_standard_attention_agree() {
+    let be = Cpu::new();
+    let dir = tiny_checkpoint("flash-vs-standard", false, true);
+    let (ids, mask, labels) = tiny_batch(false);
+    let batch = BatchRef { ids: &ids, mask: &mask, labels: Some(&labels), b: 3, t: 5 };
+    let run = |attention: AttentionImpl| {
+        let mut m = BertClassifier::load(&be, &dir, TINY_LABELS, &TrainSpec::full(), 3).unwrap();
+        m.set_attention(attention);
+        assert_eq!(m.flash_for(3, 5), attention == AttentionImpl::Flash);
+        let loss = loss_at(&mut m, &be, &batch, true, 7);
+        m.backward(&be, &batch).unwrap();
+        let grads: Vec<Vec<f32>> = m.params.trainable().map(|i| {
+            let name = m.params.meta[i].name.clone();
+            m.get_grad(&be, &name).unwrap()
+        }).collect();
+        (loss, grads)
+    };
+    let (ls, gs) = run(AttentionImpl::Standard);
+    let (lf, gf) = run(AttentionImpl::Flash);
+    assert!((ls - lf).abs() <= 1e-6 * ls.abs().max(1.0), "loss {ls} vs {lf}");
+    for (i, (s, f)) in gs.iter().zip(&gf).enumerate() {
+        assert_close(&format!("gradient of trainable tensor {i}"), f, s);
+    }
+}
+
+/// `Auto` keeps standard attention until its probabilities would pass 4 GiB: BERT-base (12
+/// layers, 12 heads) at 32 x 256 keeps 1.2 GiB, at 32 x 512 4.5 GiB.
+#[test]
+fn auto_attention_turns_to_flash_for_large_batches() {
+    assert!(!auto_flash(12, 12, 32, 256));
+    assert!(auto_flash(12, 12, 32, 512));
+    assert!(!auto_flash(12, 12, 8, 512));
+    assert!(auto_flash(12, 12, usize::MAX, usize::MAX), "no overflow");
 }
 
 #[test]

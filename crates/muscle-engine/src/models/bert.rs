@@ -12,6 +12,7 @@ use super::config::{EncoderConfig, Family};
 use crate::backend::{Backend, NormOut};
 use crate::error::{EngineError, Result};
 use crate::io::safetensors::Weights;
+use crate::layers::flash_attention::{self, FlashMasking};
 use crate::layers::{activation, attention, dropout, embedding, layer_norm, linear, lora, mslr, softmax_xent};
 use crate::params::ParamStore;
 use crate::rng::{self, Rng};
@@ -64,7 +65,10 @@ struct LayerActs<Buf> {
     qkv: [Buf; 3],
     lora: [LoraActs<Buf>; 3],
     ctx: Buf,
+    /// standard attention's probabilities `[b, heads, t, t]`; flash attention's per-row
+    /// log-sum-exp `[b*t, heads]` instead (`lse`)
     probs: Buf,
+    lse: Buf,
     res1: Buf,
     ln1_mean: Buf,
     ln1_rstd: Buf,
@@ -172,6 +176,33 @@ mod site {
     pub const MSLR: u64 = 8;
 }
 
+/// How the encoder's self-attention runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionImpl {
+    /// standard, unless its kept probabilities would pass [`FLASH_ABOVE_BYTES`] (see
+    /// [`auto_flash`]): flash attention saves memory but its kernels are slower (on the CPU, 4-5x
+    /// for a whole LoRA step at 8 x 256 tokens on the development machine)
+    Auto,
+    /// probabilities `[b, heads, t, t]` computed and kept per layer for the backward (batched
+    /// GEMMs on a GPU: fastest for short rows)
+    Standard,
+    /// no `[t, t]` matrix kept (`Backend::flash_attention_forward`): each layer keeps its output and
+    /// one log-sum-exp per row and head, and the backward recomputes the probabilities. Same masks
+    /// and dropout draws as the standard path, so the two differ by rounding only.
+    Flash,
+}
+
+/// What standard attention may keep of probabilities, over all layers, before
+/// [`AttentionImpl::Auto`] turns to flash attention: BERT-base keeps 1.2 GiB at 32 x 256 (standard)
+/// and 4.5 GiB at 32 x 512 (flash).
+pub const FLASH_ABOVE_BYTES: usize = 4 << 30;
+
+/// Whether [`AttentionImpl::Auto`] runs flash attention for `layers` layers of `heads` heads on a
+/// `b x t` batch: when standard attention's probabilities would take more than [`FLASH_ABOVE_BYTES`].
+pub fn auto_flash(layers: usize, heads: usize, b: usize, t: usize) -> bool {
+    layers.saturating_mul(b).saturating_mul(heads).saturating_mul(t).saturating_mul(t).saturating_mul(4) > FLASH_ABOVE_BYTES
+}
+
 pub struct BertClassifier<B: Backend> {
     pub cfg: EncoderConfig,
     pub family: Family,
@@ -186,11 +217,12 @@ pub struct BertClassifier<B: Backend> {
     acts: Acts<B::Buf>,
     scratch: Scratch<B::Buf>,
     /// host copies of the last forward's inputs; `last` = (batch, seq, the pass whose dropout
-    /// masks it drew, if it drew any: the backward draws them again)
+    /// masks it drew, if it drew any: the backward draws them again; flash attention used)
     pos_ids: Vec<i32>,
     type_ids: Vec<i32>,
     cls_rows: Vec<usize>,
-    last: Option<(usize, usize, Option<u64>)>,
+    last: Option<(usize, usize, Option<u64>, bool)>,
+    attention: AttentionImpl,
     seed: u64,
     /// counts training forwards, so every pass draws fresh dropout masks
     passes: u64,
@@ -328,6 +360,7 @@ impl<B: Backend> BertClassifier<B> {
             type_ids: Vec::new(),
             cls_rows: Vec::new(),
             last: None,
+            attention: AttentionImpl::Auto,
             seed,
             passes: 0,
             lowest_trainable: 0,
@@ -340,7 +373,7 @@ impl<B: Backend> BertClassifier<B> {
             model.acts.layers.push(LayerActs {
                 qkv: [zeros(be), zeros(be), zeros(be)],
                 lora: [LoraActs { xa: zeros(be) }, LoraActs { xa: zeros(be) }, LoraActs { xa: zeros(be) }],
-                ctx: zeros(be), probs: zeros(be), res1: zeros(be),
+                ctx: zeros(be), probs: zeros(be), lse: zeros(be), res1: zeros(be),
                 ln1_mean: zeros(be), ln1_rstd: zeros(be), h1: zeros(be), inter_saved: zeros(be), inter: zeros(be),
                 res2: zeros(be), ln2_mean: zeros(be), ln2_rstd: zeros(be), out: zeros(be),
             });
@@ -473,16 +506,31 @@ impl<B: Backend> BertClassifier<B> {
         Ok(())
     }
 
-    /// Which dense-layer inputs of layer `l` the backward reads: those whose weight is trainable.
-    fn keeps(&self, l: usize) -> Keeps {
+    /// Which dense-layer inputs of layer `l` the backward reads: those whose weight is trainable,
+    /// and with flash attention its output (the attention context), which its backward reads.
+    fn keeps(&self, l: usize, flash: bool) -> Keeps {
         let (lp, p) = (&self.layers[l], &self.params.meta);
-        Keeps { ctx: p[lp.attn_out.0].trainable, h1: p[lp.inter.0].trainable, inter: p[lp.out.0].trainable }
+        Keeps { ctx: flash || p[lp.attn_out.0].trainable, h1: p[lp.inter.0].trainable, inter: p[lp.out.0].trainable }
+    }
+
+    /// Chooses how attention runs (default [`AttentionImpl::Auto`]).
+    pub fn set_attention(&mut self, attention: AttentionImpl) {
+        self.attention = attention;
+    }
+
+    /// Whether a `b x t` batch runs flash attention.
+    pub fn flash_for(&self, b: usize, t: usize) -> bool {
+        match self.attention {
+            AttentionImpl::Auto => auto_flash(self.layers.len(), self.cfg.num_attention_heads, b, t),
+            AttentionImpl::Standard => false,
+            AttentionImpl::Flash => true,
+        }
     }
 
     /// Sizes every activation and scratch buffer for a `b x t` batch, all in one call to the
     /// backend (one arena on a GPU); a buffer this forward does not use asks for nothing and
     /// keeps what it has. `drop`: this forward draws dropout masks.
-    fn ensure_buffers(&mut self, be: &B, b: usize, t: usize, keeps: &[Keeps], drop: bool) {
+    fn ensure_buffers(&mut self, be: &B, b: usize, t: usize, keeps: &[Keeps], drop: bool, flash: bool) {
         let (h, i, heads) = (self.cfg.hidden_size, self.cfg.intermediate_size, self.cfg.num_attention_heads);
         let n = b * t;
         let (r, nk) = (self.adapters.lora_r, self.adapters.mslr_scales.len());
@@ -505,7 +553,8 @@ impl<B: Backend> BertClassifier<B> {
             for (lo, adapter) in la.lora.iter_mut().zip(&lp.lora) {
                 bufs.push((&mut lo.xa, if_(adapter.is_some(), n * r)));
             }
-            bufs.extend([(&mut la.probs, b * heads * t * t), (&mut la.res1, n * h), (&mut la.ln1_mean, n),
+            bufs.extend([(&mut la.probs, if_(!flash, b * heads * t * t)), (&mut la.lse, if_(flash, n * heads)),
+                          (&mut la.res1, n * h), (&mut la.ln1_mean, n),
                           (&mut la.ln1_rstd, n), (&mut la.inter_saved, n * i), (&mut la.res2, n * h), (&mut la.ln2_mean, n),
                           (&mut la.ln2_rstd, n), (&mut la.out, n * h), (&mut la.ctx, if_(k.ctx, n * h)),
                           (&mut la.h1, if_(k.h1, n * h)), (&mut la.inter, if_(k.inter, n * i))]);
@@ -516,7 +565,7 @@ impl<B: Backend> BertClassifier<B> {
                      (&mut s.d_tmp, n * h), (&mut s.d_lx, n * h), (&mut s.d_ctx, n * h), (&mut s.d_inter, n * i),
                      (&mut s.d_inter_pre, n * i), (&mut s.d_small, n * r.max(nk).max(1)), (&mut s.d_logits, b * c),
                      (&mut s.d_head_out, b * h), (&mut s.d_pre, b * h), (&mut s.d_head_in, b * h), (dq, n * h),
-                     (dk, n * h), (dv, n * h), (&mut s.mask, if_(drop, (b * heads * t * t).max(n * h))),
+                     (dk, n * h), (dv, n * h), (&mut s.mask, if_(drop, if_(!flash, b * heads * t * t).max(n * h))),
                      (&mut s.xd, if_(lora_xd, n * h))]);
         be.ensure_arena(&mut bufs);
     }
@@ -525,7 +574,7 @@ impl<B: Backend> BertClassifier<B> {
     /// dropout is on (fresh masks every call) and the activations are kept for [`Self::backward`].
     pub fn forward(&mut self, be: &B, batch: &BatchRef, train: bool) -> Result<Vec<f32>> {
         self.forward_on_device(be, batch, train)?;
-        let (b, _, _) = self.last.expect("set by forward_on_device");
+        let (b, ..) = self.last.expect("set by forward_on_device");
         Ok(be.to_host(&self.acts.logits, b * self.num_labels))
     }
 
@@ -534,10 +583,11 @@ impl<B: Backend> BertClassifier<B> {
     pub fn forward_on_device(&mut self, be: &B, batch: &BatchRef, train: bool) -> Result<()> {
         self.validate(batch)?;
         let (b, t) = (batch.b, batch.t);
-        let keeps: Vec<Keeps> = (0..self.layers.len()).map(|l| self.keeps(l)).collect();
+        let flash = self.flash_for(b, t);
+        let keeps: Vec<Keeps> = (0..self.layers.len()).map(|l| self.keeps(l, flash)).collect();
         // A dropout site is live only in training, with dropout on and p > 0.
         let drop = train && self.dropout_on;
-        self.ensure_buffers(be, b, t, &keeps, drop);
+        self.ensure_buffers(be, b, t, &keeps, drop, flash);
         let pad = match self.family {
             Family::Bert => None,
             Family::Roberta => self.cfg.pad_token_id,
@@ -602,15 +652,23 @@ impl<B: Backend> BertClassifier<B> {
                     lora::lora_forward(be, &mut la.qkv[ti], &mut lo.xa, inp, &pv[la_a], &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
                 }
             }
-            let pdrop = if live(cfg.attention_probs_dropout_prob) {
-                be.dropout_mask_once(&mut s.mask, b * heads * t * t, cfg.attention_probs_dropout_prob, seed,
-                                     &[pass, site::PROBS, lid]);
-                Some(&s.mask)
+            let pa = cfg.attention_probs_dropout_prob;
+            if flash {
+                // the same draws as the standard path's mask over [b*heads, t, t]
+                let masking = FlashMasking { key_mask: batch.mask, causal: false,
+                                             dropout: live(pa).then(|| (pa, rng::stream_key(seed, &[pass, site::PROBS, lid]))) };
+                flash_attention::flash_attention_forward(be, ctx, &mut la.lse, &la.qkv[0], &la.qkv[1], &la.qkv[2], masking,
+                                                         b, t, heads, d);
             } else {
-                None
-            };
-            attention::attention_forward(be, ctx, &mut la.probs, &la.qkv[0], &la.qkv[1], &la.qkv[2], batch.mask,
-                                         pdrop, b, t, heads, d);
+                let pdrop = if live(pa) {
+                    be.dropout_mask_once(&mut s.mask, b * heads * t * t, pa, seed, &[pass, site::PROBS, lid]);
+                    Some(&s.mask)
+                } else {
+                    None
+                };
+                attention::attention_forward(be, ctx, &mut la.probs, &la.qkv[0], &la.qkv[1], &la.qkv[2], batch.mask,
+                                             pdrop, b, t, heads, d);
+            }
             // attention output: dense -> dropout -> + x -> layer norm
             if live(hp) {
                 be.dropout_mask_once(&mut s.mask, n * h, hp, seed, &[pass, site::ATTN, lid]);
@@ -657,13 +715,13 @@ impl<B: Backend> BertClassifier<B> {
             dropout::dropout_forward(be, &mut a.head_out, &mut a.head_drop_b, b * h, cp, seed, &[pass, site::HEAD_B]);
         }
         linear::linear_forward(be, &mut a.logits, &a.head_out, &pv[hd.out.0], Some(&pv[hd.out.1]), b, h, self.num_labels);
-        self.last = Some((b, t, drop.then_some(pass)));
+        self.last = Some((b, t, drop.then_some(pass), flash));
         Ok(())
     }
 
     /// Mean cross-entropy of the last forward against `labels`; keeps the probabilities for the backward.
     pub fn loss(&mut self, be: &B, labels: &[i32]) -> Result<f32> {
-        let (b, _, _) = self.last.ok_or_else(|| EngineError::Other("loss before forward".into()))?;
+        let (b, ..) = self.last.ok_or_else(|| EngineError::Other("loss before forward".into()))?;
         if labels.len() != b {
             return Err(EngineError::Batch(format!("{} labels for {b} rows", labels.len())));
         }
@@ -674,7 +732,7 @@ impl<B: Backend> BertClassifier<B> {
     /// gradients of the trainable tensors. Gradients are overwritten, not accumulated.
     pub fn backward(&mut self, be: &B, batch: &BatchRef) -> Result<()> {
         // `drawn`: the pass whose dropout masks the forward drew, which the backward draws again
-        let (b, t, drawn) = self.last.ok_or_else(|| EngineError::Other("backward before forward".into()))?;
+        let (b, t, drawn, flash) = self.last.ok_or_else(|| EngineError::Other("backward before forward".into()))?;
         let labels = batch.labels.ok_or_else(|| EngineError::Batch("backward needs labels".into()))?;
         if (b, t) != (batch.b, batch.t) {
             return Err(EngineError::Batch("backward batch differs from the forward's".into()));
@@ -786,14 +844,21 @@ impl<B: Backend> BertClassifier<B> {
             let d_attn = if live(hp) { &s.d_tmp } else { d_ln1 };
             let (dw, db) = two(pg, lp.attn_out.0, lp.attn_out.1);
             linear::linear_backward(be, Some((&mut s.d_ctx, false)), dw, db, d_attn, &la.ctx, &pv[lp.attn_out.0], n, h, h);
-            let pdrop = if live(cfg.attention_probs_dropout_prob) {
-                // kept: the backward reads it twice
-                be.dropout_mask(&mut s.mask, b * heads * t * t, cfg.attention_probs_dropout_prob, seed, &[pass, site::PROBS, lid]);
-                Some(&s.mask)
+            let pa = cfg.attention_probs_dropout_prob;
+            if flash {
+                let masking = FlashMasking { key_mask: batch.mask, causal: false,
+                                             dropout: live(pa).then(|| (pa, rng::stream_key(seed, &[pass, site::PROBS, lid]))) };
+                let [dq, dk, dv] = &mut s.d_qkv;
+                flash_attention::flash_attention_backward(be, dq, dk, dv, &s.d_ctx, &la.ctx, &la.lse, &la.qkv[0], &la.qkv[1],
+                                                          &la.qkv[2], masking, b, t, heads, d);
             } else {
-                None
-            };
-            {
+                let pdrop = if live(pa) {
+                    // kept: the backward reads it twice
+                    be.dropout_mask(&mut s.mask, b * heads * t * t, pa, seed, &[pass, site::PROBS, lid]);
+                    Some(&s.mask)
+                } else {
+                    None
+                };
                 let [dq, dk, dv] = &mut s.d_qkv;
                 attention::attention_backward(be, dq, dk, dv, &s.d_ctx, &la.probs, &la.qkv[0], &la.qkv[1], &la.qkv[2],
                                               pdrop, b, t, heads, d);
@@ -892,14 +957,14 @@ impl<B: Backend> BertClassifier<B> {
 
     /// The encoder's last hidden state `[b*t, hidden]` of the last forward (host).
     pub fn last_hidden_state(&self, be: &B) -> Vec<f32> {
-        let (b, t, _) = self.last.unwrap_or((0, 0, None));
+        let (b, t, ..) = self.last.unwrap_or((0, 0, None, false));
         let last = self.acts.layers.last().map(|l| &l.out).unwrap_or(&self.acts.emb_out);
         be.to_host(last, b * t * self.cfg.hidden_size)
     }
 
     /// The head's activation `tanh(dense(x))` of the last forward: BERT's pooled output.
     pub fn pooled_output(&self, be: &B) -> Vec<f32> {
-        let (b, _, _) = self.last.unwrap_or((0, 0, None));
+        let (b, ..) = self.last.unwrap_or((0, 0, None, false));
         be.to_host(&self.acts.act, b * self.cfg.hidden_size)
     }
 
