@@ -352,10 +352,14 @@ impl DriverGraph {
     }
 
     /// Adds a captured graph (a GEMM, a copy) as a child node after `deps`; the child is consumed.
-    pub fn add_child(&mut self, deps: &[cudarc::driver::sys::CUgraphNode], child: cudarc::driver::sys::CUgraph)
-                     -> Result<cudarc::driver::sys::CUgraphNode, String> {
+    ///
+    /// # Safety
+    /// `child` is a live graph of this graph's context that nothing else uses or destroys (it is
+    /// destroyed here), and `deps` are nodes of this graph.
+    pub unsafe fn add_child(&mut self, deps: &[cudarc::driver::sys::CUgraphNode], child: cudarc::driver::sys::CUgraph)
+                            -> Result<cudarc::driver::sys::CUgraphNode, String> {
         let mut node = std::ptr::null_mut();
-        // SAFETY: `child` is a graph this call clones into ours; destroyed once after.
+        // SAFETY: `child` is a graph this call clones into ours (the caller's contract); destroyed once after.
         let r = unsafe { cudarc::driver::sys::cuGraphAddChildGraphNode(&mut node, self.graph, deps.as_ptr(), deps.len(), child) }
             .result().map_err(dbg);
         // SAFETY: as above.
@@ -368,7 +372,9 @@ impl DriverGraph {
         unsafe { cudarc::driver::sys::cuGraphInstantiateWithFlags(&mut self.exec, self.graph, 0) }.result().map_err(dbg)
     }
 
-    pub fn launch(&self, stream: cudarc::driver::sys::CUstream) -> Result<(), String> {
+    /// # Safety
+    /// `stream` is a live stream of this graph's context.
+    pub unsafe fn launch(&self, stream: cudarc::driver::sys::CUstream) -> Result<(), String> {
         // SAFETY: an instantiated graph, launched in stream order.
         unsafe { cudarc::driver::sys::cuGraphLaunch(self.exec, stream) }.result().map_err(dbg)
     }

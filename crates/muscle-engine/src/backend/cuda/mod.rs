@@ -102,11 +102,17 @@ struct Scratch {
     halves: [Option<Mem<u16>>; 2],
     /// attention's head-major copies and [b*heads, t, t] temporaries (see `attention`)
     attn: Vec<Option<Mem<f32>>>,
-    /// the records of a many-tensor launch (`launch_many`)
+    /// the records of a many-tensor launch (`launch_many`) that change from call to call
     table: Option<Mem<u64>>,
-    /// the pointer arrays of attention's batched GEMMs
-    pointers: Option<Mem<u64>>,
+    /// Device copies of tables that recur unchanged (attention's GEMM pointer arrays, the tensor
+    /// tables of the dot products and of clipping), by content: with the activations in one arena
+    /// and the parameters in place, every step after the first finds them all here and uploads
+    /// none of them. Emptied when it reaches `MAX_TABLES` (batch shapes that keep changing).
+    tables: HashMap<Vec<u64>, Mem<u64>>,
 }
+
+/// See `Scratch::tables`: a BERT-base step uses a few dozen.
+const MAX_TABLES: usize = 1024;
 
 pub struct Cuda {
     rt: Runtime,
@@ -707,7 +713,7 @@ impl Backend for Cuda {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         // a block partial each (at most 64 per pair)
         let partial = self.grown(&mut scratch.f64s, pairs.len() * 64, (pairs.len() * 64).next_power_of_two());
-        let starts = self.launch_many(&mut scratch, "dots_many_f32", 3, &words, &lens, |_| vec![Arg::Ptr(partial)]);
+        let starts = self.launch_many(&mut scratch, "dots_many_f32", 3, &words, &lens, true, |_| vec![Arg::Ptr(partial)]);
         let total = starts.last().copied().unwrap_or(0) as usize;
         let all = self.download_f64(&scratch, total);
         starts.windows(2).map(|w| all.get(w[0] as usize..w[1] as usize).map_or(0.0, |p| p.iter().sum())).collect()
@@ -719,7 +725,7 @@ impl Backend for Cuda {
         let words: Vec<u64> = items.iter().flat_map(|(x, n)| [self.ptr(x), *n as u64]).collect();
         let lens: Vec<usize> = items.iter().map(|i| i.1).collect();
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        self.launch_many(&mut scratch, "scale_many_f32", 2, &words, &lens, |_| vec![Arg::F32(a)]);
+        self.launch_many(&mut scratch, "scale_many_f32", 2, &words, &lens, true, |_| vec![Arg::F32(a)]);
     }
     fn axpby_many(&self, items: &mut [AxpbyItem<'_, Self>]) {
         if items.is_empty() || !self.begin() {
@@ -730,7 +736,7 @@ impl Backend for Cuda {
             .collect();
         let lens: Vec<usize> = items.iter().map(|i| i.4).collect();
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        self.launch_many(&mut scratch, "axpby_many_f32", 5, &words, &lens, |_| vec![]);
+        self.launch_many(&mut scratch, "axpby_many_f32", 5, &words, &lens, false, |_| vec![]);
     }
     fn adamw_many(&self, items: &mut [AdamwItem<'_, Self>], lr: f32, beta1: f32, beta2: f32, eps: f32, step: u64) {
         if items.is_empty() || !self.begin() {
@@ -746,7 +752,8 @@ impl Backend for Cuda {
             .collect();
         let lens: Vec<usize> = items.iter().map(|i| i.n).collect();
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        self.launch_many(&mut scratch, "adamw_many_f32", 6, &words, &lens, |_| {
+        // not `recurs`: the decay factor follows the learning rate's schedule
+        self.launch_many(&mut scratch, "adamw_many_f32", 6, &words, &lens, false, |_| {
             vec![Arg::F32(beta1), Arg::F32(beta2), Arg::F32(eps), Arg::F32(step_size), Arg::F32(bc2_sqrt)]
         });
     }
@@ -1166,8 +1173,11 @@ impl Cuda {
     /// `lens` each tensor's length. The block offsets and the records go up in one copy; `extra(total
     /// blocks)` gives the kernel's arguments after the table and the tensor count. Returns each
     /// tensor's block range (start of each, then the total).
+    /// `recurs`: the records hold addresses and sizes only (no per-step scalars), so the table is
+    /// found in `Scratch::tables` from the second step on.
+    #[allow(clippy::too_many_arguments)]
     fn launch_many(&self, scratch: &mut Scratch, name: &'static str, per: usize, records: &[u64], lens: &[usize],
-                   extra: impl Fn(usize) -> Vec<Arg>) -> Vec<u64> {
+                   recurs: bool, extra: impl Fn(usize) -> Vec<Arg>) -> Vec<u64> {
         debug_assert_eq!(records.len(), per * lens.len());
         let mut starts = Vec::with_capacity(lens.len() + 1 + records.len());
         starts.push(0u64);
@@ -1178,17 +1188,43 @@ impl Cuda {
         let total = starts.last().copied().unwrap_or(0) as usize;
         let mut words = starts.clone();
         words.extend_from_slice(records);
-        let table = self.grown(&mut scratch.table, words.len(), words.len().next_power_of_two());
-        if let Some(dst) = scratch.table.as_mut() {
-            let r = self.rt.upload(dst, &words);
-            if self.record("uploading a tensor table", r).is_none() {
-                return starts;
+        let table = if recurs {
+            self.cached_table(scratch, &words)
+        } else {
+            let table = self.grown(&mut scratch.table, words.len(), words.len().next_power_of_two());
+            if let Some(dst) = scratch.table.as_mut() {
+                let r = self.rt.upload(dst, &words);
+                if self.record("uploading a tensor table", r).is_none() {
+                    return starts;
+                }
             }
+            table
+        };
+        if table == 0 {
+            return starts;
         }
         let mut args = vec![Arg::Ptr(table), Arg::I32(lens.len() as i32)];
         args.extend(extra(total));
         self.launch(name, (total as u32, 1, 1), (THREADS, 1, 1), 0, &args);
         starts
+    }
+
+    /// The device address of a copy of `words` (see `Scratch::tables`): uploaded the first time
+    /// these words are asked for, found afterwards; 0 with the error kept if that fails.
+    fn cached_table(&self, scratch: &mut Scratch, words: &[u64]) -> u64 {
+        if let Some(m) = scratch.tables.get(words) {
+            return self.rt.addr(m);
+        }
+        if scratch.tables.len() >= MAX_TABLES {
+            scratch.tables.clear(); // freed once no queued run reads them
+        }
+        let Some(mut m) = self.record("allocating a table", self.rt.alloc_zeros::<u64>(words.len())) else { return 0 };
+        if self.record("uploading a table", self.rt.upload(&mut m, words)).is_none() {
+            return 0;
+        }
+        let at = self.rt.addr(&m);
+        scratch.tables.insert(words.to_vec(), m);
+        at
     }
 
     /// False, with the error kept, for a head dimension the flash kernels do not take.
@@ -1215,12 +1251,7 @@ impl Cuda {
     /// addresses of GEMM g's A, B and C. Returns each GEMM's three array addresses.
     fn pointer_arrays(&self, scratch: &mut Scratch, gemms: &[[Vec<u64>; 3]]) -> Vec<(u64, u64, u64)> {
         let words: Vec<u64> = gemms.iter().flat_map(|g| g.iter().flatten().copied()).collect();
-        let base = self.grown(&mut scratch.pointers, words.len(), words.len().next_power_of_two());
-        if let Some(dst) = scratch.pointers.as_mut() {
-            let r = self.rt.upload(dst, &words);
-            self.record("uploading GEMM pointer arrays", r);
-        }
-        let mut at = base;
+        let mut at = self.cached_table(scratch, &words);
         gemms.iter().map(|g| {
             let mut next = || {
                 let p = at;

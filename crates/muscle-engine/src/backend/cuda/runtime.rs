@@ -390,8 +390,9 @@ impl Driver {
             let deps: Vec<_> = prev.into_iter().collect();
             let node = match op {
                 Op::Launch { name, .. } => g.add_kernel(i, &deps, self.function(name)?.cu_function(), op)?,
-                // SAFETY: the op's addresses are those the run was queued with (its buffers are held).
-                other => g.add_child(&deps, unsafe { self.capture(other)? })?,
+                // SAFETY: the op's addresses are those the run was queued with (its buffers are held);
+                // the captured graph is this context's, handed over to `add_child` alone.
+                other => unsafe { g.add_child(&deps, self.capture(other)?)? },
             };
             prev = Some(node);
         }
@@ -704,7 +705,8 @@ impl Runtime {
             // (nothing of it ran: capture only records, and a failed launch queues nothing), and
             // `graph_failure` says why.
             (Kind::Driver(d), Plan::Build(key, ops)) => {
-                match self.timed(false, || d.build_graph(&ops).and_then(|g| g.launch(d.stream.cu_stream()).map(|_| g))) {
+                // SAFETY: the graph and the stream are this context's.
+                match self.timed(false, || d.build_graph(&ops).and_then(|g| unsafe { g.launch(d.stream.cu_stream()) }.map(|_| g))) {
                     Ok(g) => {
                         q.keep(key, ops, Some(g));
                         Ok(())
@@ -723,7 +725,8 @@ impl Runtime {
                         let Op::Launch { name, .. } = &ops[i] else { continue };
                         g.patch(i, d.function(name)?.cu_function(), &ops[i])?;
                     }
-                    g.launch(d.stream.cu_stream())
+                    // SAFETY: the graph and the stream are this context's.
+                    unsafe { g.launch(d.stream.cu_stream()) }
                 });
                 match replayed {
                     Ok(()) => {
