@@ -91,11 +91,23 @@ describe('@musclelora/core-native', () => {
       await expect(native.openSession(options({ device: 'auto', precision: 'bf16' }))).rejects.toThrow('precision `bf16` needs the GPU (device: cuda, or auto on a machine with one); use precision: f32 or auto');
     }
     await expect(native.openSession(options({ precision: 'fp8' }))).rejects.toThrow('precision `fp8` is not one of auto, f32, bf16');
+    await expect(native.openSession(options({ attention: 'sparse' }))).rejects.toThrow('attention `sparse` is not one of auto, standard, flash');
     for (const precision of ['f32', 'auto', undefined]) {
       const s = await native.openSession(options({ device: 'cpu', precision }));
       expect(s.device).toMatch(/^cpu /);
       s.free();
     }
+  });
+
+  it('runs standard or flash attention as asked, with the same results up to rounding', async () => {
+    const outs: number[][] = [];
+    for (const attention of ['standard', 'flash', 'auto', undefined]) {
+      const s = await native.openSession(options({ attention }));
+      const b = await batchOf(s, ['a gorgeous film .', 'dull and tired'], [1, 0]);
+      outs.push(Array.from(await s.predict(b)));
+      s.free();
+    }
+    for (const out of outs.slice(1)) out.forEach((x, i) => expect(x).toBeCloseTo(outs[0]![i]!, 5));
   });
 
   it('turns bad input into an Error with a clear message', async () => {

@@ -98,6 +98,12 @@ export interface SessionOptions {
   precision?: string
   /** worker threads for the CPU backend (the first session of a process sets it) */
   threads?: number
+  /**
+   * self-attention: `standard` (probabilities kept for the backward), `flash` (none kept,
+   * recomputed; slower kernels) or `auto` (flash where standard attention's probabilities would
+   * pass 4 GiB); absent = `auto`
+   */
+  attention?: string
   /** dropout in training steps (the checkpoint's probabilities) */
   dropout: boolean
   train: TrainSpecOptions

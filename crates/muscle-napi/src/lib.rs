@@ -7,7 +7,7 @@
 
 use muscle_engine::io::tokenizer::TextTokenizer;
 use muscle_engine::{
-    AdamWConfig, Backend, BatchRef, Classifier, Cpu, Cuda, GaBranch, GaRule, LoraSpec, MslrSpec, StepSettings as EngineStep,
+    AdamWConfig, AttentionImpl, Backend, BatchRef, Classifier, Cpu, Cuda, GaBranch, GaRule, LoraSpec, MslrSpec, StepSettings as EngineStep,
     TrainMode, TrainSpec,
 };
 use muscle_engine::backend::cuda::Precision;
@@ -66,6 +66,10 @@ pub struct SessionOptions {
     pub precision: Option<String>,
     /// worker threads for the CPU backend (the first session of a process sets it)
     pub threads: Option<u32>,
+    /// self-attention: `standard` (probabilities kept for the backward), `flash` (none kept,
+    /// recomputed; slower kernels) or `auto` (flash where standard attention's probabilities would
+    /// pass 4 GiB); absent = `auto`
+    pub attention: Option<String>,
     /// dropout in training steps (the checkpoint's probabilities)
     pub dropout: bool,
     pub train: TrainSpecOptions,
@@ -235,6 +239,7 @@ impl Engine {
                         -> Result<Classifier<B>> {
         let mut clf = Classifier::open(be, dir, o.num_labels as usize, spec, o.seed as u64, adamw).map_err(engine_err)?;
         clf.model.set_dropout(o.dropout);
+        clf.model.set_attention(choose_attention(o.attention.as_deref())?);
         Ok(clf)
     }
 
@@ -244,6 +249,16 @@ impl Engine {
 
     fn num_trainable(&self) -> usize {
         dispatch!(self, c => c.model.params.num_trainable_elements())
+    }
+}
+
+/// The attention a session asks for.
+fn choose_attention(attention: Option<&str>) -> Result<AttentionImpl> {
+    match attention.unwrap_or("auto") {
+        "auto" => Ok(AttentionImpl::Auto),
+        "standard" => Ok(AttentionImpl::Standard),
+        "flash" => Ok(AttentionImpl::Flash),
+        other => Err(invalid(format!("attention `{other}` is not one of auto, standard, flash"))),
     }
 }
 

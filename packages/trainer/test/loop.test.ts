@@ -91,9 +91,10 @@ describe('best-on-dev selection', () => {
 });
 
 describe('session options', () => {
-  it("pass the config's device and precision to the engine", () => {
-    expect(sessionOptions(config({ dataset: 'data' }), 'musclelora', '/m')).toMatchObject({ modelDir: '/m', device: 'cpu', precision: 'auto' });
-    expect(sessionOptions(config({ dataset: 'data', device: 'cuda', precision: 'bf16' }), 'lora', '/m')).toMatchObject({ device: 'cuda', precision: 'bf16' });
+  it("pass the config's device, precision and attention to the engine", () => {
+    expect(sessionOptions(config({ dataset: 'data' }), 'musclelora', '/m')).toMatchObject({ modelDir: '/m', device: 'cpu', precision: 'auto', attention: 'auto' });
+    expect(sessionOptions(config({ dataset: 'data', device: 'cuda', precision: 'bf16', attention: 'flash' }), 'lora', '/m'))
+      .toMatchObject({ device: 'cuda', precision: 'bf16', attention: 'flash' });
   });
 });
 

@@ -76,6 +76,7 @@ export function resolveConfig(raw: unknown, options: ResolveOptions): RunConfig 
     seed: cfg.seed ?? defaults.seed,
     device: cfg.device ?? defaults.device,
     precision: cfg.precision ?? defaults.precision,
+    attention: cfg.attention ?? defaults.attention,
     select: cfg.select ?? defaults.select,
     ...(cfg.limit !== undefined && { limit: cfg.limit }),
     lora: { ...defaults.lora, ...cfg.lora },

@@ -21,6 +21,8 @@ export type Device = (typeof DEVICES)[number];
 
 export const PRECISIONS = ['auto', 'f32', 'bf16'] as const;
 export type Precision = (typeof PRECISIONS)[number];
+export const ATTENTIONS = ['auto', 'standard', 'flash'] as const;
+export type Attention = (typeof ATTENTIONS)[number];
 
 const positive = () => z.number().gt(0);
 const probability = () => z.number().min(0).lt(1);
@@ -76,6 +78,7 @@ export const rawConfigSchema = z.strictObject({
   seed: z.int().min(0).max(0xffffffff).optional().describe('seed of shuffling, reference draw and initialisation (42)'),
   device: z.enum(DEVICES).optional().describe("where the engine runs; 'auto' picks CUDA when a driver is found (auto)"),
   precision: z.enum(PRECISIONS).optional().describe("GPU GEMMs with frozen weights: 'bf16' keeps those weights in bf16 (tensor cores, f32 accumulation; adapters, gradients and AdamW stay f32), 'f32' matches the CPU; 'auto' = bf16 on a GPU, f32 on the CPU (auto)"),
+  attention: z.enum(ATTENTIONS).optional().describe("encoder self-attention: 'standard' keeps each layer's probabilities [batch, heads, length, length] for the backward; 'flash' keeps none and recomputes them (far less memory for long rows, slower kernels); 'auto' = flash only where standard attention's probabilities would pass 4 GiB, e.g. BERT-base at 32 x 512 (auto)"),
   select: z.enum(['defender', 'attacker']).optional().describe("checkpoint selection: 'defender' = best clean dev accuracy; 'attacker' = best mean of clean dev accuracy and poisoned dev ASR (defender)"),
   limit: z.int().min(1).optional().describe('use N rows of each split, drawn at random (seeded) so that poisoned rows keep their share (quick runs)'),
   lora: loraSchema.optional().describe('low-rank adaptation on the frozen backbone (LR)'),

@@ -81,6 +81,7 @@ export function sessionOptions(config: RunConfig, method: Method, modelDir: stri
     seed: config.seed,
     device: config.device,
     precision: config.precision,
+    attention: config.attention,
     dropout: config.dropout,
     train: trainSpec(method, config),
     optimizer: { ...config.optimizer },
