@@ -21,7 +21,7 @@ pub use backend::{cpu::Cpu, Backend};
 pub use backend::cuda::{Cuda, DeviceInfo};
 pub use error::{EngineError, Result};
 pub use grad_align::{GaBranch, GaRule};
-pub use models::bert::{auto_flash, AttentionImpl, BatchRef, BertClassifier};
+pub use models::bert::{activation_memory_check, auto_flash, AttentionImpl, BatchRef, BertClassifier};
 pub use optim::AdamWConfig;
 pub use spec::{LoraSpec, MslrSpec, TrainMode, TrainSpec};
 pub use train::{Classifier, StepReport, StepSettings};

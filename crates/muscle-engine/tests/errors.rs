@@ -113,3 +113,32 @@ fn tokenizer_errors() {
     let e = TextTokenizer::open(&d, 16).err().unwrap().to_string();
     assert!(e.contains("tokenizer.json: cannot load tokenizer"), "{e}");
 }
+
+/// A batch whose activations would not fit is refused before anything is allocated, with its
+/// size, what is available and what to change; the model stays usable for a smaller batch.
+#[test]
+fn a_batch_too_large_for_memory() {
+    let d = tiny_checkpoint("memory", false, true);
+    let be = Cpu::new().with_memory_limit(64 << 10);
+    let mut m = BertClassifier::load(&be, &d, TINY_LABELS, &TrainSpec::full(), 0).unwrap();
+    let (ids, mask, labels) = tiny_batch(false);
+    let small = BatchRef { ids: &ids, mask: &mask, labels: Some(&labels), b: 3, t: 5 };
+    m.forward(&be, &small, true).unwrap();
+    let (b, t) = (64, 16);
+    let big_ids: Vec<i32> = (0..b * t).map(|i| 2 + (i % 13) as i32).collect();
+    let big_mask = vec![1; b * t];
+    let big = BatchRef { ids: &big_ids, mask: &big_mask, labels: None, b, t };
+    let e = m.forward(&be, &big, true).unwrap_err().to_string();
+    assert!(e.starts_with("invalid batch: the activations of a 64 x 16 batch need ") && e.contains(" GiB more and this machine has ")
+            && e.contains("lower the batch size or the maximum length, or use flash attention (attention: flash)")
+            && !e.contains('\n'), "{e}");
+    m.forward(&be, &small, true).unwrap();
+}
+
+#[test]
+fn activation_memory_messages() {
+    assert!(activation_memory_check(1 << 30, 1 << 30, 32, 512, "the GPU", false).is_ok());
+    let e = activation_memory_check(3 << 30, 1 << 30, 32, 512, "the GPU", true).unwrap_err().to_string();
+    assert_eq!(e, "invalid batch: the activations of a 32 x 512 batch need 3.00 GiB more and the GPU has 1.00 GiB available: \
+                   lower the batch size or the maximum length");
+}

@@ -69,6 +69,16 @@ pub trait Backend: Send + Sync + 'static {
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Grow `buf` to hold at least `n` elements (contents unspecified when it grows).
     fn ensure(&self, buf: &mut Self::Buf, n: usize);
+    /// Bytes this backend can still allocate, where it can tell (the CPU: the system's available
+    /// memory; a GPU: its free memory): a model checks a batch's activations against it before
+    /// allocating them, so a batch too large is an error that names its size, not an abort.
+    fn memory_available(&self) -> Option<usize> {
+        None
+    }
+    /// What this backend is called in messages about its memory ("the GPU", "this machine").
+    fn memory_owner(&self) -> &'static str {
+        "the device"
+    }
     /// [`Backend::ensure`] for each `(buf, n)`: a model's activations and backward scratch,
     /// handed over together so that a backend can lay them out in one allocation (the CUDA
     /// backend's activation arena). Contents are unspecified afterwards when any buffer grew.

@@ -199,6 +199,20 @@ pub const FLASH_ABOVE_BYTES: usize = 4 << 30;
 
 /// Whether [`AttentionImpl::Auto`] runs flash attention for `layers` layers of `heads` heads on a
 /// `b x t` batch: when standard attention's probabilities would take more than [`FLASH_ABOVE_BYTES`].
+/// The error for a `b x t` batch whose activations would take `growth` more bytes than the
+/// `available` ones of `owner` ("the GPU", "this machine"); `flash`: flash attention is already on.
+pub fn activation_memory_check(growth: usize, available: usize, b: usize, t: usize, owner: &str, flash: bool)
+                               -> Result<()> {
+    if growth <= available {
+        return Ok(());
+    }
+    const GIB: f64 = (1u64 << 30) as f64;
+    let hint = if flash { "" } else { ", or use flash attention (attention: flash) for long rows" };
+    Err(EngineError::Batch(format!("the activations of a {b} x {t} batch need {:.2} GiB more and {owner} has {:.2} GiB \
+                                    available: lower the batch size or the maximum length{hint}",
+                                   growth as f64 / GIB, available as f64 / GIB)))
+}
+
 pub fn auto_flash(layers: usize, heads: usize, b: usize, t: usize) -> bool {
     layers.saturating_mul(b).saturating_mul(heads).saturating_mul(t).saturating_mul(t).saturating_mul(4) > FLASH_ABOVE_BYTES
 }
@@ -529,8 +543,9 @@ impl<B: Backend> BertClassifier<B> {
 
     /// Sizes every activation and scratch buffer for a `b x t` batch, all in one call to the
     /// backend (one arena on a GPU); a buffer this forward does not use asks for nothing and
-    /// keeps what it has. `drop`: this forward draws dropout masks.
-    fn ensure_buffers(&mut self, be: &B, b: usize, t: usize, keeps: &[Keeps], drop: bool, flash: bool) {
+    /// keeps what it has. `drop`: this forward draws dropout masks. Where the backend can tell its
+    /// free memory, a batch whose activations would not fit is refused before anything is allocated.
+    fn ensure_buffers(&mut self, be: &B, b: usize, t: usize, keeps: &[Keeps], drop: bool, flash: bool) -> Result<()> {
         let (h, i, heads) = (self.cfg.hidden_size, self.cfg.intermediate_size, self.cfg.num_attention_heads);
         let n = b * t;
         let (r, nk) = (self.adapters.lora_r, self.adapters.mslr_scales.len());
@@ -567,7 +582,15 @@ impl<B: Backend> BertClassifier<B> {
                      (&mut s.d_head_out, b * h), (&mut s.d_pre, b * h), (&mut s.d_head_in, b * h), (dq, n * h),
                      (dk, n * h), (dv, n * h), (&mut s.mask, if_(drop, if_(!flash, b * heads * t * t).max(n * h))),
                      (&mut s.xd, if_(lora_xd, n * h))]);
+        let held: usize = bufs.iter().map(|(buf, _)| be.len(buf)).sum();
+        let after: usize = bufs.iter().map(|(buf, n)| be.len(buf).max(*n)).sum();
+        if after > held {
+            if let Some(available) = be.memory_available() {
+                activation_memory_check((after - held) * std::mem::size_of::<f32>(), available, b, t, be.memory_owner(), flash)?;
+            }
+        }
         be.ensure_arena(&mut bufs);
+        Ok(())
     }
 
     /// Runs the model on a batch and returns the logits `[b, num_labels]` (host). With `train`,
@@ -587,7 +610,7 @@ impl<B: Backend> BertClassifier<B> {
         let keeps: Vec<Keeps> = (0..self.layers.len()).map(|l| self.keeps(l, flash)).collect();
         // A dropout site is live only in training, with dropout on and p > 0.
         let drop = train && self.dropout_on;
-        self.ensure_buffers(be, b, t, &keeps, drop, flash);
+        self.ensure_buffers(be, b, t, &keeps, drop, flash)?;
         let pad = match self.family {
             Family::Bert => None,
             Family::Roberta => self.cfg.pad_token_id,

@@ -27,12 +27,22 @@ const PARALLEL_GEMM_MIN_FLOPS: usize = 48 * 48 * 48;
 #[derive(Clone, Debug)]
 pub struct Cpu {
     threads: usize,
+    /// at most this many bytes for new activations, below the system's available memory
+    memory_limit: Option<usize>,
 }
 
 impl Cpu {
     /// A backend using the global rayon pool (`threads` = its size).
     pub fn new() -> Self {
-        Cpu { threads: rayon::current_num_threads().max(1) }
+        Cpu { threads: rayon::current_num_threads().max(1), memory_limit: None }
+    }
+
+    /// The same backend, allowing a model's activations at most `bytes` more than they hold (and
+    /// never more than the system's available memory): a batch beyond that is refused with an
+    /// error instead of allocated.
+    pub fn with_memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
     }
 
     pub fn threads(&self) -> usize {
@@ -224,6 +234,15 @@ impl Backend for Cpu {
         "cpu"
     }
 
+    fn memory_available(&self) -> Option<usize> {
+        match (available_memory(), self.memory_limit) {
+            (Some(a), Some(l)) => Some(a.min(l)),
+            (a, l) => a.or(l),
+        }
+    }
+    fn memory_owner(&self) -> &'static str {
+        "this machine"
+    }
     fn zeros(&self, n: usize) -> Vec<f32> {
         vec![0.0; n]
     }
@@ -495,4 +514,13 @@ mod determinism_tests {
             assert!(on(threads) == one, "{threads} threads give other bits than one");
         }
     }
+}
+
+/// The system's available memory (`MemAvailable` of `/proc/meminfo`), in bytes; `None` where there
+/// is no such file. A container's own limit is not seen here.
+fn available_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
 }

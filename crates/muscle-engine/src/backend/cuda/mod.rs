@@ -512,6 +512,12 @@ impl Backend for Cuda {
     fn zeros(&self, n: usize) -> GpuBuf {
         self.alloc(n)
     }
+    fn memory_available(&self) -> Option<usize> {
+        self.rt.memory_free()
+    }
+    fn memory_owner(&self) -> &'static str {
+        "the GPU"
+    }
     fn from_host(&self, data: &[f32]) -> GpuBuf {
         let mut b = self.alloc(data.len());
         if let Store::F32(s) = &mut b.store {
@@ -547,9 +553,9 @@ impl Backend for Cuda {
     }
     /// One allocation for all of them (the activation arena), made again, larger, only when a
     /// buffer is short: a model's activations and backward scratch cost one `cuMemAlloc` for the
-    /// largest batch, and their total is checked against the device's free memory before it is
-    /// made (see `Runtime::alloc_arena`). A buffer keeps its length when it is laid out again, so
-    /// alternating batch shapes settle on one arena.
+    /// largest batch (which the model first checks against `memory_available`). A buffer keeps its
+    /// length when it is laid out again, so alternating batch shapes settle on one arena; the old
+    /// arena is released first, in stream order, so growing needs only the difference.
     fn ensure_arena(&self, bufs: &mut [(&mut GpuBuf, usize)]) {
         if bufs.iter().all(|(b, n)| b.len >= *n) {
             return;

@@ -12,24 +12,16 @@ use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-const GIB: f64 = (1u64 << 30) as f64;
-
 /// Where each of `lens` elements of `size` bytes starts in an arena (256-byte aligned, as
-/// `cudaMalloc`'s allocations are), and the arena's bytes; an error naming the sizes when it is
-/// larger than `free`.
-pub fn arena_layout(lens: &[usize], size: usize, free: Option<usize>) -> Result<(Vec<usize>, usize), String> {
+/// `cudaMalloc`'s allocations are), and the arena's bytes.
+pub fn arena_layout(lens: &[usize], size: usize) -> (Vec<usize>, usize) {
     let mut starts = Vec::with_capacity(lens.len());
     let mut end = 0usize;
     for &n in lens {
         starts.push(end);
         end += (n * size).div_ceil(256) * 256;
     }
-    match free {
-        Some(free) if end > free => Err(format!("the activations of this batch need {:.2} GiB and the GPU has {:.2} GiB \
-                                                 free: lower the batch size or the sequence length",
-                                                end as f64 / GIB, free as f64 / GIB)),
-        _ => Ok((starts, end.max(size))),
-    }
+    (starts, end.max(size))
 }
 
 /// Runs one kernel by name on host memory, arguments as `cuLaunchKernel` takes them: an 8-byte slot
@@ -813,9 +805,8 @@ impl Runtime {
     }
 
     /// Buffers of `lens` elements in one allocation (zeroed): a model's activations. On a GPU each
-    /// starts 256 bytes aligned (as `cudaMalloc`'s do), and the whole is checked against the
-    /// device's free memory first, so a batch too large fails with its size named instead of an
-    /// out-of-memory error from the driver. Emulated, every part still ends at a guard page.
+    /// starts 256 bytes aligned (as `cudaMalloc`'s do); emulated, every part still ends at a guard
+    /// page. (The model checks a batch's growth against the free memory before asking.)
     pub fn alloc_arena<T: DeviceRepr + ValidAsZeroBits + Copy + Default>(&self, lens: &[usize])
                                                                         -> Result<Vec<Mem<T>>, String> {
         let size = std::mem::size_of::<T>();
@@ -827,11 +818,7 @@ impl Runtime {
                 (Mem::Host(Held::new(mem, self.yard.clone())), starts.into_iter().map(|s| s - base).collect())
             }
             Kind::Driver(_) | Kind::DryRun(_) => {
-                let free = match &self.kind {
-                    Kind::Driver(d) => Some(d.ctx.mem_get_info().map_err(dbg)?.0),
-                    _ => None,
-                };
-                let (starts, end) = arena_layout(lens, size, free)?;
+                let (starts, end) = arena_layout(lens, size);
                 (self.alloc_zeros::<T>(end.div_ceil(size))?, starts)
             }
         };
@@ -946,6 +933,17 @@ impl Runtime {
     pub unsafe fn gemm(&self, g: &Gemm) -> Result<(), String> {
         self.count(|c| c.gemms += 1);
         self.submit(Op::Gemm(g.clone()))
+    }
+
+    /// Bytes of device memory free (None when emulated or dry).
+    pub fn memory_free(&self) -> Option<usize> {
+        match &self.kind {
+            Kind::Driver(d) => {
+                let _ = d.ctx.bind_to_thread();
+                d.ctx.mem_get_info().ok().map(|(free, _)| free)
+            }
+            Kind::Emulated(_) | Kind::DryRun(_) => None,
+        }
     }
 
     /// Bytes of device memory in use (0 when emulated).
