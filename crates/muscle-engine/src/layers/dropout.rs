@@ -23,12 +23,6 @@ pub fn dropout_forward_into<B: Backend>(be: &B, out: &mut B::Buf, x: &B::Buf, ma
     be.mul_into(out, x, mask, n);
 }
 
-/// [`dropout_backward`] out of place: `dx = dy * mask`, `dy` kept (it also flows past the dropout,
-/// as a residual's gradient does).
-pub fn dropout_backward_into<B: Backend>(be: &B, dx: &mut B::Buf, dy: &B::Buf, mask: &B::Buf, n: usize) {
-    be.mul_into(dx, dy, mask, n);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -164,6 +164,13 @@ struct AdapterShape {
     mslr_dropout: f32,
 }
 
+/// Flash attention's masking for layer `lid`'s probabilities in pass `pass`: the key padding mask,
+/// and, with dropout probability `p`, the same draws as the standard path's mask over
+/// `[b*heads, t, t]` (stream `[pass, PROBS, lid]`), in the forward and again in the backward.
+fn probs_masking(key_mask: &[i32], p: Option<f32>, seed: u64, pass: u64, lid: u64) -> FlashMasking<'_> {
+    FlashMasking { key_mask, causal: false, dropout: p.map(|p| (p, rng::stream_key(seed, &[pass, site::PROBS, lid]))) }
+}
+
 /// Dropout sites, used as RNG stream ids so each site draws its own mask.
 mod site {
     pub const EMB: u64 = 1;
@@ -677,9 +684,7 @@ impl<B: Backend> BertClassifier<B> {
             }
             let pa = cfg.attention_probs_dropout_prob;
             if flash {
-                // the same draws as the standard path's mask over [b*heads, t, t]
-                let masking = FlashMasking { key_mask: batch.mask, causal: false,
-                                             dropout: live(pa).then(|| (pa, rng::stream_key(seed, &[pass, site::PROBS, lid]))) };
+                let masking = probs_masking(batch.mask, live(pa).then_some(pa), seed, pass, lid);
                 flash_attention::flash_attention_forward(be, ctx, &mut la.lse, &la.qkv[0], &la.qkv[1], &la.qkv[2], masking,
                                                          b, t, heads, d);
             } else {
@@ -869,8 +874,7 @@ impl<B: Backend> BertClassifier<B> {
             linear::linear_backward(be, Some((&mut s.d_ctx, false)), dw, db, d_attn, &la.ctx, &pv[lp.attn_out.0], n, h, h);
             let pa = cfg.attention_probs_dropout_prob;
             if flash {
-                let masking = FlashMasking { key_mask: batch.mask, causal: false,
-                                             dropout: live(pa).then(|| (pa, rng::stream_key(seed, &[pass, site::PROBS, lid]))) };
+                let masking = probs_masking(batch.mask, live(pa).then_some(pa), seed, pass, lid);
                 let [dq, dk, dv] = &mut s.d_qkv;
                 flash_attention::flash_attention_backward(be, dq, dk, dv, &s.d_ctx, &la.ctx, &la.lse, &la.qkv[0], &la.qkv[1],
                                                           &la.qkv[2], masking, b, t, heads, d);

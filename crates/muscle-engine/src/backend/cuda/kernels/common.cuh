@@ -59,6 +59,18 @@ __device__ __forceinline__ float dropout_draw(float p, float keep, u64 key, u64 
     return counter_uniform(key, i) < p ? 0.0f : keep;
 }
 
+// Element i of a dropout mask as the kernels applying one take it: with p > 0 drawn here from
+// stream `key` (and written to `mask` unless that is null: a mask nothing reads again), else read
+// from `mask`, or 1 when there is none.
+__device__ __forceinline__ float dropout_factor(float* mask, i64 i, float p, float keep, u64 key) {
+    if (p > 0.0f) {
+        const float z = dropout_draw(p, keep, key, (u64)i);
+        if (mask) mask[i] = z;
+        return z;
+    }
+    return mask ? mask[i] : 1.0f;
+}
+
 // f32 -> bf16 bit pattern, rounding to nearest even (as half::bf16::from_f32 on the host); NaN stays NaN.
 __device__ __forceinline__ unsigned short bf16_bits(float x) {
     const unsigned int u = __float_as_uint(x);

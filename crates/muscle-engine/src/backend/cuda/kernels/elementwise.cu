@@ -149,14 +149,7 @@ extern "C" __global__ void bias_dropout_residual_f32(float* out, const float* bi
     FOR_EACH(i, rows * n) {
         float v = out[i];
         if (bias) v += bias[i % n];
-        if (p > 0.0f) {
-            const float z = dropout_draw(p, keep, key, (u64)i);
-            if (mask) mask[i] = z;
-            v *= z;
-        } else if (mask) {
-            v *= mask[i];
-        }
-        out[i] = v + residual[i];
+        out[i] = v * dropout_factor(mask, i, p, keep, key) + residual[i];
     }
 }
 

@@ -17,18 +17,12 @@ extern "C" __global__ void column_sums_f32(float* dst, const float* m, int rows,
     }
 }
 
-// One block per row: mean and variance in two passes over the row (kept in registers where h is
-// small, re-read from L1/L2 otherwise), then the affine normalisation.
+// Row r's layer norm by its block, given `s`, this thread's part of the row's sum (the threads
+// strided over the row as below): mean and variance in two passes over the row (kept in
+// registers where h is small, re-read from L1/L2 otherwise), then the affine normalisation.
 // `half` (may be null): the output in bf16 too, for the bf16 GEMMs that read it next.
-extern "C" __global__ void layer_norm_forward_f32(float* out, float* mean, float* rstd, const float* inp,
-                                                  const float* w, const float* b, int rows, int h, float eps,
-                                                  unsigned short* half) {
-    __shared__ float scratch[32];
-    const int r = blockIdx.x;
-    if (r >= rows) return;
-    const float* x = inp + (i64)r * h;
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) s += x[j];
+__device__ void layer_norm_row(const float* x, float s, float* out, float* mean, float* rstd, const float* w,
+                               const float* b, int r, int h, float eps, unsigned short* half, float* scratch) {
     const float mu = block_sum(s, scratch) / h;
     float q = 0.0f;
     for (int j = threadIdx.x; j < h; j += blockDim.x) {
@@ -49,6 +43,19 @@ extern "C" __global__ void layer_norm_forward_f32(float* out, float* mean, float
     }
 }
 
+// One block per row (layer_norm_row).
+extern "C" __global__ void layer_norm_forward_f32(float* out, float* mean, float* rstd, const float* inp,
+                                                  const float* w, const float* b, int rows, int h, float eps,
+                                                  unsigned short* half) {
+    __shared__ float scratch[32];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const float* x = inp + (i64)r * h;
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) s += x[j];
+    layer_norm_row(x, s, out, mean, rstd, w, b, r, h, eps, half, scratch);
+}
+
 // One block per row: the stores after a sublayer's GEMM, as bias_dropout_residual_f32 (res =
 // (res + bias) * mask + residual; bias and mask may be null; with p > 0 the mask is drawn here and
 // written to `mask` unless that is null), then layer_norm_forward_f32 of the new res: one pass
@@ -67,35 +74,11 @@ extern "C" __global__ void residual_layer_norm_f32(float* res, const float* bias
         const i64 i = (i64)r * h + j;
         float v = x[j];
         if (bias) v += bias[j];
-        if (p > 0.0f) {
-            const float z = dropout_draw(p, keep, key, (u64)i);
-            if (mask) mask[i] = z;
-            v *= z;
-        } else if (mask) {
-            v *= mask[i];
-        }
-        v += rr[j];
+        v = v * dropout_factor(mask, i, p, keep, key) + rr[j];
         x[j] = v;
         s += v;
     }
-    const float mu = block_sum(s, scratch) / h;
-    float q = 0.0f;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) {
-        const float d = x[j] - mu;
-        q += d * d;
-    }
-    const float var = block_sum(q, scratch) / h;
-    const float rs = rsqrtf(var + eps);
-    float* o = out + (i64)r * h;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) {
-        const float y = (x[j] - mu) * rs * w[j] + b[j];
-        o[j] = y;
-        if (half) half[(i64)r * h + j] = bf16_bits(y);
-    }
-    if (threadIdx.x == 0) {
-        mean[r] = mu;
-        rstd[r] = rs;
-    }
+    layer_norm_row(x, s, out, mean, rstd, w, b, r, h, eps, half, scratch);
 }
 
 // dinp per row: (g w - mean(g w) - n mean(g w n)) rstd, with n the normalised input.
@@ -129,13 +112,7 @@ extern "C" __global__ void layer_norm_backward_f32(float* dinp, const float* dou
         d[j] = v;
         const i64 i = (i64)r * h + j;
         if (dropped) {
-            float z;
-            if (p > 0.0f) {
-                z = dropout_draw(p, keep, key, (u64)i);
-                if (mask) mask[i] = z;
-            } else {
-                z = mask[i];
-            }
+            const float z = dropout_factor(mask, i, p, keep, key);
             dropped[i] = v * z;
             if (half) half[i] = bf16_bits(v * z);
         } else if (half) {
