@@ -37,6 +37,14 @@ pub struct NormOut<'a, B: Backend + ?Sized> {
     pub eps: f32,
 }
 
+/// One GEMM of [`Backend::matmuls`]: `C = alpha op(A) op(B) (+ C)` into `c` at `c_off`.
+pub struct GemmItem<'a, B: Backend + ?Sized> {
+    pub c: &'a mut B::Buf,
+    pub c_off: usize,
+    pub a: Mat<'a, B>,
+    pub b: Mat<'a, B>,
+}
+
 /// One tensor of a many-tensor AdamW step ([`Backend::adamw_many`]).
 pub struct AdamwItem<'a, B: Backend + ?Sized> {
     pub param: &'a mut B::Buf,
@@ -100,6 +108,16 @@ pub trait Backend: Send + Sync + 'static {
     #[allow(clippy::too_many_arguments)]
     fn matmul(&self, c: &mut Self::Buf, c_off: usize, ldc: usize, a: Mat<'_, Self>, b: Mat<'_, Self>,
               m: usize, n: usize, k: usize, alpha: f32, accumulate: bool);
+    /// [`Backend::matmul`] for several GEMMs of one shape and one `ldc`, each into its own output:
+    /// the LoRA branches of one layer's projections. The default runs them one by one; a GPU
+    /// runs them as one batched GEMM (one launch instead of one per adapter).
+    #[allow(clippy::too_many_arguments)]
+    fn matmuls(&self, items: &mut [GemmItem<'_, Self>], ldc: usize, m: usize, n: usize, k: usize, alpha: f32,
+               accumulate: bool) {
+        for it in items.iter_mut() {
+            self.matmul(it.c, it.c_off, ldc, it.a, it.b, m, n, k, alpha, accumulate);
+        }
+    }
     /// `out[r, :] += bias` for `rows` rows of width `n`.
     fn add_bias(&self, out: &mut Self::Buf, bias: &Self::Buf, rows: usize, n: usize);
     /// `C[m, n] = op(A) op(B) + bias` (C contiguous): a layer's forward. The default runs

@@ -2,16 +2,53 @@
 //! The branch is two small GEMMs beside the frozen weight, never merged during training.
 //! Input dropout, where configured, is applied by the caller to `x` before it reaches here.
 
-use crate::backend::{Backend, Mat};
+use crate::backend::{Backend, GemmItem, Mat};
+
+/// One adapter of [`lora_forward_many`]: the projection output it adds to, where its
+/// `xa = x A^T: [rows, r]` is kept for the backward, its input and its `A`, `B`.
+pub struct LoraFwd<'a, B: Backend> {
+    pub out: &'a mut B::Buf,
+    pub xa: &'a mut B::Buf,
+    pub inp: &'a B::Buf,
+    pub a: &'a B::Buf,
+    pub b: &'a B::Buf,
+}
 
 /// Adds the LoRA update to `out` (which already holds `W x + b`) and saves `xa = x A^T: [rows, r]`.
 #[allow(clippy::too_many_arguments)]
 pub fn lora_forward<B: Backend>(be: &B, out: &mut B::Buf, xa: &mut B::Buf, inp: &B::Buf, a: &B::Buf, b: &B::Buf,
                                 rows: usize, in_f: usize, out_f: usize, r: usize, scale: f32) {
-    be.matmul(xa, 0, r, Mat { buf: inp, offset: 0, ld: in_f, trans: false },
-              Mat { buf: a, offset: 0, ld: in_f, trans: true }, rows, r, in_f, 1.0, false);
-    be.matmul(out, 0, out_f, Mat { buf: xa, offset: 0, ld: r, trans: false },
-              Mat { buf: b, offset: 0, ld: r, trans: true }, rows, out_f, r, scale, true);
+    lora_forward_many(be, &mut [LoraFwd { out, xa, inp, a, b }], rows, in_f, out_f, r, scale);
+}
+
+/// [`lora_forward`] for several adapters of one shape (a layer's q and v): each of its two GEMMs
+/// runs for all of them in one [`Backend::matmuls`] call.
+pub fn lora_forward_many<B: Backend>(be: &B, items: &mut [LoraFwd<'_, B>], rows: usize, in_f: usize, out_f: usize,
+                                     r: usize, scale: f32) {
+    let mut xa: Vec<GemmItem<'_, B>> = items.iter_mut().map(|it| GemmItem {
+        c: &mut *it.xa, c_off: 0, a: Mat { buf: it.inp, offset: 0, ld: in_f, trans: false },
+        b: Mat { buf: it.a, offset: 0, ld: in_f, trans: true },
+    }).collect();
+    be.matmuls(&mut xa, r, rows, r, in_f, 1.0, false);
+    drop(xa);
+    let mut up: Vec<GemmItem<'_, B>> = items.iter_mut().map(|it| GemmItem {
+        c: &mut *it.out, c_off: 0, a: Mat { buf: &*it.xa, offset: 0, ld: r, trans: false },
+        b: Mat { buf: it.b, offset: 0, ld: r, trans: true },
+    }).collect();
+    be.matmuls(&mut up, out_f, rows, out_f, r, scale, true);
+}
+
+/// One adapter of [`lora_backward_many`]: where its gradients go (`None` skips one), its scratch
+/// `dxa` (`rows * r`), the gradient reaching its output, and what its forward read and kept.
+pub struct LoraBwd<'a, B: Backend> {
+    pub da: Option<&'a mut B::Buf>,
+    pub db: Option<&'a mut B::Buf>,
+    pub dxa: &'a mut B::Buf,
+    pub dout: &'a B::Buf,
+    pub xa: &'a B::Buf,
+    pub inp: &'a B::Buf,
+    pub a: &'a B::Buf,
+    pub b: &'a B::Buf,
 }
 
 /// `dB = s dout^T xa`, `dxa = s dout B`, `dA = dxa^T x`, `dinp += dxa A`.
@@ -20,19 +57,42 @@ pub fn lora_forward<B: Backend>(be: &B, out: &mut B::Buf, xa: &mut B::Buf, inp: 
 pub fn lora_backward<B: Backend>(be: &B, dinp: Option<&mut B::Buf>, da: Option<&mut B::Buf>, db: Option<&mut B::Buf>,
                                  dxa: &mut B::Buf, dout: &B::Buf, xa: &B::Buf, inp: &B::Buf, a: &B::Buf,
                                  b: &B::Buf, rows: usize, in_f: usize, out_f: usize, r: usize, scale: f32) {
-    if let Some(db) = db {
-        be.matmul(db, 0, r, Mat { buf: dout, offset: 0, ld: out_f, trans: true },
-                  Mat { buf: xa, offset: 0, ld: r, trans: false }, out_f, r, rows, scale, false);
-    }
-    be.matmul(dxa, 0, r, Mat { buf: dout, offset: 0, ld: out_f, trans: false },
-              Mat { buf: b, offset: 0, ld: r, trans: false }, rows, r, out_f, scale, false);
-    if let Some(da) = da {
-        be.matmul(da, 0, in_f, Mat { buf: dxa, offset: 0, ld: r, trans: true },
-                  Mat { buf: inp, offset: 0, ld: in_f, trans: false }, r, in_f, rows, 1.0, false);
-    }
+    lora_backward_many(be, dinp, &mut [LoraBwd { da, db, dxa, dout, xa, inp, a, b }], rows, in_f, out_f, r, scale);
+}
+
+/// [`lora_backward`] for several adapters of one shape whose inputs' gradients all go to `dinp`:
+/// the GEMMs of `dB`, `dxa` and `dA` each run for all of them in one [`Backend::matmuls`] call.
+/// The input-gradient GEMMs stay one per adapter, since they all add into `dinp`.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_backward_many<B: Backend>(be: &B, dinp: Option<&mut B::Buf>, items: &mut [LoraBwd<'_, B>], rows: usize,
+                                      in_f: usize, out_f: usize, r: usize, scale: f32) {
+    let mut db: Vec<GemmItem<'_, B>> = items.iter_mut().filter_map(|it| {
+        let (dout, xa) = (it.dout, it.xa);
+        it.db.as_deref_mut().map(|c| GemmItem {
+            c, c_off: 0, a: Mat { buf: dout, offset: 0, ld: out_f, trans: true }, b: Mat { buf: xa, offset: 0, ld: r, trans: false },
+        })
+    }).collect();
+    be.matmuls(&mut db, r, out_f, r, rows, scale, false);
+    drop(db);
+    let mut dxa: Vec<GemmItem<'_, B>> = items.iter_mut().map(|it| GemmItem {
+        c: &mut *it.dxa, c_off: 0, a: Mat { buf: it.dout, offset: 0, ld: out_f, trans: false },
+        b: Mat { buf: it.b, offset: 0, ld: r, trans: false },
+    }).collect();
+    be.matmuls(&mut dxa, r, rows, r, out_f, scale, false);
+    drop(dxa);
+    let mut da: Vec<GemmItem<'_, B>> = items.iter_mut().filter_map(|it| {
+        let (dxa, inp) = (&*it.dxa, it.inp);
+        it.da.as_deref_mut().map(|c| GemmItem {
+            c, c_off: 0, a: Mat { buf: dxa, offset: 0, ld: r, trans: true }, b: Mat { buf: inp, offset: 0, ld: in_f, trans: false },
+        })
+    }).collect();
+    be.matmuls(&mut da, in_f, r, in_f, rows, 1.0, false);
+    drop(da);
     if let Some(dinp) = dinp {
-        be.matmul(dinp, 0, in_f, Mat { buf: dxa, offset: 0, ld: r, trans: false },
-                  Mat { buf: a, offset: 0, ld: in_f, trans: false }, rows, in_f, r, 1.0, true);
+        for it in items.iter() {
+            be.matmul(dinp, 0, in_f, Mat { buf: &*it.dxa, offset: 0, ld: r, trans: false },
+                      Mat { buf: it.a, offset: 0, ld: in_f, trans: false }, rows, in_f, r, 1.0, true);
+        }
     }
 }
 

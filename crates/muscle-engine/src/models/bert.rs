@@ -149,6 +149,8 @@ struct Scratch<Buf> {
     d_inter: Buf,
     d_inter_pre: Buf,
     d_small: Buf,
+    /// each LoRA adapter's `dxa` of a layer (q, k, v): the adapters' backward GEMMs run batched
+    d_xa: [Buf; 3],
     d_logits: Buf,
     d_head_out: Buf,
     d_pre: Buf,
@@ -375,7 +377,7 @@ impl<B: Backend> BertClassifier<B> {
             scratch: Scratch {
                 mask: zeros(be), xd: zeros(be), d_out: zeros(be), d_x: zeros(be), d_res: zeros(be), d_h1: zeros(be), d_tmp: zeros(be), d_lx: zeros(be),
                 d_ctx: zeros(be), d_qkv: [zeros(be), zeros(be), zeros(be)], d_inter: zeros(be), d_inter_pre: zeros(be),
-                d_small: zeros(be), d_logits: zeros(be), d_head_out: zeros(be), d_pre: zeros(be), d_head_in: zeros(be),
+                d_small: zeros(be), d_xa: [zeros(be), zeros(be), zeros(be)], d_logits: zeros(be), d_head_out: zeros(be), d_pre: zeros(be), d_head_in: zeros(be),
             },
             pos_ids: Vec::new(),
             type_ids: Vec::new(),
@@ -582,6 +584,10 @@ impl<B: Backend> BertClassifier<B> {
                           (&mut la.h1, if_(k.h1, n * h)), (&mut la.inter, if_(k.inter, n * i))]);
         }
         let s = &mut self.scratch;
+        for (ti, dxa) in s.d_xa.iter_mut().enumerate() {
+            let any = self.layers.iter().any(|lp| lp.lora[ti].is_some());
+            bufs.push((dxa, if_(any, n * r)));
+        }
         let [dq, dk, dv] = &mut s.d_qkv;
         bufs.extend([(&mut s.d_out, n * h), (&mut s.d_x, n * h), (&mut s.d_res, n * h), (&mut s.d_h1, n * h),
                      (&mut s.d_tmp, n * h), (&mut s.d_lx, n * h), (&mut s.d_ctx, n * h), (&mut s.d_inter, n * i),
@@ -669,18 +675,22 @@ impl<B: Backend> BertClassifier<B> {
                 linear::linears_forward(be, &mut [(q, &pv[wq], &pv[bq]), (k, &pv[wk], &pv[bk]), (v, &pv[wv], &pv[bv])],
                                         x, n, h, h);
             }
-            for ti in 0..3 {
-                if let Some((la_a, la_b)) = lp.lora[ti] {
-                    let lo = &mut la.lora[ti];
-                    let inp = if live(ad.lora_dropout) {
+            if live(ad.lora_dropout) {
+                // each adapter's input through its own mask, one at a time in the one buffer
+                for ti in 0..3 {
+                    if let Some((la_a, la_b)) = lp.lora[ti] {
                         be.dropout_mask_once(&mut s.mask, n * h, ad.lora_dropout, seed, &[pass, site::LORA, lid, ti as u64]);
                         be.mul_into(&mut s.xd, x, &s.mask, n * h);
-                        &s.xd
-                    } else {
-                        x
-                    };
-                    lora::lora_forward(be, &mut la.qkv[ti], &mut lo.xa, inp, &pv[la_a], &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
+                        lora::lora_forward(be, &mut la.qkv[ti], &mut la.lora[ti].xa, &s.xd, &pv[la_a], &pv[la_b], n, h, h,
+                                           ad.lora_r, ad.lora_scale);
+                    }
                 }
+            } else {
+                // every adapter reads x: their GEMMs run batched
+                let mut items: Vec<lora::LoraFwd<'_, B>> = la.qkv.iter_mut().zip(la.lora.iter_mut()).zip(&lp.lora)
+                    .filter_map(|((out, lo), ab)| ab.map(|(a, b)| lora::LoraFwd { out, xa: &mut lo.xa, inp: x, a: &pv[a], b: &pv[b] }))
+                    .collect();
+                lora::lora_forward_many(be, &mut items, n, h, h, ad.lora_r, ad.lora_scale);
             }
             let pa = cfg.attention_probs_dropout_prob;
             if flash {
@@ -791,6 +801,19 @@ impl<B: Backend> BertClassifier<B> {
             }
         }
 
+        // Borrow several distinct gradient buffers mutably at once, in the order of `idx`.
+        fn pick<'v, T>(v: &'v mut [Option<T>], idx: &[usize]) -> Vec<Option<&'v mut T>> {
+            let mut out: Vec<Option<&mut T>> = idx.iter().map(|_| None).collect();
+            for (i, slot) in v.iter_mut().enumerate() {
+                let mut at = idx.iter().enumerate().filter(|&(_, &j)| j == i).map(|(k, _)| k);
+                if let Some(k) = at.next() {
+                    assert!(at.next().is_none(), "gradient {i} asked for twice");
+                    out[k] = slot.as_mut();
+                }
+            }
+            out
+        }
+
         // ---- head -------------------------------------------------------------------------------
         softmax_xent::softmax_xent_backward(be, &mut s.d_logits, &a.probs, labels, b, c);
         let hd = &self.head;
@@ -895,29 +918,42 @@ impl<B: Backend> BertClassifier<B> {
                 let (dw, db) = two(pg, w, bias);
                 linear::linear_backward(be, if need_dx { Some((&mut s.d_x, true)) } else { None }, dw, db, &s.d_qkv[ti], x,
                                         &pv[w], n, h, h);
-                if let Some((la_a, la_b)) = lp.lora[ti] {
-                    let lo = &la.lora[ti];
-                    let dropped = live(ad.lora_dropout);
-                    if dropped {
-                        // kept: the input gradient below reads the mask again
-                        dropout::dropout_forward_into(be, &mut s.xd, x, &mut s.mask, n * h, ad.lora_dropout, seed,
-                                                      &[pass, site::LORA, lid, ti as u64]);
-                    }
-                    let inp = if dropped { &s.xd } else { x };
+            }
+            if live(ad.lora_dropout) {
+                for ti in 0..3 {
+                    let Some((la_a, la_b)) = lp.lora[ti] else { continue };
+                    // kept: the input gradient below reads the mask again
+                    dropout::dropout_forward_into(be, &mut s.xd, x, &mut s.mask, n * h, ad.lora_dropout, seed,
+                                                  &[pass, site::LORA, lid, ti as u64]);
                     let (da, dbb) = two(pg, la_a, la_b);
-                    if need_dx && dropped {
+                    let lo = &la.lora[ti];
+                    if need_dx {
                         // d_x += (dxa A) * mask, in the GEMM's store: into d_lx, which becomes d_x
-                        lora::lora_backward(be, None, da, dbb, &mut s.d_small, &s.d_qkv[ti], &lo.xa, inp, &pv[la_a],
+                        lora::lora_backward(be, None, da, dbb, &mut s.d_small, &s.d_qkv[ti], &lo.xa, &s.xd, &pv[la_a],
                                             &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
                         lora::lora_backward_input_dropped(be, &mut s.d_lx, &s.d_small, &pv[la_a], &s.mask, &s.d_x, n, h,
                                                           ad.lora_r);
                         std::mem::swap(&mut s.d_x, &mut s.d_lx);
                         swaps.push(Swap::XLx);
                     } else {
-                        lora::lora_backward(be, if need_dx { Some(&mut s.d_x) } else { None }, da, dbb, &mut s.d_small,
-                                            &s.d_qkv[ti], &lo.xa, inp, &pv[la_a], &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
+                        lora::lora_backward(be, None, da, dbb, &mut s.d_small, &s.d_qkv[ti], &lo.xa, &s.xd, &pv[la_a],
+                                            &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
                     }
                 }
+            } else {
+                // every adapter read x: their GEMMs run batched, each with its own dxa
+                let present: Vec<usize> = (0..3).filter(|&ti| lp.lora[ti].is_some()).collect();
+                let idx: Vec<usize> = present.iter().flat_map(|&ti| lp.lora[ti].map(|(a, b)| [a, b])).flatten().collect();
+                let mut grads = pick(pg, &idx).into_iter();
+                let mut items = Vec::with_capacity(present.len());
+                for (ti, dxa) in s.d_xa.iter_mut().enumerate().filter(|(ti, _)| present.contains(ti)) {
+                    let (la_a, la_b) = lp.lora[ti].expect("present");
+                    let (da, db) = (grads.next().flatten(), grads.next().flatten());
+                    items.push(lora::LoraBwd { da, db, dxa, dout: &s.d_qkv[ti], xa: &la.lora[ti].xa, inp: x, a: &pv[la_a],
+                                               b: &pv[la_b] });
+                }
+                lora::lora_backward_many(be, if need_dx { Some(&mut s.d_x) } else { None }, &mut items, n, h, h, ad.lora_r,
+                                         ad.lora_scale);
             }
             if need_dx {
                 std::mem::swap(&mut s.d_out, &mut s.d_x);

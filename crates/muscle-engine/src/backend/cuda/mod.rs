@@ -18,7 +18,7 @@ pub mod kernels;
 pub mod libs;
 pub mod runtime;
 
-use super::{AdamwItem, AxpbyItem, Backend, Mat, NormOut};
+use super::{AdamwItem, AxpbyItem, Backend, GemmItem, Mat, NormOut};
 use crate::error::{EngineError, Result};
 use cudarc::driver::{CudaContext, DeviceRepr, ValidAsZeroBits};
 use runtime::{Calls, Driver, Gemm, KernelEmulator, Kind, Mem, Runtime};
@@ -613,6 +613,32 @@ impl Backend for Cuda {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         self.gemm(&mut scratch, c, c_off, ldc, a, None, b, m, n, k, alpha, accumulate);
     }
+    fn matmuls(&self, items: &mut [GemmItem<'_, Self>], ldc: usize, m: usize, n: usize, k: usize, alpha: f32,
+               accumulate: bool) {
+        // batched only for f32 operands of one layout (the LoRA branches); anything else one by one
+        let batched = items.len() > 1 && items.iter().all(|it| {
+            !it.a.buf.is_bf16() && !it.b.buf.is_bf16() && (it.a.ld, it.a.trans, it.b.ld, it.b.trans)
+                == (items[0].a.ld, items[0].a.trans, items[0].b.ld, items[0].b.trans)
+        });
+        if !batched {
+            for it in items.iter_mut() {
+                self.matmul(it.c, it.c_off, ldc, it.a, it.b, m, n, k, alpha, accumulate);
+            }
+            return;
+        }
+        if m == 0 || n == 0 || !self.begin() {
+            return;
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let at = |m: &Mat<'_, Self>| self.ptr(m.buf) + 4 * m.offset as u64;
+        let pa = items.iter().map(|it| at(&it.a)).collect();
+        let pb = items.iter().map(|it| at(&it.b)).collect();
+        let pc = items.iter().map(|it| self.ptr(it.c) + 4 * it.c_off as u64).collect();
+        let arrays = self.pointer_arrays(&mut scratch, &[[pa, pb, pc]]);
+        let (a, b) = (items[0].a, items[0].b);
+        self.gemm_arrays(arrays[0], (a.ld, a.trans), (b.ld, b.trans), ldc, m, n, k, alpha, items.len(),
+                         Batched { bf16: false, tf32: false, accumulate });
+    }
     fn matmuls_bias(&self, a: Mat<'_, Self>, items: &mut [(&mut GpuBuf, Mat<'_, Self>, &GpuBuf)], m: usize, n: usize,
                     k: usize) {
         if m == 0 || n == 0 || !self.begin() {
@@ -624,9 +650,33 @@ impl Backend for Cuda {
             let (ar, ac) = if a.trans { (k, m) } else { (m, k) };
             self.bf16_operand(&mut scratch, 0, &a, ar, ac)
         });
-        for (c, b, _) in items.iter_mut() {
-            let half = if b.buf.is_bf16() { a_half } else { None };
-            self.gemm(&mut scratch, c, 0, n, a, half, *b, m, n, k, 1.0, false);
+        // One batched GEMM where every weight has one type and layout (q, k and v: frozen in bf16,
+        // or all trained in f32): one launch, and three products' tiles to fill the GPU at once
+        // (one [b*t, 768] product alone leaves SMs idle); else one GEMM each.
+        let all_bf16 = items.iter().all(|(_, b, _)| b.buf.is_bf16());
+        let same = items.iter().all(|(_, b, _)| {
+            (b.buf.is_bf16(), b.ld, b.trans) == (all_bf16, items[0].1.ld, items[0].1.trans)
+        });
+        if items.len() > 1 && same && !a.buf.is_bf16() {
+            let (br, bc) = if items[0].1.trans { (n, k) } else { (k, n) };
+            let pa = match a_half {
+                Some(p) => p,
+                None => self.ptr(a.buf) + 4 * a.offset as u64,
+            };
+            let pb = items.iter().map(|(_, b, _)| match all_bf16 {
+                true => self.bf16_operand(&mut scratch, 1, b, br, bc), // a weight's own bf16 storage
+                false => self.ptr(b.buf) + 4 * b.offset as u64,
+            }).collect();
+            let pc = items.iter().map(|(c, _, _)| self.ptr(c)).collect();
+            let arrays = self.pointer_arrays(&mut scratch, &[[vec![pa; items.len()], pb, pc]]);
+            let b = items[0].1;
+            self.gemm_arrays(arrays[0], (a.ld, a.trans), (b.ld, b.trans), n, m, n, k, 1.0, items.len(),
+                             Batched { bf16: all_bf16, tf32: false, accumulate: false });
+        } else {
+            for (c, b, _) in items.iter_mut() {
+                let half = if b.buf.is_bf16() { a_half } else { None };
+                self.gemm(&mut scratch, c, 0, n, a, half, *b, m, n, k, 1.0, false);
+            }
         }
         // the biases after the GEMMs, three outputs a launch
         for group in items.chunks(3) {
@@ -983,11 +1033,11 @@ impl Backend for Cuda {
             [heads_of.scores(used, t), heads_of.items(pv), heads_of.items(po)],
         ]);
         let hd = heads * d;
-        self.gemm_arrays(arrays[0], (hd, false), (hd, true), t, t, t, d, 1.0 / (d as f32).sqrt(), bh);
+        self.gemm_arrays(arrays[0], (hd, false), (hd, true), t, t, t, d, 1.0 / (d as f32).sqrt(), bh, self.attention_gemms());
         self.launch("attention_softmax_f32", ((bh * t).div_ceil(ATTN_WARPS) as u32, 1, 1), (32 * ATTN_WARPS as u32, 1, 1), 0, &[
             Arg::Ptr(pp), Arg::Ptr(pd), Arg::Ptr(pdrop), Arg::Ptr(pm), Arg::I32((bh * t) as i32), Arg::I32(t as i32),
             Arg::I32(heads as i32), Arg::F32(p_drop), Arg::F32(keep), Arg::U64(key)]);
-        self.gemm_arrays(arrays[1], (t, false), (hd, false), hd, t, d, t, 1.0, bh);
+        self.gemm_arrays(arrays[1], (t, false), (hd, false), hd, t, d, t, 1.0, bh, self.attention_gemms());
     }
     fn attention_backward(&self, dq: &mut GpuBuf, dk: &mut GpuBuf, dv: &mut GpuBuf, dout: &GpuBuf,
                           probs: &GpuBuf, q: &GpuBuf, k: &GpuBuf, v: &GpuBuf,
@@ -1028,12 +1078,12 @@ impl Backend for Cuda {
             [h.scores(dp, t), h.items(pq), h.items(pdk)],   // dK = scale dS^T Q
         ]);
         let (hd, scale) = (heads * d, 1.0 / (d as f32).sqrt());
-        self.gemm_arrays(arrays[0], (t, true), (hd, false), hd, t, d, t, 1.0, bh);
-        self.gemm_arrays(arrays[1], (hd, false), (hd, true), t, t, t, d, 1.0, bh);
+        self.gemm_arrays(arrays[0], (t, true), (hd, false), hd, t, d, t, 1.0, bh, self.attention_gemms());
+        self.gemm_arrays(arrays[1], (hd, false), (hd, true), t, t, t, d, 1.0, bh, self.attention_gemms());
         self.launch("attention_dscores_f32", ((bh * t).div_ceil(ATTN_WARPS) as u32, 1, 1), (32 * ATTN_WARPS as u32, 1, 1), 0, &[
             Arg::Ptr(dp), Arg::Ptr(pp), Arg::Ptr(pdrop), Arg::I32((bh * t) as i32), Arg::I32(t as i32)]);
-        self.gemm_arrays(arrays[2], (t, false), (hd, false), hd, t, d, t, scale, bh);
-        self.gemm_arrays(arrays[3], (t, true), (hd, false), hd, t, d, t, scale, bh);
+        self.gemm_arrays(arrays[2], (t, false), (hd, false), hd, t, d, t, scale, bh, self.attention_gemms());
+        self.gemm_arrays(arrays[3], (t, true), (hd, false), hd, t, d, t, scale, bh, self.attention_gemms());
         // In bf16 mode the three gradients next meet the frozen q, k, v weights in bf16 GEMMs (their
         // input gradient): their bf16 copies in one launch instead of a conversion before each.
         let n = b * t * hd;
@@ -1160,6 +1210,17 @@ fn flash_tail(t: usize, heads: usize, d: usize, causal: bool, dropout: Option<(f
      Arg::U64(key)]
 }
 
+/// How the items of a batched GEMM (`Cuda::gemm_arrays`) multiply.
+#[derive(Clone, Copy)]
+struct Batched {
+    /// bf16 operands (f32 accumulation and C), else f32
+    bf16: bool,
+    /// f32 operands rounded to TF32 on the tensor cores
+    tf32: bool,
+    /// C += the products, else C = the products
+    accumulate: bool,
+}
+
 /// Rows (warps) per block of the attention row kernels.
 const ATTN_WARPS: usize = 4;
 
@@ -1281,21 +1342,28 @@ impl Cuda {
         }).collect()
     }
 
-    /// `C_i[m, n] = alpha op(A_i) op(B_i)` (row-major, C overwritten) for `batch` items at the
-    /// addresses in `arrays` (A's, B's, C's); each operand is (leading dimension, transposed).
+    /// `C_i[m, n] = alpha op(A_i) op(B_i) (+ C_i)` (row-major) for `batch` items at the addresses in
+    /// `arrays` (A's, B's, C's); each operand is (leading dimension, transposed).
     #[allow(clippy::too_many_arguments)]
     fn gemm_arrays(&self, arrays: (u64, u64, u64), a: (usize, bool), b: (usize, bool), ldc: usize, m: usize, n: usize,
-                   k: usize, alpha: f32, batch: usize) {
+                   k: usize, alpha: f32, batch: usize, how: Batched) {
         if self.failed() {
             return;
         }
         // the row-major to column-major swap of `matmul`: B's items first
-        let g = Gemm { ta: b.1, tb: a.1, m: n, n: m, k, alpha, a: (0, b.0, 0), b: (0, a.0, 0), beta: 0.0,
-                       c: (0, ldc, 0), batch, bf16: false, tf32: self.tf32_attention,
+        let beta = if how.accumulate { 1.0 } else { 0.0 };
+        let g = Gemm { ta: b.1, tb: a.1, m: n, n: m, k, alpha, a: (0, b.0, 0), b: (0, a.0, 0), beta,
+                       c: (0, ldc, 0), batch, bf16: how.bf16, tf32: how.tf32,
                        arrays: Some((arrays.1, arrays.0, arrays.2)) };
-        // SAFETY: every item address lies inside the buffer it came from (`Heads`), with its extent.
+        // SAFETY: every item address lies inside the buffer it came from (`Heads`, or a verb's
+        // operands with their extents), in bf16 where `how.bf16` says so.
         let r = unsafe { self.rt.gemm(&g) };
-        self.record("cublasSgemmBatched", r);
+        self.record(if how.bf16 { "cublasGemmBatchedEx (bf16)" } else { "cublasSgemmBatched" }, r);
+    }
+
+    /// Attention's batched GEMMs: f32 operands, in TF32 where allowed, C overwritten.
+    fn attention_gemms(&self) -> Batched {
+        Batched { bf16: false, tf32: self.tf32_attention, accumulate: false }
     }
 
     /// Draws `n` values of the counter-based stream `key` on the GPU (the test holding the kernel

@@ -579,6 +579,7 @@ impl Gemm {
     /// The kind of GEMM, for the profiler.
     pub fn label(&self) -> &'static str {
         match (self.arrays.is_some(), self.batch > 1, self.bf16, self.tf32) {
+            (true, _, true, _) => "GEMM batched (pointer arrays), bf16",
             (true, _, _, true) => "GEMM batched (pointer arrays), TF32",
             (true, _, _, false) => "GEMM batched (pointer arrays), f32",
             (false, true, _, _) => "GEMM strided batched, f32",
@@ -965,8 +966,16 @@ unsafe fn driver_gemm(d: &Driver, g: &Gemm) -> Result<(), String> {
     let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
     if g.bf16 {
         use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+        if let Some((pa, pb, pc)) = g.arrays {
+            return cudarc::cublas::sys::cublasGemmBatchedEx(
+                h, op(g.ta), op(g.tb), m, n, k, &g.alpha as *const f32 as *const c_void, pa as *const *const c_void,
+                cudaDataType::CUDA_R_16BF, g.a.1 as i32, pb as *const *const c_void, cudaDataType::CUDA_R_16BF,
+                g.b.1 as i32, &g.beta as *const f32 as *const c_void, pc as *const *mut c_void, cudaDataType::CUDA_R_32F,
+                g.c.1 as i32, g.batch as i32, cublasComputeType_t::CUBLAS_COMPUTE_32F, cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT)
+                .result().map_err(dbg);
+        }
         if g.batch != 1 {
-            return Err("batched bf16 GEMMs are not used".into());
+            return Err("strided batched bf16 GEMMs are not used".into());
         }
         return cudarc::cublas::result::gemm_ex(
             h, op(g.ta), op(g.tb), m, n, k, &g.alpha as *const f32 as *const c_void, g.a.0 as *const c_void,
