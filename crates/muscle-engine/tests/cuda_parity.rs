@@ -714,6 +714,72 @@ fn tf32_rounds_to_nearest_even_at_ten_mantissa_bits() {
 }
 
 on_both!(tf32_attention, tf32_attention_tracks_the_cpu_emulated, tf32_attention_tracks_the_cpu);
+/// Buffers that only frozen layers' GEMMs read (`Backend::set_gemm_input_only`): in bf16 mode the
+/// kernels producing them (GELU forward and backward, layer norm's backward through dropout) write
+/// the bf16 copy alone, and the GEMMs then give exactly what they give on a buffer written in full;
+/// reading such a buffer as f32 afterwards is an error, never old values; in f32 mode (no bf16
+/// copies) the declaration changes nothing.
+fn gemm_input_only(target: Target) {
+    let gpu = target.open(Precision::Bf16);
+    let (m, k, n) = (9, 40, 7);
+    let mut w = gpu.from_host(&random(n * k, 130, 1.0)); // [n, k], a frozen linear weight
+    gpu.freeze_weight(&mut w, n * k);
+    let wt = Mat { buf: &w, offset: 0, ld: k, trans: true };
+    let (x, dy) = (gpu.from_host(&random(m * k, 131, 2.0)), gpu.from_host(&random(m * k, 132, 1.0)));
+    let (xin, win, bias) = (gpu.from_host(&random(m * n, 133, 1.0)), gpu.from_host(&random(k * n, 134, 0.5)),
+                            gpu.from_host(&random(k, 135, 0.1)));
+    let (lw, lb) = (gpu.from_host(&random(k, 136, 1.0)), gpu.from_host(&random(k, 137, 0.1)));
+    let (mut mean, mut rstd, mut ln) = (gpu.zeros(m), gpu.zeros(m), gpu.zeros(m * k));
+    gpu.layer_norm_forward(&mut ln, &mut mean, &mut rstd, &x, &lw, &lb, m, k, 1e-12);
+    // each producer writes one buffer in full and one declared a GEMM input only; the GEMM of W
+    // must give the same bits from both
+    let gemm = |inp: &<Cuda as Backend>::Buf| {
+        let mut out = gpu.zeros(m * n);
+        gpu.matmul(&mut out, 0, n, Mat { buf: inp, offset: 0, ld: k, trans: false }, wt, m, n, k, 1.0, false);
+        gpu.to_host(&out, m * n)
+    };
+    let produce = |which: usize, out: &mut <Cuda as Backend>::Buf| match which {
+        0 => gpu.gelu_backward(out, &x, &dy, m * k),
+        1 => {
+            let mut saved = gpu.zeros(m * k);
+            gpu.matmul_bias_gelu(&mut saved, out, Mat { buf: &xin, offset: 0, ld: n, trans: false },
+                                 Mat { buf: &win, offset: 0, ld: n, trans: true }, m, k, n, &bias);
+        }
+        _ => {
+            let (mut dinp, mut mask) = (gpu.zeros(m * k), gpu.zeros(m * k));
+            gpu.dropout_mask_once(&mut mask, m * k, 0.25, 7, &[1, 2]);
+            gpu.layer_norm_backward_dropout(&mut dinp, None, None, &dy, &x, &lw, &mean, &rstd, m, k, Some((out, &mask)));
+        }
+    };
+    let mut only = gpu.zeros(m * k);
+    gpu.set_gemm_input_only(&mut only, true);
+    for (which, what) in ["GELU backward", "bias + GELU", "layer norm backward, dropped"].iter().enumerate() {
+        let mut full = gpu.zeros(m * k);
+        produce(which, &mut full);
+        let want = gemm(&full);
+        produce(which, &mut only);
+        assert_eq!(gemm(&only), want, "{what}: the GEMM of the bf16 copy written alone");
+        assert!(want.iter().all(|v| v.is_finite()), "{what}: finite");
+    }
+    gpu.check().unwrap();
+    let _ = gpu.to_host(&only, m * k);
+    let err = gpu.check().expect_err("an f32 read of a buffer whose bf16 copy alone was written must fail").to_string();
+    assert!(err.contains("GEMM input only"), "{err}");
+
+    // f32 mode: no bf16 copies, so the f32 values are written as usual
+    let gpu = target.open(Precision::F32);
+    let cpu = Cpu::new();
+    let (xs, dys) = (random(m * k, 131, 2.0), random(m * k, 132, 1.0));
+    let mut only = gpu.zeros(m * k);
+    gpu.set_gemm_input_only(&mut only, true);
+    gpu.gelu_backward(&mut only, &gpu.from_host(&xs), &gpu.from_host(&dys), m * k);
+    let mut want = vec![0.0; m * k];
+    cpu.gelu_backward(&mut want, &xs, &dys, m * k);
+    assert_close("f32 mode: GELU backward into a GEMM-input-only buffer", &gpu.to_host(&only, m * k), &want);
+    gpu.check().unwrap();
+}
+on_both!(gemm_input_only, gemm_input_only_buffers_emulated, gemm_input_only_buffers);
+
 /// bf16 mode runs attention's batched GEMMs in TF32: forward and backward stay within TF32's
 /// rounding (2^-11 relative per operand) of the f32 CPU; emulated, the probabilities equal the
 /// CPU's from Q and K rounded to TF32, so the rounding is the one the GPU applies, and only there.

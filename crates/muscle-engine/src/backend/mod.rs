@@ -95,6 +95,11 @@ pub trait Backend: Send + Sync + 'static {
             self.ensure(buf, *n);
         }
     }
+    /// Declares whether only GEMMs with a frozen weight read `buf` (a frozen layer's input or its
+    /// input gradient): a backend that writes a bf16 copy beside such an output for those GEMMs
+    /// (the CUDA backend in bf16 mode) may then write the copy alone, and treats any other read as
+    /// an error. The CPU ignores it. The declaration holds until changed, through `ensure`.
+    fn set_gemm_input_only(&self, _buf: &mut Self::Buf, _on: bool) {}
     fn fill(&self, buf: &mut Self::Buf, n: usize, value: f32);
     /// Declares `buf` (`n` elements) a frozen weight matrix that from now on is only an operand of
     /// `matmul` and read back by `to_host`: a backend may keep it in a compact form (the CUDA

@@ -603,6 +603,17 @@ impl<B: Backend> BertClassifier<B> {
             }
         }
         be.ensure_arena(&mut bufs);
+        // Buffers that only frozen layers' GEMMs read (a backend with bf16 copies for those then
+        // skips their f32 values): the feed-forward activation where its output weight is frozen
+        // (the shared buffer), and, where every layer's dense weights and biases are frozen, the
+        // feed-forward's pre-activation gradient and the sublayer outputs' dropped-out gradients.
+        let p = &self.params.meta;
+        let frozen = |ids: &[usize]| ids.iter().all(|&i| !p[i].trainable);
+        let ffn_in = self.layers.iter().all(|l| frozen(&[l.inter.0, l.inter.1]));
+        let sub_out = self.layers.iter().all(|l| frozen(&[l.attn_out.0, l.attn_out.1, l.out.0, l.out.1]));
+        be.set_gemm_input_only(&mut self.acts.shared.inter, true);
+        be.set_gemm_input_only(&mut self.scratch.d_inter_pre, ffn_in);
+        be.set_gemm_input_only(&mut self.scratch.d_tmp, sub_out);
         Ok(())
     }
 

@@ -38,6 +38,12 @@ pub struct GpuBuf {
     /// clears it), so a stale copy is never read.
     half: Option<Mem<u16>>,
     half_valid: std::sync::atomic::AtomicBool,
+    /// `Backend::set_gemm_input_only`: only GEMMs read this buffer, through its bf16 copy, so a
+    /// kernel writing the copy skips the f32 values (`Cuda::out_ptr`); kept across re-layouts.
+    gemm_only: bool,
+    /// The last write skipped the f32 values: any f32 use is then an error (`Cuda::address`), not
+    /// a silent read of old values.
+    f32_stale: std::sync::atomic::AtomicBool,
 }
 
 /// A mask of `n` inverted-dropout draws from stream `key` (0 with probability `p`, else `keep`).
@@ -64,7 +70,7 @@ impl GpuBuf {
     /// `len` f32s in `mem` (`None`: the allocation failed, and the error is kept).
     fn new(mem: Option<Mem<f32>>, len: usize) -> GpuBuf {
         GpuBuf { store: mem.map_or(Store::Missing, Store::F32), len, pending: Mutex::new(None), half: None,
-                 half_valid: Default::default() }
+                 half_valid: Default::default(), gemm_only: false, f32_stale: Default::default() }
     }
 
     fn is_bf16(&self) -> bool {
@@ -310,6 +316,14 @@ impl Cuda {
         b.half.as_ref().map_or(0, |h| self.rt.addr(h))
     }
 
+    /// The f32 address a kernel writes `b` at, beside its bf16 copy at `half` (from `half_out`): 0,
+    /// so that the kernel writes the copy alone, for a GEMM-input-only buffer that has one.
+    fn out_ptr(&self, b: &GpuBuf, half: u64) -> u64 {
+        let skip = b.gemm_only && half != 0;
+        b.f32_stale.store(skip, std::sync::atomic::Ordering::Relaxed);
+        if skip { 0 } else { self.ptr(b) }
+    }
+
     /// After the kernel that wrote `b` and its bf16 copy (`half_out` gave `half`).
     fn half_written(&self, b: &GpuBuf, half: u64) {
         if half != 0 && !self.failed() {
@@ -357,6 +371,11 @@ impl Cuda {
     /// The address of an f32 buffer as it is, pending mask or not. Any use may write it, so its bf16
     /// copy stops being valid.
     fn address(&self, b: &GpuBuf) -> u64 {
+        if b.f32_stale.load(std::sync::atomic::Ordering::Relaxed) {
+            self.record::<()>("internal", Err("a buffer declared a GEMM input only (Backend::set_gemm_input_only) was used as \
+                                               f32 after a write of its bf16 copy alone".into()));
+            return 0;
+        }
         b.half_valid.store(false, std::sync::atomic::Ordering::Relaxed);
         match &b.store {
             Store::F32(s) => self.rt.addr(s),
@@ -548,7 +567,9 @@ impl Backend for Cuda {
     fn ensure(&self, buf: &mut GpuBuf, n: usize) {
         if buf.len < n {
             buf.store = Store::Missing; // free before allocating the larger one
+            let gemm_only = buf.gemm_only;
             *buf = self.alloc(n);
+            buf.gemm_only = gemm_only;
         }
     }
     /// One allocation for all of them (the activation arena), made again, larger, only when a
@@ -561,6 +582,7 @@ impl Backend for Cuda {
             return;
         }
         let lens: Vec<usize> = bufs.iter().map(|(b, n)| b.len.max(*n)).collect();
+        let gemm_only: Vec<bool> = bufs.iter().map(|(b, _)| b.gemm_only).collect();
         // the old arena is freed (once every part is dropped) before the new one is made
         for (b, _) in bufs.iter_mut() {
             **b = GpuBuf::new(None, 0);
@@ -578,6 +600,12 @@ impl Backend for Cuda {
                 }
             }
         }
+        for ((b, _), only) in bufs.iter_mut().zip(gemm_only) {
+            b.gemm_only = only;
+        }
+    }
+    fn set_gemm_input_only(&self, buf: &mut GpuBuf, on: bool) {
+        buf.gemm_only = on;
     }
     fn freeze_weight(&self, buf: &mut GpuBuf, n: usize) {
         if self.precision != Precision::Bf16 || buf.is_bf16() || !self.begin() {
@@ -724,7 +752,7 @@ impl Backend for Cuda {
         self.matmul(saved, 0, n, a, b, m, n, k, 1.0, false);
         if m * n > 0 && self.begin() {
             let half = self.half_out(act, m * n);
-            self.launch_n("bias_gelu_f32", m * n, &[Arg::Ptr(self.ptr(saved)), Arg::Ptr(self.ptr(act)),
+            self.launch_n("bias_gelu_f32", m * n, &[Arg::Ptr(self.ptr(saved)), Arg::Ptr(self.out_ptr(act, half)),
                                                      Arg::Ptr(self.ptr(bias)), Arg::I64(m as i64), Arg::I32(n as i32),
                                                      Arg::Ptr(half)]);
             self.half_written(act, half);
@@ -835,7 +863,8 @@ impl Backend for Cuda {
     fn gelu_backward(&self, dinp: &mut GpuBuf, inp: &GpuBuf, dout: &GpuBuf, n: usize) {
         if self.begin() {
             let half = self.half_out(dinp, n);
-            self.launch_n("gelu_backward_f32", n, &[Arg::Ptr(self.ptr(dinp)), Arg::Ptr(self.ptr(inp)), Arg::Ptr(self.ptr(dout)),
+            self.launch_n("gelu_backward_f32", n, &[Arg::Ptr(self.out_ptr(dinp, half)), Arg::Ptr(self.ptr(inp)),
+                                                    Arg::Ptr(self.ptr(dout)),
                                                     Arg::I64(n as i64), Arg::Ptr(half)]);
             self.half_written(dinp, half);
         }
@@ -944,8 +973,8 @@ impl Backend for Cuda {
         let pd = self.ptr(dinp);
         let (pdrop, (pm, p, keep, key), half) = match dropped {
             Some((out, mask)) => {
-                let pout = self.ptr(out);
                 let half = self.half_out(out, rows * h);
+                let pout = self.out_ptr(out, half);
                 (Some((pout, out)), self.mask_args(Some(mask), rows * h), half)
             }
             None => (None, (0, 0.0, 1.0, 0), self.half_out(dinp, rows * h)),

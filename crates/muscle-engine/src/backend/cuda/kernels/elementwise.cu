@@ -80,7 +80,8 @@ extern "C" __global__ void gelu_forward_f32(float* out, const float* x, i64 n) {
     }
 }
 
-// `half` (may be null): also the result in bf16, for the bf16 GEMM that reads it next.
+// `half` (may be null): also the result in bf16, for the bf16 GEMM that reads it next; `dinp` may
+// then be null (only that GEMM reads the result).
 extern "C" __global__ void gelu_backward_f32(float* dinp, const float* x, const float* dout, i64 n,
                                              unsigned short* half) {
     FOR_EACH(i, n) {
@@ -88,7 +89,7 @@ extern "C" __global__ void gelu_backward_f32(float* dinp, const float* x, const 
         const float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
         const float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
         const float d = dout[i] * (cdf + v * pdf);
-        dinp[i] = d;
+        if (dinp) dinp[i] = d;
         if (half) half[i] = bf16_bits(d);
     }
 }
@@ -154,14 +155,15 @@ extern "C" __global__ void bias_dropout_residual_f32(float* out, const float* bi
 }
 
 // pre += bias, act = gelu(pre) (erf form, as gelu_forward_f32) over [rows, n]; `half` (may be
-// null): act in bf16 too, for the bf16 GEMM that reads it next.
+// null): act in bf16 too, for the bf16 GEMM that reads it next; `act` may then be null (only that
+// GEMM reads it).
 extern "C" __global__ void bias_gelu_f32(float* pre, float* act, const float* bias, i64 rows, int n,
                                          unsigned short* half) {
     FOR_EACH(i, rows * n) {
         const float v = pre[i] + bias[i % n];
         pre[i] = v;
         const float a = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-        act[i] = a;
+        if (act) act[i] = a;
         if (half) half[i] = bf16_bits(a);
     }
 }

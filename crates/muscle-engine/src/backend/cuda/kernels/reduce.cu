@@ -82,10 +82,10 @@ extern "C" __global__ void residual_layer_norm_f32(float* res, const float* bias
 }
 
 // dinp per row: (g w - mean(g w) - n mean(g w n)) rstd, with n the normalised input.
-// With `dropped` (may be null), also dropped = dinp * mask: with p > 0 the mask is drawn here
-// (stream `key`, element r * h + j) and written to `mask` unless that is null; else read.
-// `half` (may be null): in bf16 too, for the bf16 GEMM that reads it next, `dropped` if given, else
-// dinp.
+// With a dropout mask (p > 0: drawn here, stream `key`, element r * h + j, and written to `mask`
+// unless that is null; else read from `mask`; neither: no dropout), also dropped = dinp * mask.
+// `half` (may be null): in bf16 too, for the bf16 GEMM that reads it next, the dropped values
+// under dropout, else dinp; `dropped` may then be null (only that GEMM reads them).
 extern "C" __global__ void layer_norm_backward_f32(float* dinp, const float* dout, const float* inp, const float* w,
                                                    const float* mean, const float* rstd, int rows, int h,
                                                    unsigned short* half, float* dropped, float* mask, float p,
@@ -111,9 +111,9 @@ extern "C" __global__ void layer_norm_backward_f32(float* dinp, const float* dou
         const float v = (g[j] * w[j] - mdn - n * mdnn) * rs;
         d[j] = v;
         const i64 i = (i64)r * h + j;
-        if (dropped) {
+        if (mask || p > 0.0f) {
             const float z = dropout_factor(mask, i, p, keep, key);
-            dropped[i] = v * z;
+            if (dropped) dropped[i] = v * z;
             if (half) half[i] = bf16_bits(v * z);
         } else if (half) {
             half[i] = bf16_bits(v);
