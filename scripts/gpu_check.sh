@@ -8,7 +8,8 @@
 #   3. muscle-bench --device cuda (bf16 and f32) beside scripts/bench_torch.py (bf16 and f32), BERT- and
 #      RoBERTa-base, 32 x 64 and 32 x 128; scripts/gpu_report.py prints the ratios;
 #   4. variants of our bf16 step: graph mode, an earlier build (.gpu/bin/muscle-bench-before, when
-#      carried), attention's GEMMs in exact f32 (MUSCLE_CUDA_TF32=0) and flash attention, to measure each change.
+#      carried), attention's GEMMs in exact f32 (MUSCLE_CUDA_TF32=0), flash attention, and the batched GEMMs issued
+#      one by one (MUSCLE_CUDA_BATCHED=0), to measure each change.
 # Results go to .gpu/out, or, under the device tool, to $OUT as one archive (gpu-check.tgz) and report.md.
 # Each stage has its own time limit so one hang cannot eat the rest, and the whole check a deadline
 # (GPU_CHECK_SECONDS, 420 by default). GPU_CHECK_PLAN=profile runs 1, 2 and only BERT-base bf16 of 3,
@@ -112,6 +113,7 @@ for seq in 64 128; do
   variant before .gpu/bin/muscle-bench-before bert "$seq"
   variant f32attention .gpu/bin/muscle-bench bert "$seq" MUSCLE_CUDA_TF32=0
   variant flash .gpu/bin/muscle-bench bert "$seq" -- --attention flash
+  variant unbatched .gpu/bin/muscle-bench bert "$seq" MUSCLE_CUDA_BATCHED=0
 done
 for fam in bert roberta; do
   ours "$fam" 64 f32; ours "$fam" 128 f32; theirs "$fam" f32

@@ -136,6 +136,9 @@ pub struct Cuda {
     /// bf16) run on the tensor cores in TF32, 10 mantissa bits to bf16's 7; `MUSCLE_CUDA_TF32=0`
     /// keeps them in exact f32
     tf32_attention: bool,
+    /// Same-shaped GEMMs of one verb (`matmuls`, `matmuls_bias`) as one batched GEMM, one launch
+    /// for several (unless `MUSCLE_CUDA_BATCHED=0`, which issues them one by one: to time both)
+    batch_gemms: bool,
 }
 
 /// Whether bf16 mode may run attention's GEMMs in TF32 (unless `MUSCLE_CUDA_TF32=0`).
@@ -643,8 +646,10 @@ impl Backend for Cuda {
     }
     fn matmuls(&self, items: &mut [GemmItem<'_, Self>], ldc: usize, m: usize, n: usize, k: usize, alpha: f32,
                accumulate: bool) {
-        // batched only for f32 operands of one layout (the LoRA branches); anything else one by one
-        let batched = items.len() > 1 && items.iter().all(|it| {
+        // Batched only for f32 operands of one layout (the LoRA branches), and not for a long
+        // reduction into a small output (LoRA's weight gradients, [r, in] over b*t tokens): one
+        // such GEMM gets its K split across the GPU, a batch of them may not. Anything else one by one.
+        let batched = self.batch_gemms && items.len() > 1 && k < 2 * m.max(n) && items.iter().all(|it| {
             !it.a.buf.is_bf16() && !it.b.buf.is_bf16() && (it.a.ld, it.a.trans, it.b.ld, it.b.trans)
                 == (items[0].a.ld, items[0].a.trans, items[0].b.ld, items[0].b.trans)
         });
@@ -685,7 +690,7 @@ impl Backend for Cuda {
         let same = items.iter().all(|(_, b, _)| {
             (b.buf.is_bf16(), b.ld, b.trans) == (all_bf16, items[0].1.ld, items[0].1.trans)
         });
-        if items.len() > 1 && same && !a.buf.is_bf16() {
+        if self.batch_gemms && items.len() > 1 && same && !a.buf.is_bf16() {
             let (br, bc) = if items[0].1.trans { (n, k) } else { (k, n) };
             let pa = match a_half {
                 Some(p) => p,
@@ -1427,7 +1432,8 @@ impl Cuda {
     /// The backend over a runtime of `kind`, in graph mode from the start with `MUSCLE_CUDA_GRAPHS=1`.
     fn assemble(kind: Kind, info: DeviceInfo, precision: Precision) -> Self {
         let cuda = Cuda { rt: Runtime::new(kind), scratch: Mutex::new(Scratch::default()), error: Mutex::new(None), info,
-                          precision, bf16_weights: Default::default(), tf32_attention: tf32_allowed(precision) };
+                          precision, bf16_weights: Default::default(), tf32_attention: tf32_allowed(precision),
+                          batch_gemms: std::env::var("MUSCLE_CUDA_BATCHED").map_or(true, |v| v != "0") };
         if std::env::var("MUSCLE_CUDA_GRAPHS").is_ok_and(|v| v == "1") {
             let _ = cuda.rt.set_graphs(true); // nothing is queued yet: cannot fail
         }
