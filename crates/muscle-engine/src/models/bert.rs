@@ -937,18 +937,14 @@ impl<B: Backend> BertClassifier<B> {
                     dropout::dropout_forward_into(be, &mut s.xd, x, &mut s.mask, n * h, ad.lora_dropout, seed,
                                                   &[pass, site::LORA, lid, ti as u64]);
                     let (da, dbb) = two(pg, la_a, la_b);
-                    let lo = &la.lora[ti];
+                    lora::lora_backward(be, None, da, dbb, &mut s.d_small, &s.d_qkv[ti], &la.lora[ti].xa, &s.xd, &pv[la_a],
+                                        &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
                     if need_dx {
                         // d_x += (dxa A) * mask, in the GEMM's store: into d_lx, which becomes d_x
-                        lora::lora_backward(be, None, da, dbb, &mut s.d_small, &s.d_qkv[ti], &lo.xa, &s.xd, &pv[la_a],
-                                            &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
                         lora::lora_backward_input_dropped(be, &mut s.d_lx, &s.d_small, &pv[la_a], &s.mask, &s.d_x, n, h,
                                                           ad.lora_r);
                         std::mem::swap(&mut s.d_x, &mut s.d_lx);
                         swaps.push(Swap::XLx);
-                    } else {
-                        lora::lora_backward(be, None, da, dbb, &mut s.d_small, &s.d_qkv[ti], &lo.xa, &s.xd, &pv[la_a],
-                                            &pv[la_b], n, h, h, ad.lora_r, ad.lora_scale);
                     }
                 }
             } else {
