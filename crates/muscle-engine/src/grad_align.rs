@@ -39,9 +39,16 @@ impl GaBranch {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GaOutcome {
     pub branch: GaBranch,
+    /// global L2 norm of the training gradient `g`
+    pub grad_norm: f64,
+    /// global L2 norm of the aligned gradient, from the same dot products (no second pass over
+    /// the gradients, no second wait): `|a g + b r|^2 = a^2 g.g + 2ab g.r + b^2 r.r` per tensor
+    pub aligned_norm: f64,
+    /// the `extra` dot products asked of [`align`], in order
+    pub extra: Vec<f64>,
     /// mean over tensors with a non-zero reference gradient of `|r|` per tensor
     pub n_ref: f64,
     /// global L2 norm of the reference gradient
@@ -69,11 +76,12 @@ pub fn decide(rule: GaRule, ref_loss: f32, n_ref: f64) -> (GaBranch, Option<f32>
 
 /// Combines per tensor: on entry `grads[i]` holds the reference gradient `r` and `g[i]` the
 /// training gradient; on exit `grads[i]` holds the aligned gradient. Only `Some` entries (the
-/// trainable tensors) take part.
+/// trainable tensors) take part. `extra` dot products go in the same batch (one read-back: the
+/// step's losses), and `ref_loss` gives the reference loss from their values.
 pub fn align<B: Backend>(be: &B, grads: &mut [Option<B::Buf>], g: &[Option<B::Buf>], numel: &[usize], rule: GaRule,
-                         ref_loss: f32) -> GaOutcome {
+                         extra: &[(&B::Buf, &B::Buf, usize)], ref_loss: impl FnOnce(&[f64]) -> f32) -> GaOutcome {
     // dot products first, all in one batch: the decision needs n_ref over all tensors
-    let mut pairs = Vec::new();
+    let mut pairs = extra.to_vec();
     for i in 0..grads.len() {
         if let (Some(r), Some(gi)) = (grads[i].as_ref(), g[i].as_ref()) {
             let n = numel[i];
@@ -81,8 +89,10 @@ pub fn align<B: Backend>(be: &B, grads: &mut [Option<B::Buf>], g: &[Option<B::Bu
         }
     }
     let mut dots = be.dots(&pairs).into_iter();
+    let extra: Vec<f64> = dots.by_ref().take(extra.len()).collect();
+    let ref_loss = ref_loss(&extra);
     let mut stats = Vec::with_capacity(grads.len());
-    let (mut sum_norm, mut nonzero, mut rr_total) = (0.0f64, 0usize, 0.0f64);
+    let (mut sum_norm, mut nonzero, mut rr_total, mut gg_total) = (0.0f64, 0usize, 0.0f64, 0.0f64);
     for i in 0..grads.len() {
         if grads[i].is_some() && g[i].is_some() {
             let (gr, gg, rr) = (dots.next().unwrap_or(0.0), dots.next().unwrap_or(0.0), dots.next().unwrap_or(0.0));
@@ -91,6 +101,7 @@ pub fn align<B: Backend>(be: &B, grads: &mut [Option<B::Buf>], g: &[Option<B::Bu
                 nonzero += 1;
             }
             rr_total += rr;
+            gg_total += gg;
             stats.push(Some((gr, gg, rr)));
         } else {
             stats.push(None);
@@ -99,6 +110,7 @@ pub fn align<B: Backend>(be: &B, grads: &mut [Option<B::Buf>], g: &[Option<B::Bu
     let n_ref = if nonzero > 0 { sum_norm / nonzero as f64 } else { 0.0 };
     let (branch, mix) = decide(rule, ref_loss, n_ref);
     let mut projected = 0;
+    let mut aligned = 0.0f64;
     let mut items = Vec::new();
     for (((stat, r), gi), &n) in stats.iter().zip(grads.iter_mut()).zip(g).zip(numel) {
         let (Some((gr, gg, rr)), Some(r), Some(gi)) = (*stat, r.as_mut(), gi.as_ref()) else { continue };
@@ -106,15 +118,23 @@ pub fn align<B: Backend>(be: &B, grads: &mut [Option<B::Buf>], g: &[Option<B::Bu
             Some(rho) if gg > 0.0 && rr > 0.0 => {
                 let coef = (gr.abs() / rr) as f32;
                 // r <- (1 - rho) * coef * r + rho * g
-                items.push((r, rho, gi, (1.0 - rho) * coef, n));
+                let (a, b) = (rho, (1.0 - rho) * coef);
+                items.push((r, a, gi, b, n));
+                let (a, b) = (a as f64, b as f64);
+                aligned += a * a * gg + 2.0 * a * b * gr + b * b * rr;
                 projected += 1;
             }
             // r <- g
-            _ => items.push((r, 1.0, gi, 0.0, n)),
+            _ => {
+                items.push((r, 1.0, gi, 0.0, n));
+                aligned += gg;
+            }
         }
     }
     be.axpby_many(&mut items);
-    GaOutcome { branch, n_ref, ref_grad_norm: rr_total.sqrt(), projected }
+    // rounding can leave a cancelled sum (a projection that removes nearly all of g) just below 0
+    GaOutcome { branch, grad_norm: gg_total.sqrt(), aligned_norm: aligned.max(0.0).sqrt(), extra, n_ref,
+                ref_grad_norm: rr_total.sqrt(), projected }
 }
 
 #[cfg(test)]
@@ -142,7 +162,7 @@ mod tests {
         // g = (1, 2), r = (-2, 0): g·r = -2, |r|^2 = 4 -> a = 0.5 * r = (-1, 0); mixed with rho 0.25
         let g = vec![Some(vec![1.0f32, 2.0]), None, Some(vec![0.0, 0.0])];
         let mut grads = vec![Some(vec![-2.0f32, 0.0]), None, Some(vec![3.0, 1.0])];
-        let out = align(&be, &mut grads, &g, &[2, 0, 2], GaRule::Paper { rho: 0.25 }, 1.0);
+        let out = align(&be, &mut grads, &g, &[2, 0, 2], GaRule::Paper { rho: 0.25 }, &[], |_| 1.0);
         let want = [0.75 * -1.0 + 0.25 * 1.0, 0.25 * 2.0];
         assert!((grads[0].as_ref().unwrap()[0] - want[0]).abs() < 1e-6);
         assert!((grads[0].as_ref().unwrap()[1] - want[1]).abs() < 1e-6);
@@ -152,7 +172,8 @@ mod tests {
         assert!((out.n_ref - (2.0 + 10f64.sqrt()) / 2.0).abs() < 1e-9);
     }
 
-    /// Property: the projection is parallel to r, |a| = |g·r| / |r|, and a·r >= 0, whatever g and r.
+    /// Property: the projection is parallel to r, |a| = |g·r| / |r|, and a·r >= 0, whatever g and r;
+    /// the norms the outcome reports from the dot products are those of g and of the result.
     #[test]
     fn projection_properties_on_random_vectors() {
         let be = Cpu::new();
@@ -161,10 +182,18 @@ mod tests {
             let n = 1 + case % 37;
             let g: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
             let r: Vec<f32> = (0..n).map(|_| rng.normal() * 1e-3).collect();
-            let mut grads = vec![Some(r.clone())];
-            align(&be, &mut grads, &[Some(g.clone())], &[n], GaRule::Paper { rho: 0.0 }, 1.0);
-            let a = grads[0].as_ref().unwrap();
             let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>();
+            // the mixed rule too: the cross term of the aligned norm
+            let rho = [0.3f32, 0.7, 1.0][case % 3];
+            let mut mixed = vec![Some(r.clone())];
+            let out = align(&be, &mut mixed, &[Some(g.clone())], &[n], GaRule::Paper { rho }, &[], |_| 1.0);
+            let m = mixed[0].as_ref().unwrap();
+            assert!((out.aligned_norm - dot(m, m).sqrt()).abs() <= 1e-5 * out.aligned_norm + 1e-12, "aligned norm, case {case}");
+            assert!((out.grad_norm - dot(&g, &g).sqrt()).abs() <= 1e-9 * out.grad_norm, "g's norm, case {case}");
+            let mut grads = vec![Some(r.clone())];
+            let out = align(&be, &mut grads, &[Some(g.clone())], &[n], GaRule::Paper { rho: 0.0 }, &[], |_| 1.0);
+            let a = grads[0].as_ref().unwrap();
+            assert!((out.aligned_norm - dot(a, a).sqrt()).abs() <= 1e-5 * out.aligned_norm + 1e-12, "projection norm, case {case}");
             let (ar, rr, gr, aa) = (dot(a, &r), dot(&r, &r), dot(&g, &r), dot(a, a));
             assert!(ar >= 0.0);
             assert!((aa.sqrt() - gr.abs() / rr.sqrt()).abs() <= 1e-4 * aa.sqrt().max(1e-6), "case {case}");

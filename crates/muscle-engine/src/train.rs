@@ -40,6 +40,10 @@ pub struct Classifier<B: Backend> {
     /// the training gradient while the reference gradient is computed (trainable tensors only)
     saved: Vec<Option<B::Buf>>,
     snapshot: Option<Vec<Option<Vec<f32>>>>,
+    /// each row's loss of the training and the reference batch, left on the device until the
+    /// step's one read-back (the dot products), and ones to sum them with
+    losses: [B::Buf; 2],
+    ones: B::Buf,
 }
 
 impl<B: Backend> Classifier<B> {
@@ -52,51 +56,70 @@ impl<B: Backend> Classifier<B> {
     pub fn new(be: B, model: BertClassifier<B>, adamw: AdamWConfig) -> Self {
         let opt = AdamW::new(&be, &model.params, adamw);
         let saved = model.params.grads.iter().map(|_| None).collect();
-        Classifier { be, model, opt, saved, snapshot: None }
+        let (losses, ones) = ([be.zeros(0), be.zeros(0)], be.zeros(0));
+        Classifier { be, model, opt, saved, snapshot: None, losses, ones }
     }
 
-    /// Forward + backward of one batch in training mode; leaves the gradient in the model.
-    fn gradient(&mut self, batch: &BatchRef) -> Result<f32> {
+    /// Forward + backward of one batch in training mode; leaves the gradient in the model and each
+    /// row's loss in `losses[slot]`, read back later with the step's other scalars. Returns the rows.
+    fn gradient(&mut self, batch: &BatchRef, slot: usize) -> Result<usize> {
         let labels = batch.labels.ok_or_else(|| EngineError::Batch("training batches need labels".into()))?;
         self.model.forward_on_device(&self.be, batch, true)?;
-        let loss = self.model.loss(&self.be, labels)?;
+        self.model.loss_on_device(&self.be, labels, &mut self.losses[slot])?;
         self.model.backward(&self.be, batch)?;
-        Ok(loss)
+        if self.be.len(&self.ones) < batch.b {
+            self.be.ensure(&mut self.ones, batch.b);
+            let n = self.be.len(&self.ones);
+            self.be.fill(&mut self.ones, n, 1.0);
+        }
+        Ok(batch.b)
     }
 
     /// One optimisation step: gradient of `batch`; with `reference` and a GA rule, the reference
-    /// gradient and the per-tensor alignment; then clipping and AdamW.
+    /// gradient and the per-tensor alignment; then clipping and AdamW. The device is waited on once:
+    /// the losses, the gradient norms and the alignment's dot products come back together, and the
+    /// norm of the aligned gradient follows from those dots (no second pass over the gradients).
     pub fn train_step(&mut self, batch: &BatchRef, reference: Option<&BatchRef>, s: &StepSettings) -> Result<StepReport> {
         if !(s.lr.is_finite() && s.lr >= 0.0) {
             return Err(EngineError::Setup(format!("learning rate {} must be a finite number >= 0", s.lr)));
         }
-        let loss = self.gradient(batch)?;
-        let grad_norm = optim::grad_norm(&self.be, &self.model.params);
-        let mut report = StepReport {
-            loss, ref_loss: None, grad_norm, ref_grad_norm: None, n_ref: None, projected: 0, branch: GaBranch::None,
-            clipped_norm: grad_norm,
-        };
-        if let (Some(reference), Some(rule)) = (reference, s.ga) {
-            // keep g aside (swapping buffers, no copy), compute r into the model's gradients
-            for (slot, g) in self.saved.iter_mut().zip(&self.model.params.grads) {
-                if let (None, Some(g)) = (&slot, g) {
-                    *slot = Some(self.be.zeros(self.be.len(g)));
+        let rows = self.gradient(batch, 0)? as f64;
+        let report = match (reference, s.ga) {
+            (Some(reference), Some(rule)) => {
+                // keep g aside (swapping buffers, no copy), compute r into the model's gradients
+                for (slot, g) in self.saved.iter_mut().zip(&self.model.params.grads) {
+                    if let (None, Some(g)) = (&slot, g) {
+                        *slot = Some(self.be.zeros(self.be.len(g)));
+                    }
+                }
+                self.swap_saved();
+                let ref_rows = self.gradient(reference, 1)? as f64;
+                let numel: Vec<usize> = self.model.params.meta.iter().map(|m| m.numel()).collect();
+                let [l0, l1] = &self.losses;
+                let extra = [(l0, &self.ones, rows as usize), (l1, &self.ones, ref_rows as usize)];
+                let out = grad_align::align(&self.be, &mut self.model.params.grads, &self.saved, &numel, rule, &extra,
+                                            |sums| (sums[1] / ref_rows) as f32);
+                StepReport {
+                    loss: (out.extra[0] / rows) as f32, ref_loss: Some((out.extra[1] / ref_rows) as f32),
+                    grad_norm: out.grad_norm, ref_grad_norm: Some(out.ref_grad_norm), n_ref: Some(out.n_ref),
+                    projected: out.projected, branch: out.branch, clipped_norm: out.aligned_norm,
                 }
             }
-            self.swap_saved();
-            let ref_loss = self.gradient(reference)?;
-            let numel: Vec<usize> = self.model.params.meta.iter().map(|m| m.numel()).collect();
-            let out = grad_align::align(&self.be, &mut self.model.params.grads, &self.saved, &numel, rule, ref_loss);
-            report.ref_loss = Some(ref_loss);
-            report.ref_grad_norm = Some(out.ref_grad_norm);
-            report.n_ref = Some(out.n_ref);
-            report.projected = out.projected;
-            report.branch = out.branch;
-        }
-        // without alignment the gradient is still g, whose norm is known
-        report.clipped_norm = match report.branch {
-            GaBranch::None => report.grad_norm,
-            _ => optim::grad_norm(&self.be, &self.model.params),
+            _ => {
+                // g's squared norm per tensor and the loss, in one read-back
+                let p = &self.model.params;
+                let mut pairs: Vec<_> = p.grads.iter().enumerate()
+                    .filter_map(|(i, g)| g.as_ref().map(|g| (g, g, p.meta[i].numel())))
+                    .collect();
+                pairs.push((&self.losses[0], &self.ones, rows as usize));
+                let mut dots = self.be.dots(&pairs);
+                let loss = dots.pop().unwrap_or(f64::NAN) / rows;
+                let grad_norm = dots.iter().sum::<f64>().sqrt();
+                StepReport {
+                    loss: loss as f32, ref_loss: None, grad_norm, ref_grad_norm: None, n_ref: None, projected: 0,
+                    branch: GaBranch::None, clipped_norm: grad_norm,
+                }
+            }
         };
         optim::clip_to(&self.be, &mut self.model.params, s.max_grad_norm, report.clipped_norm);
         self.be.check()?; // a device failure, not divergence, when the numbers below are NaN

@@ -341,6 +341,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Softmax + mean cross-entropy over `rows` rows of `n` classes; saves probabilities, returns
     /// the mean loss.
     fn softmax_xent_forward(&self, probs: &mut Self::Buf, logits: &Self::Buf, labels: &[i32], rows: usize, n: usize) -> f32;
+    /// [`Backend::softmax_xent_forward`] that leaves each row's loss in `losses` (`rows` values)
+    /// instead of reading the mean back: a training step reads it later, with its other scalars,
+    /// in one wait on the device.
+    fn softmax_xent_forward_rows(&self, probs: &mut Self::Buf, losses: &mut Self::Buf, logits: &Self::Buf,
+                                 labels: &[i32], rows: usize, n: usize);
     /// `dlogits = (probs - onehot(labels)) / rows`.
     fn softmax_xent_backward(&self, dlogits: &mut Self::Buf, probs: &Self::Buf, labels: &[i32], rows: usize, n: usize);
     /// `out[i, :] = inp[rows[i], :]`.

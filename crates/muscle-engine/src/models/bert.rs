@@ -777,6 +777,18 @@ impl<B: Backend> BertClassifier<B> {
         Ok(softmax_xent::softmax_xent_forward(be, &mut self.acts.probs, &self.acts.logits, labels, b, self.num_labels))
     }
 
+    /// [`Self::loss`] with each row's loss left on the device in `losses` (grown to the batch),
+    /// nothing read back: a training step reads it with its other scalars, in one wait.
+    pub fn loss_on_device(&mut self, be: &B, labels: &[i32], losses: &mut B::Buf) -> Result<()> {
+        let (b, ..) = self.last.ok_or_else(|| EngineError::Other("loss before forward".into()))?;
+        if labels.len() != b {
+            return Err(EngineError::Batch(format!("{} labels for {b} rows", labels.len())));
+        }
+        be.ensure(losses, b);
+        be.softmax_xent_forward_rows(&mut self.acts.probs, losses, &self.acts.logits, labels, b, self.num_labels);
+        Ok(())
+    }
+
     /// Backpropagates the loss of the last (training-mode or eval-mode) forward into the
     /// gradients of the trainable tensors. Gradients are overwritten, not accumulated.
     pub fn backward(&mut self, be: &B, batch: &BatchRef) -> Result<()> {

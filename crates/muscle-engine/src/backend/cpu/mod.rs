@@ -429,24 +429,14 @@ impl Backend for Cpu {
         attention::backward(dq, dk, dv, dout, probs, q, k, v, drop.map(|x| x.as_slice()), b, t, heads, d);
     }
     fn softmax_xent_forward(&self, probs: &mut Vec<f32>, logits: &Vec<f32>, labels: &[i32], rows: usize, n: usize) -> f32 {
-        let mut loss = 0.0f64;
-        for r in 0..rows {
-            let z = &logits[r * n..][..n];
-            let p = &mut probs[r * n..][..n];
-            let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f64;
-            for j in 0..n {
-                let e = ((z[j] - max) as f64).exp();
-                p[j] = e as f32;
-                sum += e;
-            }
-            for x in p.iter_mut() {
-                *x = (*x as f64 / sum) as f32;
-            }
-            let y = labels[r] as usize;
-            loss += sum.ln() - (z[y] - max) as f64;
-        }
+        let loss: f64 = softmax_xent_rows(probs, logits, labels, rows, n).sum();
         (loss / rows as f64) as f32
+    }
+    fn softmax_xent_forward_rows(&self, probs: &mut Vec<f32>, losses: &mut Vec<f32>, logits: &Vec<f32>, labels: &[i32],
+                                 rows: usize, n: usize) {
+        for (out, loss) in losses[..rows].iter_mut().zip(softmax_xent_rows(probs, logits, labels, rows, n)) {
+            *out = loss as f32;
+        }
     }
     fn softmax_xent_backward(&self, dlogits: &mut Vec<f32>, probs: &Vec<f32>, labels: &[i32], rows: usize, n: usize) {
         let inv = 1.0 / rows as f32;
@@ -475,6 +465,25 @@ impl Backend for Cpu {
         elementwise::adamw(&mut param[..n], &grad[..n], &mut m[..n], &mut v[..n], lr, beta1, beta2, eps,
                            weight_decay, step);
     }
+}
+
+/// Softmax over each of `rows` rows of `n` logits into `probs`, yielding each row's cross-entropy
+/// against its label (in f64; the exponentials summed in f64 too).
+fn softmax_xent_rows<'a>(probs: &'a mut [f32], logits: &'a [f32], labels: &'a [i32], rows: usize, n: usize)
+                         -> impl Iterator<Item = f64> + 'a {
+    probs[..rows * n].chunks_mut(n).zip(logits[..rows * n].chunks(n)).zip(labels).map(move |((p, z), &y)| {
+        let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f64;
+        for (pj, &zj) in p.iter_mut().zip(z) {
+            let e = ((zj - max) as f64).exp();
+            *pj = e as f32;
+            sum += e;
+        }
+        for x in p.iter_mut() {
+            *x = (*x as f64 / sum) as f32;
+        }
+        sum.ln() - (z[y as usize] - max) as f64
+    })
 }
 
 #[cfg(test)]
@@ -524,3 +533,4 @@ fn available_memory() -> Option<usize> {
     let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib.saturating_mul(1024))
 }
+

@@ -1178,8 +1178,19 @@ impl Backend for Cuda {
         let loss = self.grown(&mut scratch.f64s, rows, rows.next_power_of_two());
         self.launch("softmax_xent_forward_f32", (rows.div_ceil(128) as u32, 1, 1), (128, 1, 1), 0, &[
             Arg::Ptr(self.ptr(probs)), Arg::Ptr(self.ptr(logits)), Arg::Ptr(pl), Arg::I32(rows as i32), Arg::I32(n as i32),
-            Arg::Ptr(loss)]);
+            Arg::Ptr(loss), Arg::Ptr(0)]);
         (self.download_f64(&scratch, rows).iter().sum::<f64>() / rows as f64) as f32
+    }
+    fn softmax_xent_forward_rows(&self, probs: &mut GpuBuf, losses: &mut GpuBuf, logits: &GpuBuf, labels: &[i32],
+                                 rows: usize, n: usize) {
+        if rows == 0 || !self.begin() {
+            return;
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let pl = self.upload_ints(&mut scratch, 0, &labels[..rows]);
+        self.launch("softmax_xent_forward_f32", (rows.div_ceil(128) as u32, 1, 1), (128, 1, 1), 0, &[
+            Arg::Ptr(self.ptr(probs)), Arg::Ptr(self.ptr(logits)), Arg::Ptr(pl), Arg::I32(rows as i32), Arg::I32(n as i32),
+            Arg::Ptr(0), Arg::Ptr(self.ptr(losses))]);
     }
     fn softmax_xent_backward(&self, dlogits: &mut GpuBuf, probs: &GpuBuf, labels: &[i32], rows: usize, n: usize) {
         if !self.begin() {

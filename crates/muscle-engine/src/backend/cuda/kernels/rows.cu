@@ -39,7 +39,7 @@ extern "C" __global__ void scatter_add_rows_f32(float* dinp, const float* dout, 
 // One thread per row (rows = batch size, n = classes: small). Probabilities in f64 as the CPU does;
 // row_loss[r] = log(sum exp(z - max)) - (z[y] - max), added up on the host.
 extern "C" __global__ void softmax_xent_forward_f32(float* probs, const float* logits, const int* labels, int rows,
-                                                    int n, double* row_loss) {
+                                                    int n, double* row_loss, float* row_loss32) {
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
     const float* z = logits + (i64)r * n;
@@ -53,7 +53,9 @@ extern "C" __global__ void softmax_xent_forward_f32(float* probs, const float* l
         sum += e;
     }
     for (int j = 0; j < n; j++) p[j] = (float)((double)p[j] / sum);
-    row_loss[r] = log(sum) - (double)(z[labels[r]] - mx);
+    const double loss = log(sum) - (double)(z[labels[r]] - mx);
+    if (row_loss) row_loss[r] = loss;
+    if (row_loss32) row_loss32[r] = (float)loss;
 }
 
 extern "C" __global__ void softmax_xent_backward_f32(float* dlogits, const float* probs, const int* labels, int rows,
