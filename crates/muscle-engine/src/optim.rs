@@ -49,12 +49,17 @@ impl<B: Backend> AdamW<B> {
     }
 }
 
+/// The dot products whose sum is the squared global norm of the trainable gradients: `(g, g, n)`
+/// per trainable tensor.
+pub fn grad_norm_pairs<B: Backend>(params: &ParamStore<B>) -> Vec<(&B::Buf, &B::Buf, usize)> {
+    params.grads.iter().enumerate()
+        .filter_map(|(i, g)| g.as_ref().map(|g| (g, g, params.meta[i].numel())))
+        .collect()
+}
+
 /// Global L2 norm of the trainable gradients.
 pub fn grad_norm<B: Backend>(be: &B, params: &ParamStore<B>) -> f64 {
-    let pairs: Vec<_> = params.grads.iter().enumerate()
-        .filter_map(|(i, g)| g.as_ref().map(|g| (g, g, params.meta[i].numel())))
-        .collect();
-    be.dots(&pairs).iter().sum::<f64>().sqrt()
+    be.dots(&grad_norm_pairs(params)).iter().sum::<f64>().sqrt()
 }
 
 /// Scales the gradients so their global norm is at most `max_norm` (torch's `clip_grad_norm_`:

@@ -107,10 +107,7 @@ impl<B: Backend> Classifier<B> {
             }
             _ => {
                 // g's squared norm per tensor and the loss, in one read-back
-                let p = &self.model.params;
-                let mut pairs: Vec<_> = p.grads.iter().enumerate()
-                    .filter_map(|(i, g)| g.as_ref().map(|g| (g, g, p.meta[i].numel())))
-                    .collect();
+                let mut pairs = optim::grad_norm_pairs(&self.model.params);
                 pairs.push((&self.losses[0], &self.ones, rows as usize));
                 let mut dots = self.be.dots(&pairs);
                 let loss = dots.pop().unwrap_or(f64::NAN) / rows;

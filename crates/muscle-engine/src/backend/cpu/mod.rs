@@ -486,6 +486,15 @@ fn softmax_xent_rows<'a>(probs: &'a mut [f32], logits: &'a [f32], labels: &'a [i
     })
 }
 
+/// The system's available memory (`MemAvailable` of `/proc/meminfo`), in bytes; `None` where there
+/// is no such file. A container's own limit is not seen here.
+fn available_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
 #[cfg(test)]
 mod determinism_tests {
     use super::*;
@@ -524,13 +533,3 @@ mod determinism_tests {
         }
     }
 }
-
-/// The system's available memory (`MemAvailable` of `/proc/meminfo`), in bytes; `None` where there
-/// is no such file. A container's own limit is not seen here.
-fn available_memory() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib.saturating_mul(1024))
-}
-

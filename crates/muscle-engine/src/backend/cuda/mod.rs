@@ -319,6 +319,22 @@ impl Cuda {
         b.half.as_ref().map_or(0, |h| self.rt.addr(h))
     }
 
+    /// The softmax cross-entropy kernel over `rows` rows of `n` classes, each row's loss going to
+    /// `losses` = (f64 address, f32 address), either 0 for none.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent_launch(&self, scratch: &mut Scratch, probs: &GpuBuf, logits: &GpuBuf, labels: &[i32], rows: usize,
+                           n: usize, losses: (u64, u64)) {
+        let pl = self.upload_ints(scratch, 0, &labels[..rows]);
+        self.launch("softmax_xent_forward_f32", (rows.div_ceil(128) as u32, 1, 1), (128, 1, 1), 0, &[
+            Arg::Ptr(self.ptr(probs)), Arg::Ptr(self.ptr(logits)), Arg::Ptr(pl), Arg::I32(rows as i32), Arg::I32(n as i32),
+            Arg::Ptr(losses.0), Arg::Ptr(losses.1)]);
+    }
+
+    /// The f32 address of a GEMM operand (its buffer at its offset).
+    fn f32_operand(&self, m: &Mat<'_, Self>) -> u64 {
+        self.ptr(m.buf) + 4 * m.offset as u64
+    }
+
     /// The f32 address a kernel writes `b` at, beside its bf16 copy at `half` (from `half_out`): 0,
     /// so that the kernel writes the copy alone, for a GEMM-input-only buffer that has one.
     fn out_ptr(&self, b: &GpuBuf, half: u64) -> u64 {
@@ -478,7 +494,7 @@ impl Cuda {
             };
             (pa, self.bf16_operand(scratch, 1, &b, br, bc))
         } else {
-            (self.ptr(a.buf) + 4 * a.offset as u64, self.ptr(b.buf) + 4 * b.offset as u64)
+            (self.f32_operand(&a), self.f32_operand(&b))
         };
         let pc = self.ptr(c) + 4 * c_off as u64;
         if self.failed() {
@@ -506,7 +522,7 @@ impl Cuda {
             }
         }
         let dst = self.grown(&mut scratch.halves[slot], extent, extent.next_power_of_two());
-        let src = self.ptr(m.buf) + 4 * m.offset as u64;
+        let src = self.f32_operand(m);
         self.launch_n("f32_to_bf16", extent, &[Arg::Ptr(dst), Arg::Ptr(src), Arg::I64(extent as i64)]);
         dst
     }
@@ -663,9 +679,8 @@ impl Backend for Cuda {
             return;
         }
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let at = |m: &Mat<'_, Self>| self.ptr(m.buf) + 4 * m.offset as u64;
-        let pa = items.iter().map(|it| at(&it.a)).collect();
-        let pb = items.iter().map(|it| at(&it.b)).collect();
+        let pa = items.iter().map(|it| self.f32_operand(&it.a)).collect();
+        let pb = items.iter().map(|it| self.f32_operand(&it.b)).collect();
         let pc = items.iter().map(|it| self.ptr(it.c) + 4 * it.c_off as u64).collect();
         let arrays = self.pointer_arrays(&mut scratch, &[[pa, pb, pc]]);
         let (a, b) = (items[0].a, items[0].b);
@@ -692,13 +707,10 @@ impl Backend for Cuda {
         });
         if self.batch_gemms && items.len() > 1 && same && !a.buf.is_bf16() {
             let (br, bc) = if items[0].1.trans { (n, k) } else { (k, n) };
-            let pa = match a_half {
-                Some(p) => p,
-                None => self.ptr(a.buf) + 4 * a.offset as u64,
-            };
+            let pa = a_half.unwrap_or_else(|| self.f32_operand(&a));
             let pb = items.iter().map(|(_, b, _)| match all_bf16 {
                 true => self.bf16_operand(&mut scratch, 1, b, br, bc), // a weight's own bf16 storage
-                false => self.ptr(b.buf) + 4 * b.offset as u64,
+                false => self.f32_operand(b),
             }).collect();
             let pc = items.iter().map(|(c, _, _)| self.ptr(c)).collect();
             let arrays = self.pointer_arrays(&mut scratch, &[[vec![pa; items.len()], pb, pc]]);
@@ -1174,11 +1186,8 @@ impl Backend for Cuda {
             return f32::NAN;
         }
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let pl = self.upload_ints(&mut scratch, 0, &labels[..rows]);
         let loss = self.grown(&mut scratch.f64s, rows, rows.next_power_of_two());
-        self.launch("softmax_xent_forward_f32", (rows.div_ceil(128) as u32, 1, 1), (128, 1, 1), 0, &[
-            Arg::Ptr(self.ptr(probs)), Arg::Ptr(self.ptr(logits)), Arg::Ptr(pl), Arg::I32(rows as i32), Arg::I32(n as i32),
-            Arg::Ptr(loss), Arg::Ptr(0)]);
+        self.softmax_xent_launch(&mut scratch, probs, logits, labels, rows, n, (loss, 0));
         (self.download_f64(&scratch, rows).iter().sum::<f64>() / rows as f64) as f32
     }
     fn softmax_xent_forward_rows(&self, probs: &mut GpuBuf, losses: &mut GpuBuf, logits: &GpuBuf, labels: &[i32],
@@ -1187,10 +1196,8 @@ impl Backend for Cuda {
             return;
         }
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let pl = self.upload_ints(&mut scratch, 0, &labels[..rows]);
-        self.launch("softmax_xent_forward_f32", (rows.div_ceil(128) as u32, 1, 1), (128, 1, 1), 0, &[
-            Arg::Ptr(self.ptr(probs)), Arg::Ptr(self.ptr(logits)), Arg::Ptr(pl), Arg::I32(rows as i32), Arg::I32(n as i32),
-            Arg::Ptr(0), Arg::Ptr(self.ptr(losses))]);
+        let rows_out = self.ptr(losses);
+        self.softmax_xent_launch(&mut scratch, probs, logits, labels, rows, n, (0, rows_out));
     }
     fn softmax_xent_backward(&self, dlogits: &mut GpuBuf, probs: &GpuBuf, labels: &[i32], rows: usize, n: usize) {
         if !self.begin() {
