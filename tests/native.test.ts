@@ -88,6 +88,7 @@ describe('@musclelora/core-native', () => {
     auto.free();
     if (!hasGpu) {
       await expect(native.openSession(options({ device: 'cuda' }))).rejects.toThrow(/^device `cuda`: .+; use device: cpu \(or auto, which falls back to the CPU\)$/);
+      await expect(native.openSession(options({ device: 'cuda:1' }))).rejects.toThrow(/^device `cuda:1`: .+; use device: cpu \(or auto, which falls back to the CPU\)$/);
       await expect(native.openSession(options({ device: 'auto', precision: 'bf16' }))).rejects.toThrow('precision `bf16` needs the GPU (device: cuda, or auto on a machine with one); use precision: f32 or auto');
     }
     await expect(native.openSession(options({ precision: 'fp8' }))).rejects.toThrow('precision `fp8` is not one of auto, f32, bf16');
@@ -112,7 +113,8 @@ describe('@musclelora/core-native', () => {
 
   it('turns bad input into an Error with a clear message', async () => {
     await expect(native.openSession(options({ modelDir: path.join(repo, 'no/such/model') }))).rejects.toThrow(/no\/such\/model: model folder not found; give a folder with config.json/);
-    await expect(native.openSession(options({ device: 'tpu' }))).rejects.toThrow('device `tpu` is not one of cpu, cuda, auto');
+    await expect(native.openSession(options({ device: 'tpu' }))).rejects.toThrow('device `tpu` is not one of cpu, cuda, cuda:N (GPU N, from 0), auto');
+    await expect(native.openSession(options({ device: 'cuda:+1' }))).rejects.toThrow('device `cuda:+1` is not one of cpu, cuda, cuda:N (GPU N, from 0), auto');
     const s = await native.openSession(options());
     const ok = await batchOf(s, ['fine'], [1]);
     expect(() => s.predict({ ...ok, seq: ok.seq + 1 })).toThrow(/must hold batch x seq/);

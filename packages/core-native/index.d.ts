@@ -89,7 +89,7 @@ export interface SessionOptions {
   numLabels: number
   maxLength: number
   seed: number
-  /** `cpu`, `cuda` or `auto` */
+  /** `cpu`, `cuda` (GPU 0), `cuda:N` (GPU N) or `auto` */
   device: string
   /**
    * `f32`, `bf16` (GPU only: frozen weights and their GEMMs in bf16) or `auto` (bf16 on a GPU,

@@ -28,6 +28,8 @@ struct Args {
     kernels: bool,
     tune: Option<Vec<[usize; 4]>>,
     cuda: bool,
+    /// `--device cuda:N`: the GPU's number (0 for `cuda`)
+    gpu: usize,
     /// `--device cuda-dry`: the CUDA backend's books without a device (calls and memory, no times)
     dry: bool,
     /// `--profile` (GPU): one more step of each mode with every call timed on the device
@@ -53,7 +55,7 @@ fn parse_tune(spec: &str) -> std::result::Result<Vec<[usize; 4]>, String> {
 fn parse_args() -> std::result::Result<Args, String> {
     let mut a = Args { layers: 12, hidden: 768, batch: 32, seq: 64, iters: 3,
                        modes: vec!["lora".into(), "musclelora".into(), "full".into(), "eval".into()], json: None,
-                       gemms: false, kernels: false, tune: None, cuda: false, dry: false, roberta: false, bf16: false,
+                       gemms: false, kernels: false, tune: None, cuda: false, gpu: 0, dry: false, roberta: false, bf16: false,
                        profile: false, attention: AttentionImpl::Auto };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -87,20 +89,22 @@ fn parse_args() -> std::result::Result<Args, String> {
                 "roberta" => true,
                 other => return Err(format!("--family: `{other}` is not one of bert, roberta")),
             },
-            "--device" => (a.cuda, a.dry) = match val()?.as_str() {
-                "cpu" => (false, false),
-                "cuda" => (true, false),
-                "cuda-dry" => (true, true),
-                other => return Err(format!("--device: `{other}` is not one of cpu, cuda, cuda-dry")),
+            "--device" => (a.cuda, a.dry, a.gpu) = match val()?.as_str() {
+                "cuda-dry" => (true, true, 0),
+                word => match DeviceChoice::parse(word) {
+                    Ok(DeviceChoice::Cpu) => (false, false, 0),
+                    Ok(DeviceChoice::Gpu(n)) => (true, false, n),
+                    _ => return Err(format!("--device: `{word}` is not one of cpu, cuda, cuda:N (GPU N, from 0), cuda-dry")),
+                },
             },
             "-h" | "--help" => {
                 println!("muscle-bench [--layers 12] [--hidden 768] [--batch 32] [--seq 64] [--iters 3] \
-                          [--modes lora,musclelora,full,eval] [--device cpu|cuda|cuda-dry] [--precision f32|bf16] [--family bert|roberta] [--attention auto|standard|flash] [--json out.json] [--gemms] [--kernels] [--profile] [--tune CONFIGS]\n\n\
+                          [--modes lora,musclelora,full,eval] [--device cpu|cuda|cuda:N|cuda-dry] [--precision f32|bf16] [--family bert|roberta] [--attention auto|standard|flash] [--json out.json] [--gemms] [--kernels] [--profile] [--tune CONFIGS]\n\n\
                           Times training steps of a random BERT- (or RoBERTa-) shaped model (heads = hidden/64, FFN = 4 x hidden,\n\
                           dropout 0.1) against the machine's SGEMM peak (2048^3 on the CPU, ours and numpy's; cuBLAS f32 at\n\
                           8192^3 on a GPU), measured right before every timed step: a step's ratio is the median of\n\
                           (step GFLOP/s / best SGEMM just before it), which cancels the drift of a shared machine.\n\
-                          --device cuda: the CUDA backend on GPU 0, with the device memory in use after the steps\n\
+                          --device cuda (or cuda:N): the CUDA backend on GPU 0 (or N), with the device memory in use after the steps\n\
                           and the driver calls (kernel launches, GEMMs, copies) of the last timed step;\n\
                           --device cuda-dry: no device and no timing, the CUDA backend's books for one step of each mode:\n\
                           its driver calls and the most device memory it would allocate (any model size, any machine);\n\
@@ -375,7 +379,7 @@ fn main() {
                 return bench(&args, || Cuda::dry_run(precision), &device, |_| vec![], cuda_stats, Cuda::launches,
                              |_, _| None, Cuda::graph_failure);
             }
-            let open = || Cuda::with_precision(0, precision).unwrap_or_else(|e| {
+            let open = || Cuda::with_precision(args.gpu, precision).unwrap_or_else(|e| {
                 eprintln!("muscle-bench: {e}");
                 std::process::exit(1)
             });

@@ -16,7 +16,7 @@ pub mod rng;
 pub mod spec;
 pub mod train;
 
-pub use backend::{cpu::Cpu, Backend};
+pub use backend::{cpu::Cpu, Backend, DeviceChoice, DEVICE_WORDS};
 #[cfg(feature = "cuda")]
 pub use backend::cuda::{Cuda, DeviceInfo};
 pub use error::{EngineError, Result};

@@ -7,7 +7,7 @@
 
 use muscle_engine::io::tokenizer::TextTokenizer;
 use muscle_engine::{
-    AdamWConfig, AttentionImpl, Backend, BatchRef, Classifier, Cpu, Cuda, GaBranch, GaRule, LoraSpec, MslrSpec, StepSettings as EngineStep,
+    AdamWConfig, AttentionImpl, Backend, BatchRef, Classifier, DeviceChoice, Cpu, Cuda, GaBranch, GaRule, LoraSpec, MslrSpec, StepSettings as EngineStep,
     TrainMode, TrainSpec,
 };
 use muscle_engine::backend::cuda::Precision;
@@ -59,7 +59,7 @@ pub struct SessionOptions {
     pub num_labels: u32,
     pub max_length: u32,
     pub seed: f64,
-    /// `cpu`, `cuda` or `auto`
+    /// `cpu`, `cuda` (GPU 0), `cuda:N` (GPU N) or `auto`
     pub device: String,
     /// `f32`, `bf16` (GPU only: frozen weights and their GEMMs in bf16) or `auto` (bf16 on a GPU,
     /// f32 on the CPU); absent = `auto`
@@ -272,16 +272,18 @@ fn choose_precision(precision: Option<&str>, gpu: bool) -> Result<Precision> {
     }
 }
 
-/// The device a session asks for, resolved: `auto` takes the GPU when the driver offers one (and
-/// falls back to the CPU, saying why, when the CUDA libraries cannot be opened).
-fn choose_device(device: &str) -> Result<bool> {
-    match device {
-        "cpu" => Ok(false),
-        "auto" => Ok(Cuda::probe().is_ok()),
-        "cuda" => Cuda::probe()
-            .map(|_| true)
-            .map_err(|why| invalid(format!("device `cuda`: {why}; use device: cpu (or auto, which falls back to the CPU)"))),
-        other => Err(invalid(format!("device `{other}` is not one of cpu, cuda, auto"))),
+/// The device a session asks for, resolved to a GPU (`None`: the CPU): `auto` takes GPU 0 when the
+/// driver offers one (and falls back to the CPU, saying why, when the CUDA libraries cannot be
+/// opened); `cuda` is GPU 0 and `cuda:N` GPU N, which must exist.
+fn choose_device(device: &str) -> Result<Option<usize>> {
+    match DeviceChoice::parse(device).map_err(invalid)? {
+        DeviceChoice::Cpu => Ok(None),
+        DeviceChoice::Auto => Ok(Cuda::probe().ok().map(|_| 0)),
+        DeviceChoice::Gpu(ordinal) => {
+            let count = Cuda::probe()
+                .map_err(|why| invalid(format!("device `{device}`: {why}; use device: cpu (or auto, which falls back to the CPU)")))?;
+            DeviceChoice::check_gpu(device, ordinal, count).map(Some).map_err(invalid)
+        }
     }
 }
 
@@ -334,7 +336,7 @@ impl Task for OpenTask {
         let o = self.opts.take().ok_or_else(|| invalid("session options already used"))?;
         guarded("openSession", || {
             let gpu = choose_device(&o.device)?;
-            let precision = choose_precision(o.precision.as_deref(), gpu)?;
+            let precision = choose_precision(o.precision.as_deref(), gpu.is_some())?;
             if let Some(n) = o.threads {
                 THREADS.call_once(|| {
                     // fails only if a pool already exists, in which case that one is used
@@ -358,8 +360,8 @@ impl Task for OpenTask {
             // `auto` on a machine whose GPU cannot be opened (no cuBLAS or NVRTC found, say) trains on
             // the CPU and says why in the device string; an explicit `cuda` or `bf16` fails instead.
             let mut not_used = None;
-            let gpu_backend = if gpu {
-                match Cuda::with_precision(0, precision) {
+            let gpu_backend = if let Some(ordinal) = gpu {
+                match Cuda::with_precision(ordinal, precision) {
                     Ok(be) => Some(be),
                     Err(e) if o.device == "auto" && o.precision.as_deref() != Some("bf16") => {
                         not_used = Some(e.to_string());

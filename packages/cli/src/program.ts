@@ -4,7 +4,8 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import {
   ConfigError,
   DataError,
-  DEVICES,
+  DEVICE_WORDS,
+  isDevice,
   PRECISIONS,
   HubError,
   ModelNotFoundError,
@@ -15,6 +16,7 @@ import {
   loadConfigFile,
   resultsMarkdown,
   runInDirectory,
+  type Device,
   type OpenSession,
 } from '@musclelora/trainer';
 import { addDownloadCommand } from './commands/download.js';
@@ -44,6 +46,11 @@ function parseSeed(value: string): number {
   return n;
 }
 
+function parseDevice(value: string): Device {
+  if (!isDevice(value)) throw new InvalidArgumentError(`expected one of ${DEVICE_WORDS}`);
+  return value;
+}
+
 function configKeysHelp(): string {
   return [
     '',
@@ -60,7 +67,7 @@ function configKeysHelp(): string {
 interface RunOptions {
   printConfig?: boolean;
   out: string;
-  device?: (typeof DEVICES)[number];
+  device?: Device;
   precision?: (typeof PRECISIONS)[number];
   seed?: number;
 }
@@ -116,7 +123,7 @@ function buildProgram(env: CliEnv, setExit: (code: number) => void): Command {
     .argument('<config.yaml>', 'run configuration (YAML); relative paths in it are relative to its directory')
     .option('--print-config', 'print the fully resolved configuration (every default filled in) and exit')
     .option('--out <dir>', 'write results to <dir>/<name>/', 'runs')
-    .addOption(new Option('--device <device>', "where the engine runs, overriding the config's device ('auto': CUDA when found)").choices(DEVICES))
+    .option('--device <device>', `where the engine runs, overriding the config's device: ${DEVICE_WORDS} ('auto': GPU 0 when found)`, parseDevice)
     .addOption(new Option('--precision <precision>', "GPU precision, overriding the config's ('bf16': frozen weights and their GEMMs in bf16; 'f32': the CPU's numbers; 'auto': bf16 on a GPU)").choices(PRECISIONS))
     .option('--seed <n>', "seed of shuffling, reference draw and initialisation, overriding the config's seed", parseSeed)
     .addHelpText('after', configKeysHelp())

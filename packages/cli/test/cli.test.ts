@@ -63,7 +63,7 @@ describe('help', () => {
     expect(stdout).toContain('(default: "runs")');
     // commander wraps option descriptions at the terminal width: compare with the wrapping undone
     const flat = stdout.replace(/\s+/g, ' ');
-    expect(flat).toContain('(choices: "cpu", "cuda", "auto")');
+    expect(flat).toContain("--device <device> where the engine runs, overriding the config's device: cpu, cuda, cuda:N (GPU N, from 0), auto");
     expect(flat).toContain('(choices: "auto", "f32", "bf16")');
     expect(stdout).toMatch(/ga\.maxRawGradRatio\s+gated rule: rho = maxRawGradRatio/);
     expect(stdout).toContain('Exit codes: 0 done, 1 failed, 2 bad config, data or arguments, 130 stopped by Ctrl-C.');
@@ -98,7 +98,10 @@ describe('bad input: one line, exit code 2, no stack trace', () => {
   it('a bad --device or --seed, an unknown option, a missing argument', async () => {
     const device = await muscle(['run', quickstart, '--device', 'gpu']);
     expect(device.code).toBe(EXIT.usage);
-    expect(device.stderr).toContain("error: option '--device <device>' argument 'gpu' is invalid. Allowed choices are cpu, cuda, auto.");
+    expect(device.stderr).toContain("error: option '--device <device>' argument 'gpu' is invalid. expected one of cpu, cuda, cuda:N (GPU N, from 0), auto");
+    const gpu = await muscle(['run', quickstart, '--print-config', '--device', 'cuda:1']);
+    expect(gpu.code).toBe(EXIT.ok);
+    expect(gpu.stdout).toContain('device: cuda:1\n');
     const precision = await muscle(['run', quickstart, '--precision', 'fp16']);
     expect(precision.code).toBe(EXIT.usage);
     expect(precision.stderr).toContain("error: option '--precision <precision>' argument 'fp16' is invalid. Allowed choices are auto, f32, bf16.");

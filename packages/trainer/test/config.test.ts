@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as YAML from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, configToYaml, describeConfigKeys, loadConfigFile, mslrBand, resolveConfig } from '../src/config/index.js';
+import { ConfigError, configToYaml, describeConfigKeys, isDevice, loadConfigFile, mslrBand, resolveConfig } from '../src/config/index.js';
 import { modelDir, repoRoot, tempDir, writeFiles } from './helpers.js';
 
 const base = { name: 't', model: 'bert-base-uncased', dataset: 'data', attacks: ['badnets'] };
@@ -51,7 +51,9 @@ describe('bad configs: one line naming the file, the key, the value and what is 
     ['repeated method', { ...base, methods: ['lora', 'vanilla', 'lora'] }, 'bad.yaml: methods: got ["lora","vanilla","lora"], expected each entry once (lora is repeated)'],
     ['target label out of range', { ...base, targetLabel: 2 }, 'bad.yaml: targetLabel: got 2, expected a label in [0, 2) (numLabels is 2)'],
     ['one class', { ...base, numLabels: 1 }, 'bad.yaml: numLabels: got 1, expected an integer >= 2'],
-    ['unknown device', { ...base, device: 'gpu' }, 'bad.yaml: device: got "gpu", expected one of cpu, cuda, auto'],
+    ['unknown device', { ...base, device: 'gpu' }, 'bad.yaml: device: got "gpu", expected one of cpu, cuda, cuda:N (GPU N, from 0), auto'],
+    ['a GPU number with a sign', { ...base, device: 'cuda:-1' }, 'bad.yaml: device: got "cuda:-1", expected one of cpu, cuda, cuda:N (GPU N, from 0), auto'],
+    ['a GPU number as a number', { ...base, device: 1 }, 'bad.yaml: device: got 1, expected one of cpu, cuda, cuda:N (GPU N, from 0), auto'],
     ['unknown precision', { ...base, precision: 'fp16' }, 'bad.yaml: precision: got "fp16", expected one of auto, f32, bf16'],
     ['unknown attention', { ...base, attention: 'sparse' }, 'bad.yaml: attention: got "sparse", expected one of auto, standard, flash'],
     ['unknown GA rule', { ...base, ga: { rule: 'strict' } }, 'bad.yaml: ga.rule: got "strict", expected one of gated, paper'],
@@ -196,7 +198,14 @@ describe('defaults per model family (ALGORITHM.md)', () => {
 
   it('overrides (command-line options) replace the file keys and are validated', () => {
     expect(resolveConfig(base, { file: 'x.yaml', overrides: { seed: 7, device: 'cpu' } })).toMatchObject({ seed: 7, device: 'cpu' });
-    expect(thrown(() => resolveConfig(base, { file: 'x.yaml', overrides: { device: 'tpu' } }))).toBe('x.yaml: device: got "tpu", expected one of cpu, cuda, auto');
+    expect(thrown(() => resolveConfig(base, { file: 'x.yaml', overrides: { device: 'tpu' } }))).toBe('x.yaml: device: got "tpu", expected one of cpu, cuda, cuda:N (GPU N, from 0), auto');
+  });
+
+  it('a GPU by number: cuda:N, digits only', () => {
+    for (const device of ['cpu', 'cuda', 'auto', 'cuda:0', 'cuda:1', 'cuda:15']) {
+      expect(resolveConfig({ ...base, device }, { file: 'x.yaml' }).device).toBe(device);
+    }
+    for (const device of ['cuda:', 'cuda:01', 'cuda:+1', 'cuda:1.0', 'CUDA', 'cuda: 1', 'gpu:0']) expect(isDevice(device)).toBe(false);
   });
 });
 

@@ -9,6 +9,9 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod device;
+
+pub use device::{DeviceChoice, DEVICE_WORDS};
 
 /// Row-major matrix operand: `rows x cols` with leading dimension `ld`, optionally transposed.
 pub struct Mat<'a, B: Backend + ?Sized> {

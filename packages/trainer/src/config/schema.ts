@@ -16,8 +16,14 @@ export type Method = (typeof METHODS)[number];
 export const FAMILIES = ['bert', 'roberta', 'llama', 'gpt2'] as const;
 export type Family = (typeof FAMILIES)[number];
 
+/** The device words; `cuda:N` (GPU N, as the driver numbers them) is accepted besides (isDevice). */
 export const DEVICES = ['cpu', 'cuda', 'auto'] as const;
-export type Device = (typeof DEVICES)[number];
+export type Device = (typeof DEVICES)[number] | `cuda:${number}`;
+export const DEVICE_WORDS = 'cpu, cuda, cuda:N (GPU N, from 0), auto';
+/** cpu, cuda (GPU 0), cuda:N (digits, no leading zero: the engine parses it the same way) or auto. */
+export function isDevice(value: unknown): value is Device {
+  return typeof value === 'string' && ((DEVICES as readonly string[]).includes(value) || /^cuda:(0|[1-9][0-9]{0,5})$/.test(value));
+}
 
 export const PRECISIONS = ['auto', 'f32', 'bf16'] as const;
 export type Precision = (typeof PRECISIONS)[number];
@@ -76,7 +82,7 @@ export const rawConfigSchema = z.strictObject({
   lr: positive().optional().describe('peak learning rate, decayed linearly to 0 without warm-up (2e-5, or 1e-5 for Llama/GPT-2)'),
   methodLr: z.partialRecord(z.enum(METHODS), positive()).optional().describe('peak learning rate per method, overriding lr (full fine-tuning usually needs a lower one than adapters), e.g. { vanilla: 5.0e-5 }'),
   seed: z.int().min(0).max(0xffffffff).optional().describe('seed of shuffling, reference draw and initialisation (42)'),
-  device: z.enum(DEVICES).optional().describe("where the engine runs; 'auto' picks CUDA when a driver is found (auto)"),
+  device: z.custom<Device>(isDevice, { message: `expected one of ${DEVICE_WORDS}` }).optional().describe("where the engine runs: 'cpu', 'cuda' (GPU 0), 'cuda:N' (GPU N), or 'auto', GPU 0 when a driver is found (auto)"),
   precision: z.enum(PRECISIONS).optional().describe("GPU GEMMs with frozen weights: 'bf16' keeps those weights in bf16 (tensor cores, f32 accumulation; adapters, gradients and AdamW stay f32), 'f32' matches the CPU; 'auto' = bf16 on a GPU, f32 on the CPU (auto)"),
   attention: z.enum(ATTENTIONS).optional().describe("encoder self-attention: 'standard' keeps each layer's probabilities [batch, heads, length, length] for the backward; 'flash' keeps none and recomputes them (far less memory for long rows, slower kernels); 'auto' = flash only where standard attention's probabilities would pass 4 GiB, e.g. BERT-base at 32 x 512 (auto)"),
   select: z.enum(['defender', 'attacker']).optional().describe("checkpoint selection: 'defender' = best clean dev accuracy; 'attacker' = best mean of clean dev accuracy and poisoned dev ASR (defender)"),
