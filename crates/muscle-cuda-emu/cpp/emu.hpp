@@ -76,6 +76,12 @@ inline T atomicAdd(T* p, T v) {
     *p = old + v;
     return old;
 }
+template <class T>
+inline T atomicMax(T* p, T v) {
+    const T old = *p;
+    *p = std::max(old, v);
+    return old;
+}
 inline float atomicMax_f(float* p, float v) { const float o = *p; *p = std::max(o, v); return o; }
 
 inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }

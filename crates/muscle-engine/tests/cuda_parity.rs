@@ -17,6 +17,7 @@ use muscle_engine::backend::{AdamwItem, GemmItem, Mat};
 use muscle_engine::rng::{counter_uniform, stream_key, Rng};
 use muscle_engine::backend::cuda::runtime::KernelEmulator;
 use muscle_engine::backend::cuda::Precision;
+use muscle_engine::backend::cuda::graphs::GraphStats;
 use muscle_engine::{AdamWConfig, AttentionImpl, Backend, BatchRef, BertClassifier, Classifier, Cpu, Cuda, GaRule, LoraSpec,
                     MslrSpec, StepSettings, TrainMode, TrainSpec};
 use std::path::Path;
@@ -884,42 +885,48 @@ fn same_training(what: &str, dir: &Path, labels: usize, spec: &TrainSpec, dropou
     eprintln!("{what}: 3 steps (GA gated, paper, none) on CUDA match the CPU; max abs diff {worst:.2e}");
 }
 
+/// Five identical LoRA+MSLR steps with dropout (new dropout keys, AdamW steps and GA scalars every
+/// step) on `target`, graph mode on or off (and, emulated, its replays' patches left out): the
+/// losses, the trained tensors, graph mode's books after all five and after four, and why graph
+/// mode turned itself off, if it did.
+fn five_steps(target: Target, graphs: bool, stale_patches: bool) -> (Vec<f32>, Vec<Vec<f32>>, GraphStats, GraphStats, Option<String>) {
+    let dir = fixtures().join("tiny-bert");
+    let be = target.open(Precision::F32);
+    be.set_graphs(graphs).unwrap();
+    be.emulate_stale_graph_patches(stale_patches);
+    let mut model = BertClassifier::load(&be, &dir, 2, &peft_spec(0.1), 5).unwrap();
+    model.set_dropout(true);
+    let mut clf = Classifier::new(be, model, AdamWConfig::default());
+    let (ids, mask, _) = tiny_batch(false);
+    let labels: Vec<i32> = vec![0, 1, 0];
+    let ref_labels: Vec<i32> = vec![1, 0, 1];
+    let batch = BatchRef { ids: &ids, mask: &mask, labels: Some(&labels), b: 3, t: 5 };
+    let reference = BatchRef { ids: &ids, mask: &mask, labels: Some(&ref_labels), b: 3, t: 5 };
+    let ga = Some(GaRule::Gated { min_ref_loss: 0.0, min_ref_grad_norm: 0.0, rho: None });
+    let mut losses = Vec::new();
+    let mut after_four = Default::default();
+    for step in 0..5 {
+        losses.push(clf.train_step(&batch, Some(&reference), &StepSettings { lr: 1e-2, max_grad_norm: 1.0, ga }).unwrap().loss);
+        if step == 3 {
+            after_four = clf.be.graph_stats();
+        }
+    }
+    let params: Vec<Vec<f32>> = clf.model.params.meta.iter().filter(|m| m.trainable)
+        .map(|m| clf.model.get_param(&clf.be, &m.name).unwrap()).collect();
+    (losses, params, clf.be.graph_stats(), after_four, clf.be.graph_failure())
+}
+
 on_both!(graph_mode, graph_mode_replays_steps_exactly_emulated, graph_mode_replays_steps_exactly);
 /// Graph mode (a run of calls between two waits issued as one CUDA graph, its changed kernel
-/// arguments patched in) computes what issuing each call computes: five identical LoRA+MSLR steps
-/// with dropout (new dropout keys, AdamW steps and GA scalars every step) give the same losses and
-/// parameters in both modes, bit for bit emulated (same kernels, same order), and the graphs were
-/// built once and replayed with patched arguments, the fifth step building none. Emulated, a replay runs the cached run with only
-/// the detected changes applied, so a change the detection missed would show here.
+/// arguments patched in) computes what issuing each call computes: the five steps give the same
+/// losses and parameters in both modes, bit for bit emulated (same kernels, same order), and the
+/// graphs were built once, checked, and replayed with patched arguments, the fifth step building
+/// none. Emulated, a replay runs the cached run with only the detected changes applied, so a
+/// change the detection missed would show here (and in the graphs' own check).
 fn graph_mode(target: Target) {
-    let dir = fixtures().join("tiny-bert");
-    let run = |graphs: bool| {
-        let be = target.open(Precision::F32);
-        be.set_graphs(graphs).unwrap();
-        let mut model = BertClassifier::load(&be, &dir, 2, &peft_spec(0.1), 5).unwrap();
-        model.set_dropout(true);
-        let mut clf = Classifier::new(be, model, AdamWConfig::default());
-        let (ids, mask, _) = tiny_batch(false);
-        let labels: Vec<i32> = vec![0, 1, 0];
-        let ref_labels: Vec<i32> = vec![1, 0, 1];
-        let batch = BatchRef { ids: &ids, mask: &mask, labels: Some(&labels), b: 3, t: 5 };
-        let reference = BatchRef { ids: &ids, mask: &mask, labels: Some(&ref_labels), b: 3, t: 5 };
-        let ga = Some(GaRule::Gated { min_ref_loss: 0.0, min_ref_grad_norm: 0.0, rho: None });
-        let mut losses = Vec::new();
-        let mut after_four = Default::default();
-        for step in 0..5 {
-            losses.push(clf.train_step(&batch, Some(&reference), &StepSettings { lr: 1e-2, max_grad_norm: 1.0, ga }).unwrap().loss);
-            if step == 3 {
-                after_four = clf.be.graph_stats();
-            }
-        }
-        let params: Vec<Vec<f32>> = clf.model.params.meta.iter().filter(|m| m.trainable)
-            .map(|m| clf.model.get_param(&clf.be, &m.name).unwrap()).collect();
-        assert_eq!(clf.be.graph_failure(), None, "graph mode fell back to issuing calls one by one");
-        (losses, params, clf.be.graph_stats(), after_four)
-    };
-    let (eager_losses, eager_params, none, _) = run(false);
-    let (losses, params, stats, after_four) = run(true);
+    let (eager_losses, eager_params, none, _, _) = five_steps(target, false, false);
+    let (losses, params, stats, after_four, failure) = five_steps(target, true, false);
+    assert_eq!(failure, None, "graph mode fell back to issuing calls one by one");
     let exact = matches!(target, Target::Emulated);
     let (abs, rel) = if exact { (0.0, 0.0) } else { (1e-5, 1e-4) };
     let mut worst = assert_close_within("graph mode: losses", &losses, &eager_losses, abs, rel);
@@ -929,11 +936,31 @@ fn graph_mode(target: Target) {
     assert_eq!(none.launched, 0, "graph mode off launched graphs");
     assert!(stats.built >= 1 && stats.launched > stats.built && stats.patched > 0,
             "graph mode built no graph, replayed none or patched nothing: {stats:?}");
+    // each graph is checked when built and at its first replay with patches, not after
+    assert!(stats.checked >= stats.built + 1 && stats.checked <= 2 * stats.built,
+            "graph checks: {stats:?}");
     // every step makes the same calls on the same buffers (the model's and GA's swapped buffers go
     // back in place), so by the fifth step every run replays a graph
     assert!(stats.built == after_four.built && stats.launched > after_four.launched,
             "the fifth step built graphs (a run's shape changed between steps): {after_four:?} then {stats:?}");
     eprintln!("graph mode: 5 steps as issued call by call (max abs diff {worst:.2e}); {stats:?}");
+}
+
+/// A graph whose replay runs with stale arguments (emulated: its patches left out, as a driver
+/// that ignored them would) is caught by the graphs' check at its first replay, which turns graph
+/// mode off, says why, and keeps the results of the calls issued one by one: training is bit for
+/// bit what it is with graph mode off.
+#[test]
+fn graph_check_catches_stale_arguments_emulated() {
+    let (eager_losses, eager_params, _, _, _) = five_steps(Target::Emulated, false, false);
+    let (losses, params, stats, _, failure) = five_steps(Target::Emulated, true, true);
+    let failure = failure.expect("the check let a replay with stale arguments through");
+    assert!(failure.starts_with("a CUDA graph gave other results than its ") && failure.contains(" words of the live buffers differ"),
+            "{failure}");
+    assert!(stats.checked >= 2 && stats.launched >= 2, "{stats:?}");
+    assert_eq!(losses, eager_losses, "losses after the check turned graph mode off");
+    assert_eq!(params, eager_params, "trained tensors after the check turned graph mode off");
+    eprintln!("caught: {failure}");
 }
 
 /// The activation arena: buffers handed over together get one allocation, made again only when

@@ -14,10 +14,18 @@
 //! A buffer freed while a run that may use it is still queued must outlive the run: [`Held`]
 //! buffers are buried in the runtime's [`Graveyard`] instead, and freed once the run is issued
 //! (stream order then puts the free after the run's work).
+//!
+//! A graph is checked before it is trusted: the first launch of each graph, and its first launch
+//! with patched arguments, run on the device twice from the same state, once call by call and
+//! once as the graph, and every byte of every live buffer must come out the same (the runtime's
+//! `check_graph`; the [`Graveyard`] knows the live buffers). A difference turns graph mode off
+//! with the eager results kept. Runs with a kernel whose results vary from run to run in the last
+//! bits (atomic sums in an order the GPU picks: [`VARYING_KERNELS`]) cannot be checked that way
+//! and are always issued call by call.
 
 use super::runtime::Gemm;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -105,14 +113,22 @@ pub fn changed_launches(old: &[Op], new: &[Op]) -> Vec<usize> {
         .collect()
 }
 
-/// Graph mode's books: runs issued call by call, graphs built, graph launches, kernel nodes patched.
+/// Graph mode's books: runs issued call by call, graphs built, graph launches, kernel nodes
+/// patched, and graph launches checked against the same run issued call by call.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct GraphStats {
     pub eager_runs: u64,
     pub built: u64,
     pub launched: u64,
     pub patched: u64,
+    pub checked: u64,
 }
+
+/// Kernels whose results differ from run to run in the last bits (atomic adds into rows that
+/// several threads share, in the order the GPU runs them: the embeddings' gradient, where a token
+/// repeats): a run with one is issued call by call, since a graph of it could not be checked bit
+/// for bit.
+pub const VARYING_KERNELS: &[&str] = &["embedding_backward_f32"];
 
 /// Runs shorter than this are issued call by call: a graph would not pay for itself.
 pub const MIN_GRAPH_OPS: usize = 16;
@@ -137,6 +153,8 @@ pub struct Queue<G> {
 pub struct Cached<G> {
     pub ops: Vec<Op>,
     pub graph: G,
+    /// a launch with patched arguments has been checked against the run issued call by call
+    pub patches_checked: bool,
 }
 
 impl<G> Default for Queue<G> {
@@ -162,7 +180,8 @@ impl<G> Queue<G> {
             return None;
         }
         let ops = std::mem::take(&mut self.run);
-        if ops.len() < MIN_GRAPH_OPS {
+        let varies = || ops.iter().any(|op| matches!(op, Op::Launch { name, .. } if VARYING_KERNELS.contains(name)));
+        if ops.len() < MIN_GRAPH_OPS || varies() {
             self.stats.eager_runs += 1;
             return Some(Plan::Eager(ops));
         }
@@ -194,7 +213,7 @@ impl<G> Queue<G> {
         if self.graphs.len() >= MAX_GRAPHS {
             self.graphs.clear();
         }
-        self.graphs.insert(key, Cached { ops, graph });
+        self.graphs.insert(key, Cached { ops, graph, patches_checked: false });
     }
 }
 
@@ -234,12 +253,17 @@ impl<T> Bury for cudarc::driver::CudaSlice<T> {
     }
 }
 
-/// Where buffers freed during a queued run wait until the run is issued.
+/// Where buffers freed during a queued run wait until the run is issued; and the book of every
+/// live buffer's bytes, which a graph's check copies.
 #[derive(Default)]
 pub struct Graveyard {
     /// a run is queued: frees must wait
     queued: AtomicBool,
-    bodies: Mutex<Vec<Body>>,
+    /// each buried buffer with the start addresses of its spans, dropped from `live` when freed
+    bodies: Mutex<Vec<(Body, Vec<u64>)>>,
+    /// start address -> bytes of every span of memory the runtime's buffers hold (buried ones
+    /// included: a queued run may still read them)
+    live: Mutex<BTreeMap<u64, usize>>,
 }
 
 impl Graveyard {
@@ -256,7 +280,22 @@ impl Graveyard {
             self.queued.store(false, Ordering::Release);
             std::mem::take(&mut *b)
         };
-        drop(bodies);
+        for (body, spans) in bodies {
+            drop(body);
+            self.forget(&spans);
+        }
+    }
+
+    /// Every live span of memory: (start address, bytes), in address order.
+    pub fn live_spans(&self) -> Vec<(u64, usize)> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(&a, &b)| (a, b)).collect()
+    }
+
+    fn forget(&self, spans: &[u64]) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        for at in spans {
+            live.remove(at);
+        }
     }
 }
 
@@ -264,11 +303,16 @@ impl Graveyard {
 pub struct Held<X: Bury> {
     inner: Option<X>,
     yard: Arc<Graveyard>,
+    /// the start addresses of its spans in the yard's book of live memory
+    spans: Vec<u64>,
 }
 
 impl<X: Bury> Held<X> {
-    pub fn new(inner: X, yard: Arc<Graveyard>) -> Self {
-        Held { inner: Some(inner), yard }
+    /// `inner`, whose memory is `spans` (start address, bytes): one span, or an emulated arena's
+    /// parts (the guard pages between them are not memory a kernel may touch).
+    pub fn new(inner: X, yard: Arc<Graveyard>, spans: &[(u64, usize)]) -> Self {
+        yard.live.lock().unwrap_or_else(|e| e.into_inner()).extend(spans.iter().copied());
+        Held { inner: Some(inner), yard, spans: spans.iter().map(|&(at, _)| at).collect() }
     }
 }
 
@@ -288,12 +332,14 @@ impl<X: Bury> std::ops::DerefMut for Held<X> {
 impl<X: Bury> Drop for Held<X> {
     fn drop(&mut self) {
         let Some(x) = self.inner.take() else { return };
+        let spans = std::mem::take(&mut self.spans);
         let mut bodies = self.yard.bodies.lock().unwrap_or_else(|e| e.into_inner());
         if self.yard.queued.load(Ordering::Acquire) {
-            bodies.push(x.bury());
+            bodies.push((x.bury(), spans));
         } else {
             drop(bodies);
             drop(x); // no run queued: freed now
+            self.yard.forget(&spans);
         }
     }
 }

@@ -42,6 +42,11 @@ pub const MODULES: &[Module] = &[
                    "flash_attention_dkv_f32"],
     },
     Module {
+        file: "check.cu",
+        source: include_str!("kernels/check.cu"),
+        kernels: &["words_differ"],
+    },
+    Module {
         file: "profile.cu",
         source: include_str!("kernels/profile.cu"),
         kernels: &["profile_spin"],

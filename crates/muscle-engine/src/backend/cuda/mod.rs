@@ -1442,9 +1442,17 @@ impl Cuda {
     }
 
     /// Why graph mode fell back to issuing every call at once on this device (a graph could not be
-    /// built or launched), if it did; training goes on either way.
+    /// built or launched, or its check found other results than its calls issued one by one, or
+    /// there was no memory for the check), if it did; training goes on either way.
     pub fn graph_failure(&self) -> Option<String> {
         self.rt.graph_failure()
+    }
+
+    /// Tests only (emulated): graph replays leave out their patched arguments, which the graphs'
+    /// check must catch.
+    #[doc(hidden)]
+    pub fn emulate_stale_graph_patches(&self, on: bool) {
+        self.rt.set_stale_patches(on);
     }
 
     /// The backend over a runtime of `kind`, in graph mode from the start with `MUSCLE_CUDA_GRAPHS=1`.

@@ -539,9 +539,27 @@ pub struct Runtime {
     graphs: std::sync::Mutex<Option<Queue<Option<DriverGraph>>>>,
     pub kind: Kind,
     calls: std::sync::Mutex<(Calls, HashMap<&'static str, u64>)>,
-    /// where buffers freed during a queued run wait for it
+    /// where buffers freed during a queued run wait for it, and the book of live memory
     yard: Arc<Graveyard>,
+    /// tests only: emulated graph replays leave out their patches (stale arguments, which the
+    /// graph's check must catch)
+    stale_patches: std::sync::atomic::AtomicBool,
 }
+
+/// What checking a graph against its calls issued one by one found (`Runtime::check_graph`).
+enum Checked<R> {
+    /// the same bytes in every live buffer: the graph can be trusted
+    Same(R),
+    /// different bytes (the buffers now hold the calls' results): graph mode turns off
+    Differs(String),
+    /// not enough free memory for the check; nothing was issued
+    Unchecked(String),
+    /// the graph could not be built, patched or launched; the buffers are as before the run
+    Failed(String),
+}
+
+/// Memory left free beside a graph check's two copies of the live buffers.
+const CHECK_MARGIN: usize = 256 << 20;
 
 /// A GEMM in cuBLAS's column-major terms: `C_i = alpha op(A_i) op(B_i) + beta C_i` for `batch` items
 /// at fixed strides (elements), or, with `arrays`, at the addresses held by three device arrays of
@@ -599,7 +617,8 @@ fn dbg(e: impl std::fmt::Debug) -> String {
 
 impl Runtime {
     pub fn new(kind: Kind) -> Self {
-        Runtime { graphs: Default::default(), kind, calls: Default::default(), yard: Default::default() }
+        Runtime { graphs: Default::default(), kind, calls: Default::default(), yard: Default::default(),
+                  stale_patches: Default::default() }
     }
 
     pub fn calls(&self) -> Calls {
@@ -633,6 +652,12 @@ impl Runtime {
             *q = on.then(Queue::default);
         }
         Ok(())
+    }
+
+    /// Tests only: emulated graph replays leave out their patches, as a driver that ignored them
+    /// would, so that the graphs' check has something to catch.
+    pub fn set_stale_patches(&self, on: bool) {
+        self.stale_patches.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Why graph mode stopped using graphs on this device, if it did.
@@ -695,23 +720,19 @@ impl Runtime {
             (_, Plan::Eager(ops)) => ops.iter().try_for_each(|op| self.issue(op)),
             // A graph that cannot be built, patched or launched (a driver or cuBLAS that refuses
             // stream capture, say) turns graph mode off for good: the run is issued call by call
-            // (nothing of it ran: capture only records, and a failed launch queues nothing), and
-            // `graph_failure` says why.
+            // (nothing of it ran: capture only records, a failed launch queues nothing, and the
+            // check puts the buffers back first), and `graph_failure` says why. So does a graph
+            // whose check finds other results than its calls issued one by one (those are kept).
             (Kind::Driver(d), Plan::Build(key, ops)) => {
+                q.stats.checked += 1;
                 // SAFETY: the graph and the stream are this context's.
-                match self.timed(false, || d.build_graph(&ops).and_then(|g| unsafe { g.launch(d.stream.cu_stream()) }.map(|_| g))) {
-                    Ok(g) => {
-                        q.keep(key, ops, Some(g));
-                        Ok(())
-                    }
-                    Err(e) => {
-                        q.failed = Some(format!("building a CUDA graph: {e}"));
-                        ops.iter().try_for_each(|op| self.issue(op))
-                    }
-                }
+                let checked = self.check_graph(&ops, || {
+                    self.timed(false, || d.build_graph(&ops).and_then(|g| unsafe { g.launch(d.stream.cu_stream()) }.map(|_| g)))
+                })?;
+                self.settle(q, checked, &ops, "building a CUDA graph", |q, g| q.keep(key, ops.clone(), Some(g)))
             }
             (Kind::Driver(d), Plan::Replay(key, changed, ops)) => {
-                let replayed = self.timed(false, || {
+                let replay = || self.timed(false, || {
                     let cached = q.graphs.get(&key).ok_or("a planned graph is missing")?;
                     let g = cached.graph.as_ref().ok_or("a planned graph was not built")?;
                     for &i in &changed {
@@ -721,44 +742,144 @@ impl Runtime {
                     // SAFETY: the graph and the stream are this context's.
                     unsafe { g.launch(d.stream.cu_stream()) }
                 });
-                match replayed {
-                    Ok(()) => {
-                        if let Some(cached) = q.graphs.get_mut(&key) {
-                            cached.ops = ops;
-                        }
-                        Ok(())
+                let checked = if q.graphs.get(&key).is_some_and(|c| !c.patches_checked) {
+                    q.stats.checked += 1;
+                    self.check_graph(&ops, replay)?
+                } else {
+                    replay().map_or_else(Checked::Failed, Checked::Same)
+                };
+                self.settle(q, checked, &ops, "launching a CUDA graph", |q, ()| {
+                    if let Some(cached) = q.graphs.get_mut(&key) {
+                        cached.ops = ops.clone();
+                        cached.patches_checked = true;
                     }
-                    Err(e) => {
-                        q.failed = Some(format!("launching a CUDA graph: {e}"));
-                        q.graphs.clear();
-                        ops.iter().try_for_each(|op| self.issue(op))
-                    }
-                }
+                })
             }
+            // Emulated, a "graph" is its run: built, it is the run issued call by call, and a replay
+            // issues the cached run with only the detected changes applied, as the driver's graph
+            // runs after patching its nodes; a change the detection missed runs with stale
+            // arguments, and the check (or the tests) see it. Uploads read their newly staged data,
+            // as graph nodes do.
             (Kind::Emulated(_), Plan::Build(key, ops)) => {
-                let issued = ops.iter().try_for_each(|op| self.issue(op));
-                q.keep(key, ops, None);
-                issued
+                q.stats.checked += 1;
+                let checked = self.check_graph(&ops, || ops.iter().try_for_each(|op| self.issue(op)))?;
+                self.settle(q, checked, &ops, "building a CUDA graph", |q, ()| q.keep(key, ops.clone(), None))
             }
-            // The cached run with only the detected changes applied, as the driver's graph runs it
-            // after patching its nodes: a change the detection missed runs with stale arguments,
-            // and the tests see it. Uploads read their newly staged data, as graph nodes do.
             (Kind::Emulated(_), Plan::Replay(key, changed, ops)) => {
-                let cached = q.graphs.get_mut(&key).ok_or("a planned graph is missing")?;
-                for &i in &changed {
-                    cached.ops[i] = ops[i].clone();
-                }
-                for (i, op) in ops.into_iter().enumerate() {
-                    if let Op::Upload { .. } = op {
-                        cached.ops[i] = op;
+                let first = q.graphs.get(&key).is_some_and(|c| !c.patches_checked);
+                let stale = self.stale_patches.load(std::sync::atomic::Ordering::Relaxed);
+                let replay = |q: &mut Queue<Option<DriverGraph>>| {
+                    let cached = q.graphs.get_mut(&key).ok_or("a planned graph is missing")?;
+                    for &i in changed.iter().filter(|_| !stale) {
+                        cached.ops[i] = ops[i].clone();
                     }
-                }
-                cached.ops.iter().try_for_each(|op| self.issue(op))
+                    for (i, op) in ops.iter().enumerate() {
+                        if let Op::Upload { .. } = op {
+                            cached.ops[i] = op.clone();
+                        }
+                    }
+                    cached.ops.iter().try_for_each(|op| self.issue(op))
+                };
+                let checked = if first {
+                    q.stats.checked += 1;
+                    self.check_graph(&ops, || replay(q))?
+                } else {
+                    replay(q).map_or_else(Checked::Failed, Checked::Same)
+                };
+                self.settle(q, checked, &ops, "launching a CUDA graph", |q, ()| {
+                    if let Some(cached) = q.graphs.get_mut(&key) {
+                        cached.patches_checked = true;
+                    }
+                })
             }
         };
         drop(guard);
         self.yard.release();
         issued
+    }
+
+    /// Acts on what a graph's launch (checked or not) found: keeps the graph (`keep`) when its
+    /// results were right; otherwise turns graph mode off, says why, drops the graphs, and issues
+    /// the run call by call where its work is not yet done.
+    fn settle<R, G>(&self, q: &mut Queue<G>, checked: Checked<R>, ops: &[Op], doing: &str,
+                    keep: impl FnOnce(&mut Queue<G>, R)) -> Result<(), String> {
+        let (why, issue) = match checked {
+            Checked::Same(r) => {
+                keep(q, r);
+                return Ok(());
+            }
+            Checked::Differs(why) => (why, false),
+            Checked::Unchecked(why) => (why, true),
+            Checked::Failed(e) => (format!("{doing}: {e}"), true),
+        };
+        q.failed = Some(why);
+        q.graphs.clear();
+        if issue {
+            ops.iter().try_for_each(|op| self.issue(op))?;
+        }
+        Ok(())
+    }
+
+    /// Graph mode's check (module `graphs`): issues `ops` call by call, puts every live buffer
+    /// back as it was before them, runs `graph` (which launches the graph of `ops`), and compares
+    /// every byte of the two results on the device. Costs two copies of the live memory (checked
+    /// against the free memory first) and a second run, once per graph and once for its patches.
+    fn check_graph<R>(&self, ops: &[Op], graph: impl FnOnce() -> Result<R, String>) -> Result<Checked<R>, String> {
+        let spans = self.yard.live_spans();
+        let mut packed = Vec::with_capacity(spans.len());
+        let mut total = 0usize;
+        for &(_, bytes) in &spans {
+            packed.push(total);
+            total += bytes.div_ceil(256) * 256;
+        }
+        let total = total.max(256);
+        if let Some(free) = self.memory_free() {
+            if 2 * total + CHECK_MARGIN > free {
+                let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+                return Ok(Checked::Unchecked(format!(
+                    "checking a graph against its calls issued one by one needs {:.2} GiB free (two copies of the {:.2} GiB \
+                     the buffers hold), and {:.2} GiB are; graph mode is off", gib(2 * total + CHECK_MARGIN), gib(total), gib(free))));
+            }
+        }
+        // the check's own buffers and calls are not on the books: they are not the step's
+        let (before, after) = (self.alloc_unbooked::<u32>(total / 4)?, self.alloc_unbooked::<u32>(total / 4)?);
+        let found = self.alloc_unbooked::<u64>(2)?;
+        let (b, a, f) = (self.addr(&before), self.addr(&after), self.addr(&found));
+        let copy_all = |to_packed: bool, base: u64| spans.iter().zip(&packed).try_for_each(|(&(at, bytes), &off)| {
+            let (dst, src) = if to_packed { (base + off as u64, at) } else { (at, base + off as u64) };
+            self.issue(&Op::Copy { dst, src, bytes })
+        });
+        copy_all(true, b)?;
+        ops.iter().try_for_each(|op| self.issue(op))?;
+        copy_all(true, a)?;
+        copy_all(false, b)?;
+        let r = match graph() {
+            Ok(r) => r,
+            Err(e) => return Ok(Checked::Failed(e)),
+        };
+        copy_all(true, b)?;
+        let words = (total / 4) as u64;
+        let grid = (words.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1);
+        self.issue(&Op::Launch { name: "words_differ", grid, block: (256, 1, 1), smem: 0, args: vec![b, a, words, f] })?;
+        let [count, first] = match &self.kind {
+            Kind::Driver(d) => {
+                let v = d.download::<u64>(f, 2)?;
+                [v[0], !v[1]]
+            }
+            // SAFETY: `found` holds 2 values; nothing runs concurrently on an emulated runtime.
+            Kind::Emulated(_) => unsafe { [*(f as *const u64), !*(f as *const u64).add(1)] },
+            Kind::DryRun(_) => [0, 0],
+        };
+        if count == 0 {
+            return Ok(Checked::Same(r));
+        }
+        copy_all(false, a)?; // the calls' results, which are right
+        let byte = (first * 4) as usize;
+        let i = packed.partition_point(|&off| off <= byte).saturating_sub(1);
+        Ok(Checked::Differs(format!(
+            "a CUDA graph gave other results than its {} calls issued one by one ({count} of {words} words of the live \
+             buffers differ, the first at byte {} of a buffer of {} bytes); graph mode is off, every call is issued at once",
+            ops.len(), byte - packed[i], spans[i].1)))
     }
 
     /// Starts (or stops) timing each call on the GPU (a GPU runtime only; `profile` reads the times).
@@ -789,10 +910,21 @@ impl Runtime {
 
     pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits + Copy + Default>(&self, n: usize) -> Result<Mem<T>, String> {
         self.count(|c| c.allocs += 1);
+        self.alloc_unbooked(n)
+    }
+
+    /// `alloc_zeros` without counting it.
+    fn alloc_unbooked<T: DeviceRepr + ValidAsZeroBits + Copy + Default>(&self, n: usize) -> Result<Mem<T>, String> {
         match &self.kind {
-            Kind::Driver(d) => d.stream.alloc_zeros::<T>(n.max(1)).map(|s| Mem::Device(Held::new(s, self.yard.clone())))
-                .map_err(dbg),
-            Kind::Emulated(_) => HostMem::zeroed(n).map(|h| Mem::Host(Held::new(h, self.yard.clone()))),
+            Kind::Driver(d) => {
+                let s = d.stream.alloc_zeros::<T>(n.max(1)).map_err(dbg)?;
+                let span = (s.device_ptr(&d.stream).0, s.len() * std::mem::size_of::<T>());
+                Ok(Mem::Device(Held::new(s, self.yard.clone(), &[span])))
+            }
+            Kind::Emulated(_) => HostMem::zeroed(n).map(|h| {
+                let span = (h.ptr.as_ptr() as u64, h.len * std::mem::size_of::<T>());
+                Mem::Host(Held::new(h, self.yard.clone(), &[span]))
+            }),
             Kind::DryRun(ledger) => {
                 use std::sync::atomic::Ordering::Relaxed;
                 let bytes = n.max(1) * std::mem::size_of::<T>();
@@ -816,7 +948,9 @@ impl Runtime {
                 self.count(|c| c.allocs += 1);
                 let (mem, starts) = HostMem::<T>::zeroed_parts(lens)?;
                 let base = mem.ptr.as_ptr() as usize;
-                (Mem::Host(Held::new(mem, self.yard.clone())), starts.into_iter().map(|s| s - base).collect())
+                // the parts, not the mapping: its guard pages cannot be read
+                let spans: Vec<(u64, usize)> = starts.iter().zip(lens).filter(|(_, &n)| n > 0).map(|(&at, &n)| (at as u64, n * size)).collect();
+                (Mem::Host(Held::new(mem, self.yard.clone(), &spans)), starts.into_iter().map(|s| s - base).collect())
             }
             Kind::Driver(_) | Kind::DryRun(_) => {
                 let (starts, end) = arena_layout(lens, size);
