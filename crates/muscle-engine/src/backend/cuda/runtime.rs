@@ -53,6 +53,15 @@ pub struct Ledger {
     next_address: std::sync::atomic::AtomicU64,
 }
 
+impl Ledger {
+    /// For a moment, `n` more copies of what is allocated now (a graph's check).
+    fn hold_copies(&self, n: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.now.load(Relaxed);
+        self.peak.fetch_max(now * (n + 1), Relaxed);
+    }
+}
+
 /// A dry run's buffer: `len` elements of `bytes` in all, taken off the ledger when dropped.
 pub struct DryMem {
     len: usize,
@@ -705,13 +714,21 @@ impl Runtime {
         let Some(q) = guard.as_mut() else { return Ok(()) };
         let Some(plan) = q.plan() else { return Ok(()) };
         let issued = match (&self.kind, plan) {
-            // nothing runs, but the books follow the plans (graphs kept, replays counted)
-            (Kind::DryRun(_), Plan::Build(key, ops)) => {
+            // nothing runs, but the books follow the plans (graphs kept and checked, replays
+            // counted), and the checks' two copies of the live memory count towards the peak
+            (Kind::DryRun(ledger), Plan::Build(key, ops)) => {
+                q.stats.checked += 1;
+                ledger.hold_copies(2);
                 q.keep(key, ops, None);
                 Ok(())
             }
-            (Kind::DryRun(_), Plan::Replay(key, _, ops)) => {
+            (Kind::DryRun(ledger), Plan::Replay(key, _, ops)) => {
                 if let Some(cached) = q.graphs.get_mut(&key) {
+                    if !cached.patches_checked {
+                        q.stats.checked += 1;
+                        ledger.hold_copies(2);
+                        cached.patches_checked = true;
+                    }
                     cached.ops = ops;
                 }
                 Ok(())
