@@ -114,9 +114,11 @@ struct Scratch {
     /// the records of a many-tensor launch (`launch_many`) that change from call to call
     table: Option<Mem<u64>>,
     /// Device copies of tables that recur unchanged (attention's GEMM pointer arrays, the tensor
-    /// tables of the dot products and of clipping), by content: with the activations in one arena
-    /// and the parameters in place, every step after the first finds them all here and uploads
-    /// none of them. Emptied when it reaches `MAX_TABLES` (batch shapes that keep changing).
+    /// tables of the dot products and of clipping), by content, or by what determines their
+    /// content where that is shorter (attention's: the shape and the base addresses, see
+    /// `head_arrays`): with the activations in one arena and the parameters in place, every step
+    /// after the first finds them all here and uploads none of them. Emptied when it reaches
+    /// `MAX_TABLES` (batch shapes that keep changing).
     tables: HashMap<Vec<u64>, Mem<u64>>,
 }
 
@@ -1065,6 +1067,7 @@ impl Backend for Cuda {
         if b * t == 0 || !self.begin() {
             return;
         }
+        use HeadOperand::{Items, Scores};
         let bh = b * heads;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let pm = self.upload_ints(&mut scratch, 0, &key_mask[..b * t]);
@@ -1074,9 +1077,9 @@ impl Backend for Cuda {
         let (pdrop, p_drop, keep, key) = self.mask_args(drop, bh * t * t);
         let used = if drop.is_some() { pd } else { pp };
         // scores = scale Q K^T into `probs`, then out = P' V (P' the dropped-out probabilities)
-        let arrays = self.pointer_arrays(&mut scratch, &[
-            [heads_of.items(pq), heads_of.items(pk), heads_of.scores(pp, t)],
-            [heads_of.scores(used, t), heads_of.items(pv), heads_of.items(po)],
+        let arrays = self.head_arrays(&mut scratch, &heads_of, &[
+            [Items(pq), Items(pk), Scores(pp)],
+            [Scores(used), Items(pv), Items(po)],
         ]);
         let hd = heads * d;
         self.gemm_arrays(arrays[0], (hd, false), (hd, true), t, t, t, d, 1.0 / (d as f32).sqrt(), bh, self.attention_gemms());
@@ -1091,6 +1094,7 @@ impl Backend for Cuda {
         if b * t == 0 || !self.begin() {
             return;
         }
+        use HeadOperand::{Items, Scores};
         let bh = b * heads;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let [pd, dp] = self.attn_scratch(&mut scratch, [if drop.is_some() { bh * t * t } else { 1 }, bh * t * t]);
@@ -1117,11 +1121,11 @@ impl Backend for Cuda {
         let h = Heads { b, t, heads, d };
         let (pq, pk, pv, pg) = (self.ptr(q), self.ptr(k), self.ptr(v), self.ptr(dout));
         let (pdq, pdk, pdv) = (self.ptr(dq), self.ptr(dk), self.ptr(dv));
-        let arrays = self.pointer_arrays(&mut scratch, &[
-            [h.scores(used, t), h.items(pg), h.items(pdv)], // dV = P'^T dOut
-            [h.items(pg), h.items(pv), h.scores(dp, t)],    // dP = dOut V^T
-            [h.scores(dp, t), h.items(pk), h.items(pdq)],   // dQ = scale dS K
-            [h.scores(dp, t), h.items(pq), h.items(pdk)],   // dK = scale dS^T Q
+        let arrays = self.head_arrays(&mut scratch, &h, &[
+            [Scores(used), Items(pg), Items(pdv)], // dV = P'^T dOut
+            [Items(pg), Items(pv), Scores(dp)],    // dP = dOut V^T
+            [Scores(dp), Items(pk), Items(pdq)],   // dQ = scale dS K
+            [Scores(dp), Items(pq), Items(pdk)],   // dK = scale dS^T Q
         ]);
         let (hd, scale) = (heads * d, 1.0 / (d as f32).sqrt());
         self.gemm_arrays(arrays[0], (t, true), (hd, false), hd, t, d, t, 1.0, bh, self.attention_gemms());
@@ -1276,6 +1280,27 @@ struct Batched {
 /// Rows (warps) per block of the attention row kernels.
 const ATTN_WARPS: usize = 4;
 
+/// Each GEMM's three pointer arrays (A's, B's, C's) in a table at `at` holding them in order, for
+/// GEMMs of `items` items each.
+fn split_arrays(mut at: u64, items: impl Iterator<Item = usize>) -> Vec<(u64, u64, u64)> {
+    items.map(|n| {
+        let mut next = || {
+            let p = at;
+            at += 8 * n as u64;
+            p
+        };
+        (next(), next(), next())
+    }).collect()
+}
+
+/// An operand of attention's batched GEMMs: a projection's heads, or a [b*heads, t, t] buffer's
+/// matrices (`Heads::items`, `Heads::scores`), at a base address.
+#[derive(Clone, Copy)]
+enum HeadOperand {
+    Items(u64),
+    Scores(u64),
+}
+
 /// Where attention's per-(sequence, head) matrices start. The projections stay in their layout
 /// [b*t, heads*d] (a head's [t, d] block has leading dimension heads*d), so the batched GEMMs read
 /// and write them in place through pointer arrays; scores and probabilities are [b*heads, t, t].
@@ -1344,18 +1369,26 @@ impl Cuda {
     /// The device address of a copy of `words` (see `Scratch::tables`): uploaded the first time
     /// these words are asked for, found afterwards; 0 with the error kept if that fails.
     fn cached_table(&self, scratch: &mut Scratch, words: &[u64]) -> u64 {
-        if let Some(m) = scratch.tables.get(words) {
+        self.cached_table_by(scratch, words, || words.to_vec())
+    }
+
+    /// `cached_table` of the words `words()` makes, found by `key`, which must determine them
+    /// (and differ from every other key's table: keys of another form start with a tag no table's
+    /// first word can be).
+    fn cached_table_by(&self, scratch: &mut Scratch, key: &[u64], words: impl FnOnce() -> Vec<u64>) -> u64 {
+        if let Some(m) = scratch.tables.get(key) {
             return self.rt.addr(m);
         }
         if scratch.tables.len() >= MAX_TABLES {
             scratch.tables.clear(); // freed once no queued run reads them
         }
+        let words = words();
         let Some(mut m) = self.record("allocating a table", self.rt.alloc_zeros::<u64>(words.len())) else { return 0 };
-        if self.record("uploading a table", self.rt.upload(&mut m, words)).is_none() {
+        if self.record("uploading a table", self.rt.upload(&mut m, &words)).is_none() {
             return 0;
         }
         let at = self.rt.addr(&m);
-        scratch.tables.insert(words.to_vec(), m);
+        scratch.tables.insert(key.to_vec(), m);
         at
     }
 
@@ -1383,15 +1416,28 @@ impl Cuda {
     /// addresses of GEMM g's A, B and C. Returns each GEMM's three array addresses.
     fn pointer_arrays(&self, scratch: &mut Scratch, gemms: &[[Vec<u64>; 3]]) -> Vec<(u64, u64, u64)> {
         let words: Vec<u64> = gemms.iter().flat_map(|g| g.iter().flatten().copied()).collect();
-        let mut at = self.cached_table(scratch, &words);
-        gemms.iter().map(|g| {
-            let mut next = || {
-                let p = at;
-                at += 8 * g[0].len() as u64;
-                p
-            };
-            (next(), next(), next())
-        }).collect()
+        let at = self.cached_table(scratch, &words);
+        split_arrays(at, gemms.iter().map(|g| g[0].len()))
+    }
+
+    /// `pointer_arrays` of attention's batched GEMMs over `h`'s heads, found by the shape and the
+    /// operands' base addresses (a few words) instead of by the thousands of item addresses they
+    /// make: building and hashing those took most of a step's host time (dry run, BERT-base).
+    fn head_arrays(&self, scratch: &mut Scratch, h: &Heads, gemms: &[[HeadOperand; 3]]) -> Vec<(u64, u64, u64)> {
+        // u64::MAX: no content table starts with it (a pointer array starts with an address, a
+        // tensor table with block offset 0)
+        let mut key = vec![u64::MAX, h.b as u64, h.t as u64, h.heads as u64, h.d as u64];
+        key.extend(gemms.iter().flatten().flat_map(|o| match *o {
+            HeadOperand::Items(base) => [0, base],
+            HeadOperand::Scores(base) => [1, base],
+        }));
+        let at = self.cached_table_by(scratch, &key, || {
+            gemms.iter().flatten().flat_map(|o| match *o {
+                HeadOperand::Items(base) => h.items(base),
+                HeadOperand::Scores(base) => h.scores(base, h.t),
+            }).collect()
+        });
+        split_arrays(at, gemms.iter().map(|_| h.b * h.heads))
     }
 
     /// `C_i[m, n] = alpha op(A_i) op(B_i) (+ C_i)` (row-major) for `batch` items at the addresses in
