@@ -91,6 +91,11 @@ describe('@musclelora/core-native', () => {
       await expect(native.openSession(options({ device: 'cuda:1' }))).rejects.toThrow(/^device `cuda:1`: .+; use device: cpu \(or auto, which falls back to the CPU\)$/);
       await expect(native.openSession(options({ device: 'auto', precision: 'bf16' }))).rejects.toThrow('precision `bf16` needs the GPU (device: cuda, or auto on a machine with one); use precision: f32 or auto');
     }
+    // CUDA graphs are a GPU's; on the CPU the option changes nothing, and the engine has nothing to warn of
+    const graphs = await native.openSession(options({ device: 'cpu', cudaGraphs: true }));
+    expect(graphs.device).toMatch(/^cpu \(\d+ threads\)$/);
+    expect(graphs.engineWarnings()).toEqual([]);
+    graphs.free();
     await expect(native.openSession(options({ precision: 'fp8' }))).rejects.toThrow('precision `fp8` is not one of auto, f32, bf16');
     await expect(native.openSession(options({ attention: 'sparse' }))).rejects.toThrow('attention `sparse` is not one of auto, standard, flash');
     for (const precision of ['f32', 'auto', undefined]) {

@@ -30,6 +30,11 @@ export declare class Session {
   restore(): Promise<void>
   /** Writes the trainable tensors to a safetensors file (atomically). */
   saveTrainable(path: string): void
+  /**
+   * The engine's warnings not yet returned by an earlier call (on a GPU: graph mode turned
+   * itself off, and why); empty on the CPU.
+   */
+  engineWarnings(): Array<string>
   /** Releases the model's memory now rather than at garbage collection. */
   free(): void
   /** Test hook: a task that panics inside the engine. */
@@ -106,6 +111,12 @@ export interface SessionOptions {
   attention?: string
   /** dropout in training steps (the checkpoint's probabilities) */
   dropout: boolean
+  /**
+   * on a GPU, issue each step's calls as CUDA graphs (each checked against its calls issued one
+   * by one at its first launch); absent = the environment's `MUSCLE_CUDA_GRAPHS=1`, else off.
+   * Ignored on the CPU.
+   */
+  cudaGraphs?: boolean
   train: TrainSpecOptions
   optimizer: OptimizerOptions
 }

@@ -72,6 +72,10 @@ pub struct SessionOptions {
     pub attention: Option<String>,
     /// dropout in training steps (the checkpoint's probabilities)
     pub dropout: bool,
+    /// on a GPU, issue each step's calls as CUDA graphs (each checked against its calls issued one
+    /// by one at its first launch); absent = the environment's `MUSCLE_CUDA_GRAPHS=1`, else off.
+    /// Ignored on the CPU.
+    pub cuda_graphs: Option<bool>,
     pub train: TrainSpecOptions,
     pub optimizer: OptimizerOptions,
 }
@@ -250,6 +254,14 @@ impl Engine {
     fn num_trainable(&self) -> usize {
         dispatch!(self, c => c.model.params.num_trainable_elements())
     }
+
+    /// What the engine has to say about how it runs (graph mode turned off, and why).
+    fn warnings(&self) -> Vec<String> {
+        match self {
+            Engine::Cpu(_) => Vec::new(),
+            Engine::Cuda(c) => c.be.graph_failure().map(|why| format!("CUDA graph mode turned itself off: {why}")).into_iter().collect(),
+        }
+    }
 }
 
 /// The attention a session asks for.
@@ -289,6 +301,8 @@ fn choose_device(device: &str) -> Result<Option<usize>> {
 
 struct Inner {
     clf: Option<Engine>,
+    /// the engine's warnings already handed to `engineWarnings`
+    warned: Vec<String>,
 }
 
 impl Inner {
@@ -373,9 +387,13 @@ impl Task for OpenTask {
                 None
             };
             let (clf, device) = if let Some(be) = gpu_backend {
+                if let Some(on) = o.cuda_graphs {
+                    be.set_graphs(on).map_err(engine_err)?;
+                }
                 let info = be.info().clone();
-                let device = format!("cuda:{} ({}, sm_{}{}, {})", info.ordinal, info.name, info.compute_capability.0,
-                                     info.compute_capability.1, if precision == Precision::Bf16 { "bf16" } else { "f32" });
+                let device = format!("cuda:{} ({}, sm_{}{}, {}{})", info.ordinal, info.name, info.compute_capability.0,
+                                     info.compute_capability.1, if precision == Precision::Bf16 { "bf16" } else { "f32" },
+                                     if be.graph_mode() { ", CUDA graphs" } else { "" });
                 (Engine::Cuda(Engine::open(be, &dir, &o, &spec, adamw)?), device)
             } else {
                 let be = Cpu::new();
@@ -393,7 +411,7 @@ impl Task for OpenTask {
     fn resolve(&mut self, _env: Env, out: Opened) -> Result<Session> {
         let num_trainable = out.clf.num_trainable() as u32;
         Ok(Session {
-            inner: Arc::new(Mutex::new(Inner { clf: Some(out.clf) })),
+            inner: Arc::new(Mutex::new(Inner { clf: Some(out.clf), warned: Vec::new() })),
             device: out.device,
             tokenizer: Arc::new(out.tokenizer),
             pad_id: out.pad_id,
@@ -599,6 +617,17 @@ impl Session {
             let mut inner = lock(&self.inner);
             dispatch!(inner.get()?, c => c.save_trainable(&PathBuf::from(&path))).map_err(engine_err)
         })
+    }
+
+    /// The engine's warnings not yet returned by an earlier call (on a GPU: graph mode turned
+    /// itself off, and why); empty on the CPU.
+    #[napi]
+    pub fn engine_warnings(&self) -> Vec<String> {
+        let mut inner = lock(&self.inner);
+        let now = inner.clf.as_ref().map(Engine::warnings).unwrap_or_default();
+        let new: Vec<String> = now.into_iter().filter(|w| !inner.warned.contains(w)).collect();
+        inner.warned.extend(new.iter().cloned());
+        new
     }
 
     /// Releases the model's memory now rather than at garbage collection.

@@ -6,7 +6,7 @@ import { ConfigError, configToYaml, describeConfigKeys, isDevice, loadConfigFile
 import { modelDir, repoRoot, tempDir, writeFiles } from './helpers.js';
 
 const base = { name: 't', model: 'bert-base-uncased', dataset: 'data', attacks: ['badnets'] };
-const TOP_KEYS = 'name, model, family, dataset, attacks, methods, poisonRate, targetLabel, numLabels, epochs, batchSize, maxLength, lr, methodLr, seed, device, precision, attention, select, limit, lora, mslr, ga, trainHead, optimizer, dropout, poison';
+const TOP_KEYS = 'name, model, family, dataset, attacks, methods, poisonRate, targetLabel, numLabels, epochs, batchSize, maxLength, lr, methodLr, seed, device, precision, attention, cudaGraphs, select, limit, lora, mslr, ga, trainHead, optimizer, dropout, poison';
 
 beforeAll(() => {
   // Hermetic: no hub cache of this machine decides a family.
@@ -56,6 +56,7 @@ describe('bad configs: one line naming the file, the key, the value and what is 
     ['a GPU number as a number', { ...base, device: 1 }, 'bad.yaml: device: got 1, expected one of cpu, cuda, cuda:N (GPU N, from 0), auto'],
     ['unknown precision', { ...base, precision: 'fp16' }, 'bad.yaml: precision: got "fp16", expected one of auto, f32, bf16'],
     ['unknown attention', { ...base, attention: 'sparse' }, 'bad.yaml: attention: got "sparse", expected one of auto, standard, flash'],
+    ['CUDA graphs as a word', { ...base, cudaGraphs: 'yes' }, 'bad.yaml: cudaGraphs: got "yes", expected true or false'],
     ['unknown GA rule', { ...base, ga: { rule: 'strict' } }, 'bad.yaml: ga.rule: got "strict", expected one of gated, paper'],
     ['unknown reference batching', { ...base, ga: { refBatches: 'some' } }, 'bad.yaml: ga.refBatches: got "some", expected one of one, all'],
     ['zero in the MSLR band', { ...base, mslr: { band: [1, 0, 4] } }, 'bad.yaml: mslr.band[1]: got 0, expected > 0'],

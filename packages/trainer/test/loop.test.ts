@@ -96,6 +96,11 @@ describe('session options', () => {
     expect(sessionOptions(config({ dataset: 'data', device: 'cuda', precision: 'bf16', attention: 'flash' }), 'lora', '/m'))
       .toMatchObject({ device: 'cuda', precision: 'bf16', attention: 'flash' });
   });
+
+  it('ask for CUDA graphs only when the config does (otherwise the engine follows MUSCLE_CUDA_GRAPHS)', () => {
+    expect(sessionOptions(config({ dataset: 'data', device: 'cuda:1', cudaGraphs: true }), 'lora', '/m')).toMatchObject({ device: 'cuda:1', cudaGraphs: true });
+    expect(sessionOptions(config({ dataset: 'data' }), 'lora', '/m')).not.toHaveProperty('cudaGraphs');
+  });
 });
 
 describe('abort', () => {
@@ -215,6 +220,22 @@ describe('the loop on real SST-2 rows with a logistic-regression engine', () => 
     await train(config({ ...base, epochs: 1, methods: ['ga'] }), { openSession: lying, onProgress: (e) => events.push(e) });
     const warnings = events.filter((e) => e.type === 'warning');
     expect(warnings).toEqual([{ type: 'warning', message: "badnets/ga step 1: the engine took GA branch 'raw' where the gated rule gives 'projection' (refLoss 5, nRef 1, rho null)" }]);
+  });
+
+  it("passes the engine's own warnings on, each once, after the epoch that raised them", async () => {
+    const events: ProgressEvent[] = [];
+    const engine = logisticEngine();
+    let epochs = 0;
+    const warning = async (opts: Parameters<typeof engine>[0]) => {
+      const session = await engine(opts);
+      // the engine's contract: each warning once; the first epoch raises none, the second one
+      session.engineWarnings = () => (++epochs === 2 ? ['CUDA graph mode turned itself off: a graph gave other results'] : []);
+      return session;
+    };
+    await train(config({ ...base, epochs: 3, methods: ['lora'] }), { openSession: warning, onProgress: (e) => events.push(e) });
+    const warnings = events.flatMap((e, i) => (e.type === 'warning' ? [[e.message, events[i - 1]?.type]] : []));
+    expect(warnings).toEqual([['badnets/lora: CUDA graph mode turned itself off: a graph gave other results', 'epochEnd']]);
+    expect(epochs).toBe(3);
   });
 
   it('a reference set as large as clean dev is an error naming the dev file', async () => {

@@ -47,6 +47,7 @@ export function defaultsFor(model: string, family: Family): Defaults {
     device: 'auto',
     precision: 'auto',
     attention: 'auto',
+    cudaGraphs: false,
     select: 'defender',
     lora: { r: decoder ? 2 : 8, alpha: decoder ? 8 : 32, dropout: 0, targets: [...LORA_TARGETS[family]] },
     mslr: { band: mslrBand(model, family), rank: 1, alpha: decoder ? 4 : 6, dropout: 0 },

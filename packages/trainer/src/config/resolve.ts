@@ -77,6 +77,7 @@ export function resolveConfig(raw: unknown, options: ResolveOptions): RunConfig 
     device: cfg.device ?? defaults.device,
     precision: cfg.precision ?? defaults.precision,
     attention: cfg.attention ?? defaults.attention,
+    cudaGraphs: cfg.cudaGraphs ?? defaults.cudaGraphs,
     select: cfg.select ?? defaults.select,
     ...(cfg.limit !== undefined && { limit: cfg.limit }),
     lora: { ...defaults.lora, ...cfg.lora },

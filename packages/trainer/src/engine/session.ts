@@ -15,7 +15,7 @@ export interface TrainSpec {
   mslr?: { band: number[]; rank: number; alpha: number; dropout: number };
   trainHead: boolean;
 }
-export interface SessionOptions { modelDir: string; numLabels: number; maxLength: number; seed: number; device: 'cpu' | 'cuda' | 'auto' | `cuda:${number}`; precision?: 'auto' | 'f32' | 'bf16'; attention?: 'auto' | 'standard' | 'flash'; threads?: number; dropout: boolean; train: TrainSpec; optimizer: { weightDecay: number; beta1: number; beta2: number; eps: number; maxGradNorm: number } }
+export interface SessionOptions { modelDir: string; numLabels: number; maxLength: number; seed: number; device: 'cpu' | 'cuda' | 'auto' | `cuda:${number}`; precision?: 'auto' | 'f32' | 'bf16'; attention?: 'auto' | 'standard' | 'flash'; cudaGraphs?: boolean; threads?: number; dropout: boolean; train: TrainSpec; optimizer: { weightDecay: number; beta1: number; beta2: number; eps: number; maxGradNorm: number } }
 export interface Session {
   readonly padId: number; readonly numLabels: number; readonly numTrainable: number;
   readonly device?: string;   // where it runs, e.g. 'cpu (2 threads)' or 'cuda:0 (NVIDIA H100 80GB HBM3, sm_90, bf16)'; absent in test fakes
@@ -24,6 +24,7 @@ export interface Session {
   predict(batch: Batch): Promise<Float32Array>;   // logits [batch * numLabels]
   snapshot(): Promise<void>;  // keep a copy of the trainable tensors (best-on-dev selection)
   restore(): Promise<void>;   // put the snapshot back
+  engineWarnings?(): string[]; // what the engine has to say about how it runs, each once (a GPU's graph mode turning itself off); absent in test fakes
   free(): void;
 }
 export type OpenSession = (opts: SessionOptions) => Promise<Session>;

@@ -82,6 +82,8 @@ export function sessionOptions(config: RunConfig, method: Method, modelDir: stri
     device: config.device,
     precision: config.precision,
     attention: config.attention,
+    // false leaves it to the engine (MUSCLE_CUDA_GRAPHS=1 turns graph mode on)
+    ...(config.cudaGraphs && { cudaGraphs: true }),
     dropout: config.dropout,
     train: trainSpec(method, config),
     optimizer: { ...config.optimizer },
@@ -180,6 +182,7 @@ async function trainMethod(session: Session, ctx: MethodContext): Promise<Method
       metrics?.write({ type: 'eval', attack, method, epoch, devAcc, devAsr, score, best: improved, gaBranches: branches });
       await metrics?.flush?.();
       emit({ type: 'epochEnd', attack, method, epoch, devAcc, devAsr, score, best: improved });
+      for (const message of session.engineWarnings?.() ?? []) emit({ type: 'warning', message: `${attack}/${method}: ${message}` });
     }
 
     // The snapshot is the current state when the last epoch was the best.

@@ -1482,6 +1482,11 @@ impl Cuda {
         self.rt.set_graphs(on).map_err(EngineError::Device)
     }
 
+    /// Whether graph mode is on (it may since have turned itself off: `graph_failure`).
+    pub fn graph_mode(&self) -> bool {
+        self.rt.graph_mode()
+    }
+
     /// Graph mode's books: runs issued call by call, graphs built and launched, nodes patched.
     pub fn graph_stats(&self) -> graphs::GraphStats {
         self.rt.graph_stats()

@@ -669,6 +669,11 @@ impl Runtime {
         self.stale_patches.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether graph mode is on.
+    pub fn graph_mode(&self) -> bool {
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
     /// Why graph mode stopped using graphs on this device, if it did.
     pub fn graph_failure(&self) -> Option<String> {
         self.graphs.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|q| q.failed.clone())
