@@ -17,9 +17,9 @@
 //!
 //! A graph is checked before it is trusted: the first launch of each graph, and its first launch
 //! with patched arguments, run on the device twice from the same state, once call by call and
-//! once as the graph, and every byte of every live buffer must come out the same (the runtime's
-//! `check_graph`; the [`Graveyard`] knows the live buffers). A difference turns graph mode off
-//! with the eager results kept. Runs with a kernel whose results vary from run to run in the last
+//! once as the graph, and every live buffer must come out with the same bytes, by a checksum of
+//! them (the runtime's `check_graph`; the [`Graveyard`] knows the live buffers). A difference
+//! turns graph mode off with the calls' results kept. Runs with a kernel whose results vary from run to run in the last
 //! bits (atomic sums in an order the GPU picks: [`VARYING_KERNELS`]) cannot be checked that way
 //! and are always issued call by call.
 

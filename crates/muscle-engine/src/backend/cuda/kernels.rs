@@ -44,7 +44,7 @@ pub const MODULES: &[Module] = &[
     Module {
         file: "check.cu",
         source: include_str!("kernels/check.cu"),
-        kernels: &["words_differ"],
+        kernels: &["halves_checksum"],
     },
     Module {
         file: "profile.cu",

@@ -567,7 +567,7 @@ enum Checked<R> {
     Failed(String),
 }
 
-/// Memory left free beside a graph check's two copies of the live buffers.
+/// Memory left free beside a graph check's copy of the live buffers.
 const CHECK_MARGIN: usize = 256 << 20;
 
 /// A GEMM in cuBLAS's column-major terms: `C_i = alpha op(A_i) op(B_i) + beta C_i` for `batch` items
@@ -720,10 +720,10 @@ impl Runtime {
         let Some(plan) = q.plan() else { return Ok(()) };
         let issued = match (&self.kind, plan) {
             // nothing runs, but the books follow the plans (graphs kept and checked, replays
-            // counted), and the checks' two copies of the live memory count towards the peak
+            // counted), and the checks' copy of the live memory counts towards the peak
             (Kind::DryRun(ledger), Plan::Build(key, ops)) => {
                 q.stats.checked += 1;
-                ledger.hold_copies(2);
+                ledger.hold_copies(1);
                 q.keep(key, ops, None);
                 Ok(())
             }
@@ -731,7 +731,7 @@ impl Runtime {
                 if let Some(cached) = q.graphs.get_mut(&key) {
                     if !cached.patches_checked {
                         q.stats.checked += 1;
-                        ledger.hold_copies(2);
+                        ledger.hold_copies(1);
                         cached.patches_checked = true;
                     }
                     cached.ops = ops;
@@ -842,10 +842,12 @@ impl Runtime {
         Ok(())
     }
 
-    /// Graph mode's check (module `graphs`): issues `ops` call by call, puts every live buffer
-    /// back as it was before them, runs `graph` (which launches the graph of `ops`), and compares
-    /// every byte of the two results on the device. Costs two copies of the live memory (checked
-    /// against the free memory first) and a second run, once per graph and once for its patches.
+    /// Graph mode's check (module `graphs`): copies every live buffer aside, issues `ops` call by
+    /// call and takes a checksum of each buffer, puts them all back, runs `graph` (which launches
+    /// the graph of `ops`) and takes the checksums again (kernel `halves_checksum`). Where any
+    /// differs, the buffers are put back once more and the calls issued again, so that they hold
+    /// the calls' results. Costs one copy of the live memory (checked against the free memory
+    /// first) and a second run, once per graph and once for its patches.
     fn check_graph<R>(&self, ops: &[Op], graph: impl FnOnce() -> Result<R, String>) -> Result<Checked<R>, String> {
         let spans = self.yard.live_spans();
         let mut packed = Vec::with_capacity(spans.len());
@@ -856,52 +858,52 @@ impl Runtime {
         }
         let total = total.max(256);
         if let Some(free) = self.memory_free() {
-            if 2 * total + CHECK_MARGIN > free {
+            if total + CHECK_MARGIN > free {
                 let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
                 return Ok(Checked::Unchecked(format!(
-                    "checking a graph against its calls issued one by one needs {:.2} GiB free (two copies of the {:.2} GiB \
-                     the buffers hold), and {:.2} GiB are; graph mode is off", gib(2 * total + CHECK_MARGIN), gib(total), gib(free))));
+                    "checking a graph against its calls issued one by one needs {:.2} GiB free (a copy of the {:.2} GiB the \
+                     buffers hold), and {:.2} GiB are; graph mode is off", gib(total + CHECK_MARGIN), gib(total), gib(free))));
             }
         }
         // the check's own buffers and calls are not on the books: they are not the step's
-        let (before, after) = (self.alloc_unbooked::<u32>(total / 4)?, self.alloc_unbooked::<u32>(total / 4)?);
-        let found = self.alloc_unbooked::<u64>(2)?;
-        let (b, a, f) = (self.addr(&before), self.addr(&after), self.addr(&found));
-        let copy_all = |to_packed: bool, base: u64| spans.iter().zip(&packed).try_for_each(|(&(at, bytes), &off)| {
-            let (dst, src) = if to_packed { (base + off as u64, at) } else { (at, base + off as u64) };
+        let before = self.alloc_unbooked::<u32>(total / 4)?;
+        let sums = self.alloc_unbooked::<u64>(2 * spans.len().max(1))?;
+        let (b, s) = (self.addr(&before), self.addr(&sums));
+        let copy_all = |to_packed: bool| spans.iter().zip(&packed).try_for_each(|(&(at, bytes), &off)| {
+            let (dst, src) = if to_packed { (b + off as u64, at) } else { (at, b + off as u64) };
             self.issue(&Op::Copy { dst, src, bytes })
         });
-        copy_all(true, b)?;
+        // each span's checksum into slot `first + i` of `sums`
+        let checksums = |first: usize| spans.iter().enumerate().try_for_each(|(i, &(at, bytes))| {
+            let halves = (bytes / 2) as u64;
+            let grid = (halves.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1);
+            self.issue(&Op::Launch { name: "halves_checksum", grid, block: (256, 1, 1), smem: 0,
+                                     args: vec![at, halves, s + 8 * (first + i) as u64] })
+        });
+        let n = spans.len();
+        copy_all(true)?;
         ops.iter().try_for_each(|op| self.issue(op))?;
-        copy_all(true, a)?;
-        copy_all(false, b)?;
+        checksums(0)?;
+        copy_all(false)?;
         let r = match graph() {
             Ok(r) => r,
             Err(e) => return Ok(Checked::Failed(e)),
         };
-        copy_all(true, b)?;
-        let words = (total / 4) as u64;
-        let grid = (words.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1);
-        self.issue(&Op::Launch { name: "words_differ", grid, block: (256, 1, 1), smem: 0, args: vec![b, a, words, f] })?;
-        let [count, first] = match &self.kind {
-            Kind::Driver(d) => {
-                let v = d.download::<u64>(f, 2)?;
-                [v[0], !v[1]]
-            }
-            // SAFETY: `found` holds 2 values; nothing runs concurrently on an emulated runtime.
-            Kind::Emulated(_) => unsafe { [*(f as *const u64), !*(f as *const u64).add(1)] },
-            Kind::DryRun(_) => [0, 0],
+        checksums(n)?;
+        let sums = match &self.kind {
+            Kind::Driver(d) => d.download::<u64>(s, 2 * n)?,
+            // SAFETY: `sums` holds 2n values; nothing runs concurrently on an emulated runtime.
+            Kind::Emulated(_) => unsafe { std::slice::from_raw_parts(s as *const u64, 2 * n) }.to_vec(),
+            Kind::DryRun(_) => vec![0; 2 * n],
         };
-        if count == 0 {
-            return Ok(Checked::Same(r));
-        }
-        copy_all(false, a)?; // the calls' results, which are right
-        let byte = (first * 4) as usize;
-        let i = packed.partition_point(|&off| off <= byte).saturating_sub(1);
+        let differ: Vec<usize> = (0..n).filter(|&i| sums[i] != sums[n + i]).collect();
+        let Some(&first) = differ.first() else { return Ok(Checked::Same(r)) };
+        // the calls' results, which are right
+        copy_all(false)?;
+        ops.iter().try_for_each(|op| self.issue(op))?;
         Ok(Checked::Differs(format!(
-            "a CUDA graph gave other results than its {} calls issued one by one ({count} of {words} words of the live \
-             buffers differ, the first at byte {} of a buffer of {} bytes); graph mode is off, every call is issued at once",
-            ops.len(), byte - packed[i], spans[i].1)))
+            "a CUDA graph gave other results than its {} calls issued one by one ({} of {n} live buffers differ, the \
+             first of {} bytes); graph mode is off, every call is issued at once", ops.len(), differ.len(), spans[first].1)))
     }
 
     /// Starts (or stops) timing each call on the GPU (a GPU runtime only; `profile` reads the times).
