@@ -44,6 +44,8 @@ print(":".join(dirs))
 PY
 )"
 export MUSCLE_CUDA_LIB_DIRS MUSCLE_REQUIRE_GPU=1 MUSCLE_REQUIRE_NVRTC=1 MUSCLE_REPO_ROOT="$PWD"
+# the compiled kernels, kept between this check's processes (each would otherwise compile them again)
+export MUSCLE_KERNEL_CACHE="${MUSCLE_KERNEL_CACHE:-$PWD/.gpu/kernel-cache}"
 echo "library folders: $MUSCLE_CUDA_LIB_DIRS" | tee "$out/libs.txt"
 
 status=0

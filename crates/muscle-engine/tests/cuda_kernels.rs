@@ -82,3 +82,41 @@ fn a_compile_error_names_the_file_and_line() {
     let err = kernels::compile(&broken, "compute_80").err().expect("must fail");
     assert!(err.contains("broken.cu(2)") && err.contains("undefined_name"), "{err}");
 }
+
+/// The disk cache of compiled kernels: the first process compiles every module and stores it, the
+/// next loads them all without NVRTC compiling anything, and a damaged file is compiled again and
+/// replaced (never loaded).
+#[test]
+fn compiled_kernels_are_kept_on_disk_between_processes() {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("muscle-kernels-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // no other test of this binary goes through images_cached, which alone counts
+    let compiled = || kernels::COMPILED.load(Relaxed);
+    let start = compiled();
+    let first = kernels::images_cached(8, 6, Some(&dir)).unwrap();
+    assert_eq!(compiled() - start, MODULES.len(), "every module compiled once");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), MODULES.len(), "one file per module: {files:?}");
+    assert!(files.iter().all(|f| f.extension().is_some_and(|x| x == "cubin")), "machine code for sm_86: {files:?}");
+
+    let before = compiled();
+    let second = kernels::images_cached(8, 6, Some(&dir)).unwrap();
+    assert_eq!(second, first, "the cached images are the compiled ones");
+    assert_eq!(compiled(), before, "nothing compiled the second time");
+
+    let damaged = &files[0];
+    let mut bytes = std::fs::read(damaged).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(damaged, &bytes).unwrap();
+    let third = kernels::images_cached(8, 6, Some(&dir)).unwrap();
+    assert_eq!(third, first, "a damaged file is compiled again, not loaded");
+    assert_eq!(compiled(), before + 1, "that one module alone");
+    assert_ne!(std::fs::read(damaged).unwrap(), bytes, "and replaced");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -4,6 +4,7 @@
 //! include from), compiled for the device's architecture the first time a device is opened (machine
 //! code where NVRTC knows the architecture, else PTX), and cached for the life of the process.
 
+use super::kernel_cache;
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -149,33 +150,74 @@ pub fn nvrtc_available() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-/// Every module compiled for a device of compute capability `(major, minor)`, once per process:
-/// machine code for `sm_XY` where this NVRTC knows the architecture, else PTX for `compute_XY`
-/// (the driver compiles it when loading).
+/// Every module compiled for a device of compute capability `(major, minor)`, once per process
+/// and, between processes, kept in the disk cache (`kernel_cache::dir()`): machine code for `sm_XY`
+/// where this NVRTC knows the architecture, else PTX for `compute_XY` (the driver compiles it when
+/// loading).
 pub fn images_for(major: i32, minor: i32) -> Result<Vec<(&'static Module, Ptx)>, String> {
-    #[derive(Clone)]
-    enum Image {
-        Cubin(Vec<u8>),
-        Ptx(String),
-    }
     type Cache = Mutex<HashMap<(i32, i32), Vec<Image>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     let images = match cache.entry((major, minor)) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(slot) => {
-            let mut images = Vec::with_capacity(MODULES.len());
-            for m in MODULES {
-                images.push(match compile_cubin(m, &format!("sm_{major}{minor}")) {
-                    Ok(bin) => Image::Cubin(bin),
-                    Err(_) => Image::Ptx(compile(m, &format!("compute_{major}{minor}"))?.to_src()),
-                });
-            }
-            slot.insert(images)
-        }
+        std::collections::hash_map::Entry::Vacant(slot) => slot.insert(images_cached(major, minor, kernel_cache::dir().as_deref())?),
     };
-    Ok(MODULES.iter().zip(images.iter().cloned()).map(|(m, img)| match img {
-        Image::Cubin(bin) => (m, Ptx::from_binary(bin)),
-        Image::Ptx(src) => (m, Ptx::from_src(src)),
-    }).collect())
+    Ok(MODULES.iter().zip(images.iter().cloned()).map(|(m, img)| (m, img.into_ptx())).collect())
+}
+
+/// A module compiled: machine code, or PTX for the driver to compile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Image {
+    Cubin(Vec<u8>),
+    Ptx(String),
+}
+
+impl Image {
+    fn into_ptx(self) -> Ptx {
+        match self {
+            Image::Cubin(bin) => Ptx::from_binary(bin),
+            Image::Ptx(src) => Ptx::from_src(src),
+        }
+    }
+}
+
+/// Modules compiled by NVRTC in this process (the disk cache's test counts them).
+pub static COMPILED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// NVRTC's version, for the cache's keys.
+fn nvrtc_version() -> String {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: writes two ints (libnvrtc is loaded: `nvrtc_available` came first).
+    let ok = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }.result().is_ok();
+    if ok { format!("nvrtc {major}.{minor}") } else { "nvrtc ?".into() }
+}
+
+/// Every module's image for `(major, minor)`, from the disk cache in `dir` where it holds it,
+/// else compiled (and stored there).
+pub fn images_cached(major: i32, minor: i32, dir: Option<&std::path::Path>) -> Result<Vec<Image>, String> {
+    let compiler = nvrtc_version();
+    let (sm, compute) = (format!("sm_{major}{minor}"), format!("compute_{major}{minor}"));
+    MODULES.iter().map(|m| {
+        let source = program_source(m);
+        let at = |target: &str, ext: &str| dir.map(|d| kernel_cache::path(d, m.file, target, ext, &source, &compiler));
+        let (cubin_at, ptx_at) = (at(&sm, "cubin"), at(&compute, "ptx"));
+        if let Some(bin) = cubin_at.as_deref().and_then(kernel_cache::load) {
+            return Ok(Image::Cubin(bin));
+        }
+        if let Some(ptx) = ptx_at.as_deref().and_then(kernel_cache::load).and_then(|b| String::from_utf8(b).ok()) {
+            return Ok(Image::Ptx(ptx));
+        }
+        COMPILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (image, at, bytes) = match compile_cubin(m, &sm) {
+            Ok(bin) => (Image::Cubin(bin.clone()), cubin_at, bin),
+            Err(_) => {
+                let ptx = compile(m, &compute)?.to_src();
+                (Image::Ptx(ptx.clone()), ptx_at, ptx.into_bytes())
+            }
+        };
+        if let Some(at) = at {
+            let _ = kernel_cache::store(&at, &bytes); // a cache: failing to keep it costs the next compile only
+        }
+        Ok(image)
+    }).collect()
 }

@@ -14,6 +14,7 @@
 //! caller, which checks after each step. Nothing here panics on a CUDA failure.
 
 pub mod graphs;
+pub mod kernel_cache;
 pub mod kernels;
 pub mod libs;
 pub mod runtime;
