@@ -62,14 +62,18 @@ def main():
           "of one step (a step that takes less than their count x a few microseconds is launch-bound). Host ms "
           "issuing: the step's time inside the driver and cuBLAS queueing them; ms waiting: blocked on the GPU.")
     if variants:
-        print("\n| variant | model | step | batch x seq | precision | variant ms | ours ms | ours / variant | PyTorch ms | variant speed-up |")
-        print("| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        print("\n| variant | model | step | batch x seq | precision | variant ms | ours ms | ours / variant | PyTorch ms | variant speed-up | graph launches a step |")
+        print("| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for key in sorted(variants):
             name, fam, mode, b, t, prec = key
             v, o, r = variants[key], ours.get(key[1:]), torch.get(key[1:])
             print(f"| {name} | {fam} | {mode} | {b} x {t} | {prec} | {v['ms']:.1f} | " + (f"{o['ms']:.1f}" if o else "-")
                   + " | " + (f"{o['ms'] / v['ms']:.2f}" if o else "-") + " | " + (f"{r['ms']:.1f}" if r else "-") + " | "
-                  + (f"{r['ms'] / v['ms']:.2f}x" if r else "-") + " |")
+                  + (f"{r['ms'] / v['ms']:.2f}x" if r else "-") + f" | {v.get('graph_launches') or 0} |")
+        failures = sorted({(k[0], v["graph_failure"]) for k, v in variants.items() if v.get("graph_failure")}
+                          | {("ours", o["graph_failure"]) for o in ours.values() if o.get("graph_failure")})
+        for name, why in failures:
+            print(f"\n{name}: graph mode turned itself off: {why}")
 
 
 if __name__ == "__main__":

@@ -623,12 +623,13 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
                   } else {
                       String::new()
                   });
-        if let Some(why) = graph_failure(&clf.be) {
+        let failure = graph_failure(&clf.be);
+        if let Some(why) = &failure {
             eprintln!("{mode}: graph mode fell back to issuing calls one by one: {why}");
         }
         rows.push(Row { mode: mode.clone(), ms: secs * 1e3, gflop, rate, ratio: median(ratios), mem, busy,
                         calls: last.calls(), issuing: median(issuing), waiting: median(waiting),
-                        graphs: (last.graph_launches, last.graphs_built) });
+                        graphs: (last.graph_launches, last.graphs_built), graph_failure: failure });
         if args.profile {
             profile(&clf.be, true);
             run(&mut clf);
@@ -703,7 +704,8 @@ fn bench<B: Backend>(args: &Args, open: impl Fn() -> B, device: &str, peaks_of: 
                 "host_ms_issuing": if args.cuda { Some(r.issuing) } else { None },
                 "ms_waiting": if args.cuda { Some(r.waiting) } else { None },
                 "graph_launches": if args.cuda { Some(r.graphs.0) } else { None },
-                "graphs_built": if args.cuda { Some(r.graphs.1) } else { None }})).collect::<Vec<_>>(),
+                "graphs_built": if args.cuda { Some(r.graphs.1) } else { None },
+                "graph_failure": r.graph_failure})).collect::<Vec<_>>(),
         });
         write_json(path, &json);
     }
@@ -724,6 +726,8 @@ struct Row {
     waiting: f64,
     /// graph mode: graphs launched and built in the last timed step
     graphs: (u64, u64),
+    /// graph mode: why it turned itself off, if it did
+    graph_failure: Option<String>,
 }
 
 /// `--device cuda-dry`'s table and JSON: per mode, one step's driver calls and the most device
