@@ -737,7 +737,7 @@ struct Row {
 type DryRow = (String, Books, usize, Vec<(&'static str, u64)>, f64);
 
 /// Steps whose host time a dry run takes the median of.
-const DRY_HOST_STEPS: usize = 15;
+const DRY_HOST_STEPS: usize = 200;
 
 /// How the steps' attention ran: ", flash attention" or ", standard attention".
 fn attention_tag(args: &Args) -> &'static str {

@@ -24,8 +24,8 @@
 //! and are always issued call by call.
 
 use super::runtime::Gemm;
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::{FxHashMap, FxHasher};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,7 +59,7 @@ impl Op {
     }
 
     /// Everything a graph node fixes; a kernel's arguments are left out (they can be patched).
-    fn hash_shape(&self, h: &mut DefaultHasher) {
+    fn hash_shape(&self, h: &mut FxHasher) {
         match self {
             Op::Launch { name, grid, block, smem, args } => (0u8, name, grid, block, smem, args.len()).hash(h),
             Op::Gemm(g) => (1u8, g.key()).hash(h),
@@ -92,7 +92,9 @@ impl Op {
 
 /// The shape of a whole run, hashed.
 pub fn shape_key(ops: &[Op]) -> u64 {
-    let mut h = DefaultHasher::new();
+    // Fx, not SipHash: the shape of every run is hashed at every wait (a third of a graph-mode
+    // step's host time with SipHash), and nothing adversarial chooses the keys
+    let mut h = FxHasher::default();
     ops.len().hash(&mut h);
     for op in ops {
         op.hash_shape(&mut h);
@@ -144,8 +146,8 @@ pub struct Queue<G> {
     pub run: Vec<Op>,
     /// why graphs could not be built or launched on this device; every call is then issued at once
     pub failed: Option<String>,
-    seen: HashMap<u64, u32>,
-    pub graphs: HashMap<u64, Cached<G>>,
+    seen: FxHashMap<u64, u32>,
+    pub graphs: FxHashMap<u64, Cached<G>>,
     pub stats: GraphStats,
 }
 
@@ -159,7 +161,7 @@ pub struct Cached<G> {
 
 impl<G> Default for Queue<G> {
     fn default() -> Self {
-        Queue { run: Vec::new(), failed: None, seen: HashMap::new(), graphs: HashMap::new(), stats: GraphStats::default() }
+        Queue { run: Vec::new(), failed: None, seen: FxHashMap::default(), graphs: FxHashMap::default(), stats: GraphStats::default() }
     }
 }
 

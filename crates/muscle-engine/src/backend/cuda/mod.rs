@@ -120,7 +120,7 @@ struct Scratch {
     /// `head_arrays`): with the activations in one arena and the parameters in place, every step
     /// after the first finds them all here and uploads none of them. Emptied when it reaches
     /// `MAX_TABLES` (batch shapes that keep changing).
-    tables: HashMap<Vec<u64>, Mem<u64>>,
+    tables: rustc_hash::FxHashMap<Vec<u64>, Mem<u64>>,
 }
 
 /// See `Scratch::tables`: a BERT-base step uses a few dozen.
@@ -231,7 +231,7 @@ impl Cuda {
             compute_capability: (major, minor),
             total_memory: ctx.total_mem().unwrap_or(0),
         };
-        let mut functions = HashMap::new();
+        let mut functions = rustc_hash::FxHashMap::default();
         for (module, image) in kernels::images_for(major, minor).map_err(EngineError::Device)? {
             let loaded = ctx.load_module(image).map_err(|e| fail(&format!("loading {}", module.file), &e))?;
             for &name in module.kernels {

@@ -7,6 +7,7 @@
 use super::graphs::{Body, Bury, DriverGraph, GraphStats, Graveyard, Held, Op, Plan, Queue, UploadSrc};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::ptr::NonNull;
@@ -174,7 +175,7 @@ pub struct Driver {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub blas: cudarc::cublas::CudaBlas,
-    pub functions: HashMap<&'static str, CudaFunction>,
+    pub functions: FxHashMap<&'static str, CudaFunction>,
     /// cuBLAS's workspace, set explicitly so that captured GEMMs allocate nothing (declared after
     /// `blas`, so it outlives the handle)
     _workspace: CudaSlice<u8>,
@@ -182,7 +183,7 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(ctx: Arc<CudaContext>, stream: Arc<CudaStream>, blas: cudarc::cublas::CudaBlas,
-               functions: HashMap<&'static str, CudaFunction>) -> Result<Self, String> {
+               functions: FxHashMap<&'static str, CudaFunction>) -> Result<Self, String> {
         ctx.bind_to_thread().map_err(dbg)?;
         let staging = Staging::new(STAGING_BYTES)?;
         let capture = ctx.new_stream().map_err(dbg)?;
@@ -547,7 +548,7 @@ pub struct Runtime {
     /// its graphs are destroyed while the context is alive
     graphs: std::sync::Mutex<Option<Queue<Option<DriverGraph>>>>,
     pub kind: Kind,
-    calls: std::sync::Mutex<(Calls, HashMap<&'static str, u64>)>,
+    calls: std::sync::Mutex<(Calls, FxHashMap<&'static str, u64>)>,
     /// where buffers freed during a queued run wait for it, and the book of live memory
     yard: Arc<Graveyard>,
     /// tests only: emulated graph replays leave out their patches (stale arguments, which the
@@ -636,7 +637,7 @@ impl Runtime {
 
     /// Launches so far per kernel name.
     pub fn launches(&self) -> HashMap<&'static str, u64> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).1.iter().map(|(&k, &n)| (k, n)).collect()
     }
 
     fn count(&self, f: impl FnOnce(&mut Calls)) {
