@@ -65,8 +65,8 @@ pub fn store(path: &Path, image: &[u8]) -> std::io::Result<()> {
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&fnv(&[image]).to_le_bytes());
     bytes.extend_from_slice(image);
-    std::fs::write(&tmp, &bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
+    // a full disk or a rename refused leaves no temporary file behind
+    std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, path)).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
 }
