@@ -936,7 +936,8 @@ fn graph_mode(target: Target) {
     assert_eq!(none.launched, 0, "graph mode off launched graphs");
     assert!(stats.built >= 1 && stats.launched > stats.built && stats.patched > 0,
             "graph mode built no graph, replayed none or patched nothing: {stats:?}");
-    // each graph is checked when built and at its first replay with patches, not after
+    // each graph is checked when built and when a replay first patches a node (here: the first
+    // replay patches them all), not after
     assert!(stats.checked > stats.built && stats.checked <= 2 * stats.built,
             "graph checks: {stats:?}");
     // every step makes the same calls on the same buffers (the model's and GA's swapped buffers go

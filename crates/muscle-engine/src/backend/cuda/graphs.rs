@@ -15,8 +15,8 @@
 //! buffers are buried in the runtime's [`Graveyard`] instead, and freed once the run is issued
 //! (stream order then puts the free after the run's work).
 //!
-//! A graph is checked before it is trusted: the first launch of each graph, and its first launch
-//! with patched arguments, run on the device twice from the same state, once call by call and
+//! A graph is checked before it is trusted: the first launch of each graph, and each launch that
+//! patches a node no checked launch patched before, run on the device twice from the same state, once call by call and
 //! once as the graph, and every live buffer must come out with the same bytes, by a checksum of
 //! them (the runtime's `check_graph`; the [`Graveyard`] knows the live buffers). A difference
 //! turns graph mode off with the calls' results kept. Runs with a kernel whose results vary from run to run in the last
@@ -155,8 +155,26 @@ pub struct Queue<G> {
 pub struct Cached<G> {
     pub ops: Vec<Op>,
     pub graph: G,
-    /// a launch with patched arguments has been checked against the run issued call by call
-    pub patches_checked: bool,
+    /// per launch of the run: a replay patching it has been checked against the run issued call
+    /// by call (a node patched for the first time, even late, is checked once more)
+    patch_checked: Vec<bool>,
+}
+
+impl<G> Cached<G> {
+    /// Whether a replay patching the launches `changed` needs the check: one of them has never
+    /// been patched in a checked replay.
+    pub fn needs_check(&self, changed: &[usize]) -> bool {
+        changed.iter().any(|&i| !self.patch_checked.get(i).copied().unwrap_or(false))
+    }
+
+    /// A replay patching `changed` passed the check.
+    pub fn checked(&mut self, changed: &[usize]) {
+        for &i in changed {
+            if let Some(c) = self.patch_checked.get_mut(i) {
+                *c = true;
+            }
+        }
+    }
 }
 
 impl<G> Default for Queue<G> {
@@ -215,7 +233,8 @@ impl<G> Queue<G> {
         if self.graphs.len() >= MAX_GRAPHS {
             self.graphs.clear();
         }
-        self.graphs.insert(key, Cached { ops, graph, patches_checked: false });
+        let patch_checked = vec![false; ops.len()];
+        self.graphs.insert(key, Cached { ops, graph, patch_checked });
     }
 }
 
@@ -446,5 +465,51 @@ impl Drop for DriverGraph {
             }
             cudarc::driver::sys::cuGraphDestroy(self.graph);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(arg: u64) -> Op {
+        Op::Launch { name: "fill_f32", grid: (1, 1, 1), block: (32, 1, 1), smem: 0, args: vec![arg] }
+    }
+
+    /// A replay is checked when it patches a node no checked replay patched before: the first
+    /// replay, and later one whose changes reach a node for the first time (an argument that
+    /// changes only from some step on); not one whose patched nodes were all checked already.
+    #[test]
+    fn replays_are_checked_when_they_patch_a_node_for_the_first_time() {
+        let run = |args: [u64; 20]| args.iter().map(|&a| launch(a)).collect::<Vec<_>>();
+        let mut q: Queue<()> = Queue::default();
+        let mut plan = |q: &mut Queue<()>, args| {
+            q.run = run(args);
+            q.plan().unwrap()
+        };
+        assert!(matches!(plan(&mut q, [0; 20]), Plan::Eager(_)), "a shape seen once is issued call by call");
+        let Plan::Build(key, ops) = plan(&mut q, [0; 20]) else { panic!("the second sighting builds") };
+        q.keep(key, ops, ());
+        let mut replay = |q: &mut Queue<()>, args| match plan(q, args) {
+            Plan::Replay(key, changed, ops) => {
+                let c = q.graphs.get_mut(&key).unwrap();
+                let check = c.needs_check(&changed);
+                c.checked(&changed);
+                c.ops = ops;
+                (changed, check)
+            }
+            _ => panic!("a graph was built for this shape"),
+        };
+        let mut args = [0u64; 20];
+        args[3] = 1;
+        assert_eq!(replay(&mut q, args), (vec![3], true), "the first patch of node 3");
+        args[3] = 2;
+        assert_eq!(replay(&mut q, args), (vec![3], false), "node 3 again");
+        assert_eq!(replay(&mut q, args), (vec![], false), "nothing patched");
+        args[3] = 3;
+        args[7] = 1;
+        assert_eq!(replay(&mut q, args), (vec![3, 7], true), "node 7 patched for the first time");
+        args[7] = 2;
+        assert_eq!(replay(&mut q, args), (vec![7], false));
     }
 }

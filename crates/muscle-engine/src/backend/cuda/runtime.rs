@@ -728,12 +728,12 @@ impl Runtime {
                 q.keep(key, ops, None);
                 Ok(())
             }
-            (Kind::DryRun(ledger), Plan::Replay(key, _, ops)) => {
+            (Kind::DryRun(ledger), Plan::Replay(key, changed, ops)) => {
                 if let Some(cached) = q.graphs.get_mut(&key) {
-                    if !cached.patches_checked {
+                    if cached.needs_check(&changed) {
                         q.stats.checked += 1;
                         ledger.hold_copies(1);
-                        cached.patches_checked = true;
+                        cached.checked(&changed);
                     }
                     cached.ops = ops;
                 }
@@ -765,7 +765,7 @@ impl Runtime {
                     // SAFETY: the graph and the stream are this context's.
                     unsafe { g.launch(d.stream.cu_stream()) }
                 });
-                let checked = if q.graphs.get(&key).is_some_and(|c| !c.patches_checked) {
+                let checked = if q.graphs.get(&key).is_some_and(|c| c.needs_check(&changed)) {
                     q.stats.checked += 1;
                     self.check_graph(&ops, replay)?
                 } else {
@@ -774,7 +774,7 @@ impl Runtime {
                 self.settle(q, checked, &ops, "launching a CUDA graph", |q, ()| {
                     if let Some(cached) = q.graphs.get_mut(&key) {
                         cached.ops = ops.clone();
-                        cached.patches_checked = true;
+                        cached.checked(&changed);
                     }
                 })
             }
@@ -789,7 +789,7 @@ impl Runtime {
                 self.settle(q, checked, &ops, "building a CUDA graph", |q, ()| q.keep(key, ops.clone(), None))
             }
             (Kind::Emulated(_), Plan::Replay(key, changed, ops)) => {
-                let first = q.graphs.get(&key).is_some_and(|c| !c.patches_checked);
+                let first = q.graphs.get(&key).is_some_and(|c| c.needs_check(&changed));
                 let stale = self.stale_patches.load(std::sync::atomic::Ordering::Relaxed);
                 let replay = |q: &mut Queue<Option<DriverGraph>>| {
                     let cached = q.graphs.get_mut(&key).ok_or("a planned graph is missing")?;
@@ -811,7 +811,7 @@ impl Runtime {
                 };
                 self.settle(q, checked, &ops, "launching a CUDA graph", |q, ()| {
                     if let Some(cached) = q.graphs.get_mut(&key) {
-                        cached.patches_checked = true;
+                        cached.checked(&changed);
                     }
                 })
             }
