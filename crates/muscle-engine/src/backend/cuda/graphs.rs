@@ -483,14 +483,14 @@ mod tests {
     fn replays_are_checked_when_they_patch_a_node_for_the_first_time() {
         let run = |args: [u64; 20]| args.iter().map(|&a| launch(a)).collect::<Vec<_>>();
         let mut q: Queue<()> = Queue::default();
-        let mut plan = |q: &mut Queue<()>, args| {
+        let plan = |q: &mut Queue<()>, args| {
             q.run = run(args);
             q.plan().unwrap()
         };
         assert!(matches!(plan(&mut q, [0; 20]), Plan::Eager(_)), "a shape seen once is issued call by call");
         let Plan::Build(key, ops) = plan(&mut q, [0; 20]) else { panic!("the second sighting builds") };
         q.keep(key, ops, ());
-        let mut replay = |q: &mut Queue<()>, args| match plan(q, args) {
+        let replay = |q: &mut Queue<()>, args| match plan(q, args) {
             Plan::Replay(key, changed, ops) => {
                 let c = q.graphs.get_mut(&key).unwrap();
                 let check = c.needs_check(&changed);
