@@ -112,8 +112,9 @@ export interface SessionOptions {
   /** dropout in training steps (the checkpoint's probabilities) */
   dropout: boolean
   /**
-   * on a GPU, issue each step's calls as CUDA graphs (each checked against its calls issued one
-   * by one at its first launch); absent = the environment's `MUSCLE_CUDA_GRAPHS=1`, else off.
+   * on a GPU, issue each step's calls as CUDA graphs (each checked on the device against its
+   * calls issued one by one before it is trusted); absent = the environment's
+   * `MUSCLE_CUDA_GRAPHS=1`, else off.
    * Ignored on the CPU.
    */
   cudaGraphs?: boolean

@@ -72,8 +72,9 @@ pub struct SessionOptions {
     pub attention: Option<String>,
     /// dropout in training steps (the checkpoint's probabilities)
     pub dropout: bool,
-    /// on a GPU, issue each step's calls as CUDA graphs (each checked against its calls issued one
-    /// by one at its first launch); absent = the environment's `MUSCLE_CUDA_GRAPHS=1`, else off.
+    /// on a GPU, issue each step's calls as CUDA graphs (each checked on the device against its
+    /// calls issued one by one before it is trusted); absent = the environment's
+    /// `MUSCLE_CUDA_GRAPHS=1`, else off.
     /// Ignored on the CPU.
     pub cuda_graphs: Option<bool>,
     pub train: TrainSpecOptions,
@@ -286,16 +287,13 @@ fn choose_precision(precision: Option<&str>, gpu: bool) -> Result<Precision> {
 
 /// The device a session asks for, resolved to a GPU (`None`: the CPU): `auto` takes GPU 0 when the
 /// driver offers one (and falls back to the CPU, saying why, when the CUDA libraries cannot be
-/// opened); `cuda` is GPU 0 and `cuda:N` GPU N, which must exist.
+/// opened); `cuda` is GPU 0 and `cuda:N` GPU N (opening it says so if there is none such).
 fn choose_device(device: &str) -> Result<Option<usize>> {
     match DeviceChoice::parse(device).map_err(invalid)? {
         DeviceChoice::Cpu => Ok(None),
         DeviceChoice::Auto => Ok(Cuda::probe().ok().map(|_| 0)),
-        DeviceChoice::Gpu(ordinal) => {
-            let count = Cuda::probe()
-                .map_err(|why| invalid(format!("device `{device}`: {why}; use device: cpu (or auto, which falls back to the CPU)")))?;
-            DeviceChoice::check_gpu(device, ordinal, count).map(Some).map_err(invalid)
-        }
+        DeviceChoice::Gpu(ordinal) => Cuda::probe().map(|_| Some(ordinal))
+            .map_err(|why| invalid(format!("device `{device}`: {why}; use device: cpu (or auto, which falls back to the CPU)"))),
     }
 }
 

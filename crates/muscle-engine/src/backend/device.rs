@@ -31,7 +31,8 @@ impl DeviceChoice {
         })
     }
 
-    /// The GPU checked against the count the driver reports: `Err` says which exist.
+    /// The GPU checked against the count the driver reports (`Cuda::with_precision` does, so the
+    /// binding and the benchmark say the same): `Err` says which exist.
     pub fn check_gpu(word: &str, ordinal: usize, count: usize) -> Result<usize, String> {
         if ordinal < count {
             return Ok(ordinal);

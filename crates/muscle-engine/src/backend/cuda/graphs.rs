@@ -16,12 +16,12 @@
 //! (stream order then puts the free after the run's work).
 //!
 //! A graph is checked before it is trusted: the first launch of each graph, and each launch that
-//! patches a node no checked launch patched before, run on the device twice from the same state, once call by call and
-//! once as the graph, and every live buffer must come out with the same bytes, by a checksum of
-//! them (the runtime's `check_graph`; the [`Graveyard`] knows the live buffers). A difference
-//! turns graph mode off with the calls' results kept. Runs with a kernel whose results vary from run to run in the last
-//! bits (atomic sums in an order the GPU picks: [`VARYING_KERNELS`]) cannot be checked that way
-//! and are always issued call by call.
+//! patches a node no checked launch patched before, run on the device twice from the same state,
+//! once call by call and once as the graph, and every live buffer must come out with the same
+//! bytes, by a checksum of them (the runtime's `check_graph`; the [`Graveyard`] knows the live
+//! buffers). A difference turns graph mode off with the calls' results kept. Runs with a kernel
+//! whose results vary from run to run in the last bits (atomic sums in an order the GPU picks:
+//! [`VARYING_KERNELS`]) cannot be checked that way and are always issued call by call.
 
 use super::runtime::Gemm;
 use rustc_hash::{FxHashMap, FxHasher};
@@ -200,8 +200,7 @@ impl<G> Queue<G> {
             return None;
         }
         let ops = std::mem::take(&mut self.run);
-        let varies = || ops.iter().any(|op| matches!(op, Op::Launch { name, .. } if VARYING_KERNELS.contains(name)));
-        if ops.len() < MIN_GRAPH_OPS || varies() {
+        if ops.len() < MIN_GRAPH_OPS {
             self.stats.eager_runs += 1;
             return Some(Plan::Eager(ops));
         }
@@ -219,7 +218,9 @@ impl<G> Queue<G> {
         }
         let seen = self.seen.entry(key).or_default();
         *seen += 1;
-        if *seen < 2 {
+        // a run with a varying kernel is never built, so it never reaches the replays above
+        let varies = || ops.iter().any(|op| matches!(op, Op::Launch { name, .. } if VARYING_KERNELS.contains(name)));
+        if *seen < 2 || varies() {
             self.stats.eager_runs += 1;
             return Some(Plan::Eager(ops));
         }

@@ -2,7 +2,8 @@
 //!
 //! Each `.cu` file is one NVRTC program (with `common.cuh` prepended: NVRTC has no file system to
 //! include from), compiled for the device's architecture the first time a device is opened (machine
-//! code where NVRTC knows the architecture, else PTX), and cached for the life of the process.
+//! code where NVRTC knows the architecture, else PTX), and cached for the life of the process and,
+//! between processes, on disk (`kernel_cache`).
 
 use super::kernel_cache;
 use cudarc::nvrtc::{CompileOptions, Ptx};
@@ -173,6 +174,14 @@ pub enum Image {
 }
 
 impl Image {
+    /// What the disk cache stores.
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Image::Cubin(bin) => bin,
+            Image::Ptx(src) => src.as_bytes(),
+        }
+    }
+
     fn into_ptx(self) -> Ptx {
         match self {
             Image::Cubin(bin) => Ptx::from_binary(bin),
@@ -208,15 +217,12 @@ pub fn images_cached(major: i32, minor: i32, dir: Option<&std::path::Path>) -> R
             return Ok(Image::Ptx(ptx));
         }
         COMPILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (image, at, bytes) = match compile_cubin(m, &sm) {
-            Ok(bin) => (Image::Cubin(bin.clone()), cubin_at, bin),
-            Err(_) => {
-                let ptx = compile(m, &compute)?.to_src();
-                (Image::Ptx(ptx.clone()), ptx_at, ptx.into_bytes())
-            }
+        let (image, at) = match compile_cubin(m, &sm) {
+            Ok(bin) => (Image::Cubin(bin), cubin_at),
+            Err(_) => (Image::Ptx(compile(m, &compute)?.to_src()), ptx_at),
         };
         if let Some(at) = at {
-            let _ = kernel_cache::store(&at, &bytes); // a cache: failing to keep it costs the next compile only
+            let _ = kernel_cache::store(&at, image.bytes()); // a cache: failing to keep it costs the next compile only
         }
         Ok(image)
     }).collect()

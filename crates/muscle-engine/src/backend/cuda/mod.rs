@@ -19,7 +19,7 @@ pub mod kernels;
 pub mod libs;
 pub mod runtime;
 
-use super::{AdamwItem, AxpbyItem, Backend, GemmItem, Mat, NormOut};
+use super::{AdamwItem, AxpbyItem, Backend, DeviceChoice, GemmItem, Mat, NormOut};
 use crate::error::{EngineError, Result};
 use cudarc::driver::{CudaContext, DeviceRepr, ValidAsZeroBits};
 use runtime::{Calls, Driver, Gemm, KernelEmulator, Kind, Mem, Runtime};
@@ -207,9 +207,7 @@ impl Cuda {
     pub fn with_precision(ordinal: usize, precision: Precision) -> Result<Self> {
         let fail = |what: &str, e: &dyn std::fmt::Debug| EngineError::Device(driver_error(what, e));
         let count = Self::probe().map_err(EngineError::Device)?;
-        if ordinal >= count {
-            return Err(EngineError::Device(format!("GPU {ordinal} requested, but the driver reports {count}")));
-        }
+        DeviceChoice::check_gpu(&format!("cuda:{ordinal}"), ordinal, count).map_err(EngineError::Device)?;
         // SAFETY: probing the library names only.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(EngineError::Device(

@@ -55,11 +55,11 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// For a moment, `n` more copies of what is allocated now (a graph's check).
-    fn hold_copies(&self, n: usize) {
+    /// For a moment, a second copy of what is allocated now (a graph's check).
+    fn hold_copy(&self) {
         use std::sync::atomic::Ordering::Relaxed;
         let now = self.now.load(Relaxed);
-        self.peak.fetch_max(now * (n + 1), Relaxed);
+        self.peak.fetch_max(2 * now, Relaxed);
     }
 }
 
@@ -724,7 +724,7 @@ impl Runtime {
             // counted), and the checks' copy of the live memory counts towards the peak
             (Kind::DryRun(ledger), Plan::Build(key, ops)) => {
                 q.stats.checked += 1;
-                ledger.hold_copies(1);
+                ledger.hold_copy();
                 q.keep(key, ops, None);
                 Ok(())
             }
@@ -732,7 +732,7 @@ impl Runtime {
                 if let Some(cached) = q.graphs.get_mut(&key) {
                     if cached.needs_check(&changed) {
                         q.stats.checked += 1;
-                        ledger.hold_copies(1);
+                        ledger.hold_copy();
                         cached.checked(&changed);
                     }
                     cached.ops = ops;
@@ -747,9 +747,8 @@ impl Runtime {
             // check puts the buffers back first), and `graph_failure` says why. So does a graph
             // whose check finds other results than its calls issued one by one (those are kept).
             (Kind::Driver(d), Plan::Build(key, ops)) => {
-                q.stats.checked += 1;
                 // SAFETY: the graph and the stream are this context's.
-                let checked = self.check_graph(&ops, || {
+                let checked = self.launch_graph(&mut q.stats, true, &ops, || {
                     self.timed(false, || d.build_graph(&ops).and_then(|g| unsafe { g.launch(d.stream.cu_stream()) }.map(|_| g)))
                 })?;
                 self.settle(q, checked, &ops, "building a CUDA graph", |q, g| q.keep(key, ops.clone(), Some(g)))
@@ -765,12 +764,8 @@ impl Runtime {
                     // SAFETY: the graph and the stream are this context's.
                     unsafe { g.launch(d.stream.cu_stream()) }
                 });
-                let checked = if q.graphs.get(&key).is_some_and(|c| c.needs_check(&changed)) {
-                    q.stats.checked += 1;
-                    self.check_graph(&ops, replay)?
-                } else {
-                    replay().map_or_else(Checked::Failed, Checked::Same)
-                };
+                let check = q.graphs.get(&key).is_some_and(|c| c.needs_check(&changed));
+                let checked = self.launch_graph(&mut q.stats, check, &ops, replay)?;
                 self.settle(q, checked, &ops, "launching a CUDA graph", |q, ()| {
                     if let Some(cached) = q.graphs.get_mut(&key) {
                         cached.ops = ops.clone();
@@ -784,15 +779,15 @@ impl Runtime {
             // arguments, and the check (or the tests) see it. Uploads read their newly staged data,
             // as graph nodes do.
             (Kind::Emulated(_), Plan::Build(key, ops)) => {
-                q.stats.checked += 1;
-                let checked = self.check_graph(&ops, || ops.iter().try_for_each(|op| self.issue(op)))?;
+                let checked = self.launch_graph(&mut q.stats, true, &ops, || ops.iter().try_for_each(|op| self.issue(op)))?;
                 self.settle(q, checked, &ops, "building a CUDA graph", |q, ()| q.keep(key, ops.clone(), None))
             }
             (Kind::Emulated(_), Plan::Replay(key, changed, ops)) => {
-                let first = q.graphs.get(&key).is_some_and(|c| c.needs_check(&changed));
+                let check = q.graphs.get(&key).is_some_and(|c| c.needs_check(&changed));
                 let stale = self.stale_patches.load(std::sync::atomic::Ordering::Relaxed);
-                let replay = |q: &mut Queue<Option<DriverGraph>>| {
-                    let cached = q.graphs.get_mut(&key).ok_or("a planned graph is missing")?;
+                let graphs = &mut q.graphs;
+                let replay = || {
+                    let cached = graphs.get_mut(&key).ok_or("a planned graph is missing")?;
                     for &i in changed.iter().filter(|_| !stale) {
                         cached.ops[i] = ops[i].clone();
                     }
@@ -803,12 +798,7 @@ impl Runtime {
                     }
                     cached.ops.iter().try_for_each(|op| self.issue(op))
                 };
-                let checked = if first {
-                    q.stats.checked += 1;
-                    self.check_graph(&ops, || replay(q))?
-                } else {
-                    replay(q).map_or_else(Checked::Failed, Checked::Same)
-                };
+                let checked = self.launch_graph(&mut q.stats, check, &ops, replay)?;
                 self.settle(q, checked, &ops, "launching a CUDA graph", |q, ()| {
                     if let Some(cached) = q.graphs.get_mut(&key) {
                         cached.checked(&changed);
@@ -819,6 +809,17 @@ impl Runtime {
         drop(guard);
         self.yard.release();
         issued
+    }
+
+    /// Launches a graph by `run`: checked against its calls issued one by one (`check_graph`) where
+    /// `check` says so, else as it is.
+    fn launch_graph<R>(&self, stats: &mut GraphStats, check: bool, ops: &[Op], run: impl FnOnce() -> Result<R, String>)
+                       -> Result<Checked<R>, String> {
+        if !check {
+            return Ok(run().map_or_else(Checked::Failed, Checked::Same));
+        }
+        stats.checked += 1;
+        self.check_graph(ops, run)
     }
 
     /// Acts on what a graph's launch (checked or not) found: keeps the graph (`keep`) when its
